@@ -1,0 +1,409 @@
+r"""The blocks optimizers are chained from.
+
+Each block is one gradient transformation ``u ↦ u'`` with its own per-parameter state. ``apply``
+is the readable reference (torch ops on one tensor); ``c_code`` is the same rule for one element in
+C, used by :mod:`descend.fast`. In C snippets ``u`` is the update, ``p`` the parameter value,
+``s_NAME`` the state tensor NAME and ``c_NAME`` the scalar NAME from ``scalars``;
+``SQRT``, ``ABS``, ``MAX`` and ``SIGN`` work in the parameter's precision.
+
+The learning rate and the sign enter only in :class:`ScaleByLearningRate`. Symbols follow the
+chapter and the papers: η learning rate, γ momentum, β₁/β₂ moment decays, ε, λ weight decay.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from descend.core import Block, Hyper
+
+__all__ = [
+    "AddDecayedWeights",
+    "ScaleByLearningRate",
+    "Trace",
+    "ScaleByRss",
+    "ScaleByRms",
+    "ScaleByAdadelta",
+    "ScaleByAdam",
+    "ScaleByNadam",
+    "ScaleByRadam",
+    "ScaleByAdamax",
+    "ScaleByLion",
+]
+
+_LR = Hyper("lr", 1e-3, "nonneg", "learning rate η")
+_WD = Hyper("weight_decay", 0.0, "nonneg", "weight decay λ")
+_EPS = Hyper("eps", 1e-8, "pos", "ε, for numerical stability")
+_BETAS = Hyper("betas", (0.9, 0.999), "betas", "(β₁, β₂), decay rates of the moment estimates")
+
+
+def _lerp_c(state: str, weight: str) -> str:
+    return f"s_{state} += {weight} * (u - s_{state});"
+
+
+class ScaleByLearningRate(Block):
+    r"""u ← −η_t u: the only block that applies the learning rate (and the minus sign of descent).
+
+    With ``decay=True`` it also reads ``lr_decay`` and uses torch.optim.Adagrad's inverse-time
+    decay η_t = η / (1 + (t − 1)·lr_decay); otherwise η_t = η (a schedule may still drive η).
+    """
+
+    hyper = (_LR,)
+
+    def __init__(self, decay: bool = False, **pinned):
+        self.decay = decay
+        if decay:
+            self.hyper = (_LR, Hyper("lr_decay", 0.0, "nonneg", "inverse-time decay of η"))
+        super().__init__(**pinned)
+
+    def scalars(self, h, st, new):
+        lr = float(h["lr"])
+        if self.decay:
+            lr = lr / (1 + (st["step"] - 1) * float(h["lr_decay"]))
+        return {"neg_lr": -lr}
+
+    def apply(self, u, p, s, c):
+        return u * c.neg_lr
+
+    def c_code(self, h):
+        return "u = c_neg_lr * u;"
+
+    def __repr__(self):
+        return "ScaleByLearningRate(decay=True)" if self.decay else super().__repr__()
+
+
+class AddDecayedWeights(Block):
+    r"""u ← u + λ θ.
+
+    Before an adaptive block this is L2 regularisation (torch's ``weight_decay``); after it and before
+    the learning rate it is decoupled weight decay (AdamW: θ ← θ − ηλθ − η·u).
+    ``when="coupled"``/``"decoupled"`` makes the block act only if the group's
+    ``decoupled_weight_decay`` says so (NAdam, RAdam carry that flag).
+    """
+
+    hyper = (_WD,)
+
+    def __init__(self, when: str | None = None, **pinned):
+        if when not in (None, "coupled", "decoupled"):
+            raise ValueError(f"AddDecayedWeights: invalid when={when!r}; expected None, 'coupled' or 'decoupled'")
+        self.when = when
+        if when is not None:
+            self.hyper = (_WD, Hyper("decoupled_weight_decay", False, "bool", "AdamW-style weight decay"))
+        super().__init__(**pinned)
+
+    def _active(self, h) -> bool:
+        if self.when is None:
+            return True
+        return h["decoupled_weight_decay"] == (self.when == "decoupled")
+
+    def scalars(self, h, st, new):
+        return {"wd": float(h["weight_decay"]) if self._active(h) else 0.0}
+
+    def apply(self, u, p, s, c):
+        return u + c.wd * p if c.wd != 0 else u
+
+    def c_code(self, h):
+        return "u += c_wd * p;" if self._active(h) and h["weight_decay"] != 0 else ""
+
+    def __repr__(self):
+        return f"AddDecayedWeights(when={self.when!r})" if self.when else super().__repr__()
+
+
+class Trace(Block):
+    r"""Momentum: v ← γ v + (1 − δ) u (v ← u on its first step); u ← v, or u + γ v with Nesterov.
+
+    With the learning rate applied *before* this block, v is the chapter's velocity
+    ṽ_t = γ ṽ_{t−1} − η g_t; after it, v is torch.optim.SGD's buffer. γ = 0 keeps no state.
+    """
+
+    hyper = (
+        Hyper("momentum", 0.0, "unit", "γ"),
+        Hyper("dampening", 0.0, "closed_unit", "δ"),
+        Hyper("nesterov", False, "bool", "Nesterov momentum"),
+    )
+    all_buffers = ("momentum_buffer",)
+
+    def validate(self, h, owner):
+        super().validate(h, owner)
+        if h["nesterov"] and (float(h["momentum"]) <= 0 or float(h["dampening"]) != 0):
+            raise ValueError(
+                f"{owner}: invalid nesterov=True with momentum={h['momentum']!r} and dampening="
+                f"{h['dampening']!r}; Nesterov momentum needs momentum in (0, 1) and dampening 0"
+            )
+
+    def buffers(self, h):
+        return ("momentum_buffer",) if float(h["momentum"]) != 0 else ()
+
+    def scalars(self, h, st, new):
+        return {"momentum": float(h["momentum"]), "damp": 1.0 - float(h["dampening"]),
+                "first": "momentum_buffer" in new, "nesterov": bool(h["nesterov"])}
+
+    def apply(self, u, p, s, c):
+        if c.momentum == 0:
+            return u
+        v = s["momentum_buffer"]
+        if c.first:
+            v.copy_(u)
+        else:
+            v.mul_(c.momentum).add_(u, alpha=c.damp)
+        return u + c.momentum * v if c.nesterov else v
+
+    def c_code(self, h):
+        if float(h["momentum"]) == 0:
+            return ""
+        tail = "u = u + c_momentum * s_momentum_buffer;" if h["nesterov"] else "u = s_momentum_buffer;"
+        return ("s_momentum_buffer = c_first ? u : c_momentum * s_momentum_buffer + c_damp * u;\n" + tail)
+
+
+class ScaleByRss(Block):
+    r"""AdaGrad's scaling: r ← r + u ⊙ u;  u ← u / √(r + ε)  (the chapter, ``eps_in_sqrt=True``)
+    or u / (√r + ε)  (torch.optim.Adagrad, ``eps_in_sqrt=False``). r starts at
+    ``initial_accumulator_value``. Works on sparse gradients as torch.optim.Adagrad does.
+    """
+
+    hyper = (
+        Hyper("eps", 1e-10, "pos", "ε"),
+        Hyper("eps_in_sqrt", True, "bool", "ε inside the root (chapter) or outside (torch)"),
+        Hyper("initial_accumulator_value", 0.0, "nonneg", "r₀"),
+    )
+    all_buffers = ("sum",)
+    supports_sparse = True
+
+    def init_buffer(self, name, p, h):
+        return torch.full_like(p, float(h["initial_accumulator_value"]), memory_format=torch.preserve_format)
+
+    def scalars(self, h, st, new):
+        return {"eps": float(h["eps"]), "inside": bool(h["eps_in_sqrt"])}
+
+    def apply(self, u, p, s, c):
+        r = s["sum"]
+        if u.is_sparse:
+            u = u.coalesce()
+            idx, val = u._indices(), u._values()
+            r.add_(torch.sparse_coo_tensor(idx, val * val, u.shape))
+            rv = r.sparse_mask(u)._values()
+            denom = (rv + c.eps).sqrt() if c.inside else rv.sqrt().add(c.eps)
+            return torch.sparse_coo_tensor(idx, val / denom, u.shape)
+        r.addcmul_(u, u)
+        return u / ((r + c.eps).sqrt() if c.inside else r.sqrt().add(c.eps))
+
+    def c_code(self, h):
+        denom = "SQRT(s_sum + c_eps)" if h["eps_in_sqrt"] else "(SQRT(s_sum) + c_eps)"
+        return f"s_sum += u * u;\nu = u / {denom};"
+
+
+class ScaleByRms(Block):
+    r"""RMSProp's scaling: v ← α v + (1 − α) u²;  u ← u / √(v + ε)  (``eps_in_sqrt=True``) or
+    u / (√v + ε) (torch.optim.RMSprop). ``centered`` subtracts the square of the mean
+    m ← α m + (1 − α) u from v before the root (Graves 2013).
+    """
+
+    hyper = (
+        Hyper("alpha", 0.99, "unit", "α, decay of the squared-gradient average"),
+        Hyper("eps", 1e-8, "pos", "ε"),
+        Hyper("centered", False, "bool", "centred RMSProp"),
+        Hyper("eps_in_sqrt", True, "bool", "ε inside the root or outside (torch)"),
+    )
+    all_buffers = ("square_avg", "grad_avg")
+
+    def buffers(self, h):
+        return ("square_avg", "grad_avg") if h["centered"] else ("square_avg",)
+
+    def scalars(self, h, st, new):
+        a = float(h["alpha"])
+        return {"alpha": a, "one_m_alpha": 1 - a, "eps": float(h["eps"]),
+                "centered": bool(h["centered"]), "inside": bool(h["eps_in_sqrt"])}
+
+    def apply(self, u, p, s, c):
+        v = s["square_avg"].mul_(c.alpha).addcmul_(u, u, value=c.one_m_alpha)
+        if c.centered:
+            m = s["grad_avg"].lerp_(u, c.one_m_alpha)
+            v = v.addcmul(m, m, value=-1)
+        return u / ((v + c.eps).sqrt() if c.inside else v.sqrt().add(c.eps))
+
+    def c_code(self, h):
+        code = "s_square_avg = c_alpha * s_square_avg + c_one_m_alpha * u * u;\nT v = s_square_avg;\n"
+        if h["centered"]:
+            code += _lerp_c("grad_avg", "c_one_m_alpha") + "\nv = v - s_grad_avg * s_grad_avg;\n"
+        code += "u = u / SQRT(v + c_eps);" if h["eps_in_sqrt"] else "u = u / (SQRT(v) + c_eps);"
+        return code
+
+
+class ScaleByAdadelta(Block):
+    r"""AdaDelta (Zeiler 2012): v ← ρ v + (1 − ρ) u²;  Δ = √(a + ε) / √(v + ε) · u;
+    a ← ρ a + (1 − ρ) Δ²;  u ← Δ."""
+
+    hyper = (Hyper("rho", 0.9, "unit", "ρ"), Hyper("eps", 1e-6, "pos", "ε"))
+    all_buffers = ("square_avg", "acc_delta")
+
+    def scalars(self, h, st, new):
+        r = float(h["rho"])
+        return {"rho": r, "one_m_rho": 1 - r, "eps": float(h["eps"])}
+
+    def apply(self, u, p, s, c):
+        v = s["square_avg"].mul_(c.rho).addcmul_(u, u, value=c.one_m_rho)
+        delta = (s["acc_delta"] + c.eps).sqrt() / (v + c.eps).sqrt() * u
+        s["acc_delta"].mul_(c.rho).addcmul_(delta, delta, value=c.one_m_rho)
+        return delta
+
+    def c_code(self, h):
+        return ("s_square_avg = c_rho * s_square_avg + c_one_m_rho * u * u;\n"
+                "T delta = SQRT(s_acc_delta + c_eps) / SQRT(s_square_avg + c_eps) * u;\n"
+                "s_acc_delta = c_rho * s_acc_delta + c_one_m_rho * delta * delta;\n"
+                "u = delta;")
+
+
+def _bias_corrections(h, t):
+    b1, b2 = (float(b) for b in h["betas"])
+    return b1, b2, 1 - b1 ** t, 1 - b2 ** t
+
+
+class ScaleByAdam(Block):
+    r"""Adam's scaling (Kingma & Ba 2015) = momentum + RMS scaling + bias correction:
+    m ← β₁ m + (1 − β₁) u;  v ← β₂ v + (1 − β₂) u²;
+    u ← (m / (1 − β₁ᵗ)) / (√v / √(1 − β₂ᵗ) + ε);  AMSGrad uses the running max of v.
+    """
+
+    hyper = (_BETAS, _EPS, Hyper("amsgrad", False, "bool", "AMSGrad (Reddi et al. 2018)"))
+    all_buffers = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def buffers(self, h):
+        return self.all_buffers if h["amsgrad"] else self.all_buffers[:2]
+
+    def scalars(self, h, st, new):
+        b1, b2, bc1, bc2 = _bias_corrections(h, st["step"])
+        return {"one_m_b1": 1 - b1, "b2": b2, "one_m_b2": 1 - b2, "bc1": bc1,
+                "sqrt_bc2": math.sqrt(bc2), "eps": float(h["eps"]), "amsgrad": bool(h["amsgrad"])}
+
+    def apply(self, u, p, s, c):
+        m = s["exp_avg"].lerp_(u, c.one_m_b1)
+        v = s["exp_avg_sq"].mul_(c.b2).addcmul_(u, u, value=c.one_m_b2)
+        if c.amsgrad:
+            v = torch.maximum(s["max_exp_avg_sq"], v, out=s["max_exp_avg_sq"])
+        return (m / c.bc1) / (v.sqrt() / c.sqrt_bc2 + c.eps)
+
+    def c_code(self, h):
+        code = (_lerp_c("exp_avg", "c_one_m_b1") + "\n"
+                "s_exp_avg_sq = c_b2 * s_exp_avg_sq + c_one_m_b2 * u * u;\nT v = s_exp_avg_sq;\n")
+        if h["amsgrad"]:
+            code += "s_max_exp_avg_sq = MAX(s_max_exp_avg_sq, v);\nv = s_max_exp_avg_sq;\n"
+        return code + "u = (s_exp_avg / c_bc1) / (SQRT(v) / c_sqrt_bc2 + c_eps);"
+
+
+class ScaleByNadam(Block):
+    r"""NAdam's scaling (Dozat 2016), as torch.optim.NAdam: with μ_t = β₁(1 − ½·0.96^{tψ}),
+    m ← β₁ m + (1 − β₁) u;  v ← β₂ v + (1 − β₂) u²;  d = √(v / (1 − β₂ᵗ)) + ε;
+    u ← (1 − μ_t)/(1 − Π_{i≤t} μ_i) · u/d + μ_{t+1}/(1 − Π_{i≤t+1} μ_i) · m/d.
+    The running product Π μ is per-parameter plain-number state (a Python float, exact on reload).
+    """
+
+    hyper = (_BETAS, Hyper("eps", 1e-8, "pos", "ε"),
+             Hyper("momentum_decay", 4e-3, "nonneg", "ψ"))
+    all_buffers = ("exp_avg", "exp_avg_sq")
+    scalar_state = ("mu_product",)
+
+    def init_scalar_state(self, st):
+        st["mu_product"] = 1.0
+
+    @staticmethod
+    def _mu(h, t):
+        return float(h["betas"][0]) * (1.0 - 0.5 * 0.96 ** (t * float(h["momentum_decay"])))
+
+    def advance(self, h, st):
+        st["mu_product"] *= self._mu(h, st["step"])
+
+    def scalars(self, h, st, new):
+        b1, b2, _, bc2 = _bias_corrections(h, st["step"])
+        t, prod = st["step"], st["mu_product"]
+        mu, mu_next = self._mu(h, t), self._mu(h, t + 1)
+        return {"one_m_b1": 1 - b1, "b2": b2, "one_m_b2": 1 - b2, "bc2": bc2, "eps": float(h["eps"]),
+                "cg": (1.0 - mu) / (1.0 - prod), "cm": mu_next / (1.0 - prod * mu_next)}
+
+    def apply(self, u, p, s, c):
+        m = s["exp_avg"].lerp_(u, c.one_m_b1)
+        v = s["exp_avg_sq"].mul_(c.b2).addcmul_(u, u, value=c.one_m_b2)
+        d = (v / c.bc2).sqrt() + c.eps
+        return c.cg * u / d + c.cm * m / d
+
+    def c_code(self, h):
+        return (_lerp_c("exp_avg", "c_one_m_b1") + "\n"
+                "s_exp_avg_sq = c_b2 * s_exp_avg_sq + c_one_m_b2 * u * u;\n"
+                "T d = SQRT(s_exp_avg_sq / c_bc2) + c_eps;\n"
+                "u = c_cg * u / d + c_cm * s_exp_avg / d;")
+
+
+class ScaleByRadam(Block):
+    r"""RAdam's scaling (Liu et al. 2020), as torch.optim.RAdam: m, v as Adam;
+    ρ_∞ = 2/(1 − β₂) − 1, ρ_t = ρ_∞ − 2tβ₂ᵗ/(1 − β₂ᵗ); if ρ_t > 5,
+    u ← m̂ · r_t √(1 − β₂ᵗ)/(√v + ε) with the rectification r_t, else u ← m̂.
+    """
+
+    hyper = (_BETAS, _EPS)
+    all_buffers = ("exp_avg", "exp_avg_sq")
+
+    def scalars(self, h, st, new):
+        t = st["step"]
+        b1, b2, bc1, bc2 = _bias_corrections(h, t)
+        rho_inf = 2 / (1 - b2) - 1
+        rho_t = rho_inf - 2 * t * (b2 ** t) / bc2
+        rect = rho_t > 5.0
+        r = (math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+             if rect else 0.0)
+        return {"one_m_b1": 1 - b1, "b2": b2, "one_m_b2": 1 - b2, "bc1": bc1, "eps": float(h["eps"]),
+                "rect": rect, "scale": r * math.sqrt(bc2)}
+
+    def apply(self, u, p, s, c):
+        m = s["exp_avg"].lerp_(u, c.one_m_b1)
+        v = s["exp_avg_sq"].mul_(c.b2).addcmul_(u, u, value=c.one_m_b2)
+        m_hat = m / c.bc1
+        return m_hat * (c.scale / (v.sqrt() + c.eps)) if c.rect else m_hat
+
+    def c_code(self, h):
+        return (_lerp_c("exp_avg", "c_one_m_b1") + "\n"
+                "s_exp_avg_sq = c_b2 * s_exp_avg_sq + c_one_m_b2 * u * u;\n"
+                "u = s_exp_avg / c_bc1;\n"
+                "if (c_rect) u = u * (c_scale / (SQRT(s_exp_avg_sq) + c_eps));")
+
+
+class ScaleByAdamax(Block):
+    r"""Adamax (Kingma & Ba 2015, §7): m ← β₁ m + (1 − β₁) u;  n ← max(β₂ n, |u| + ε);
+    u ← m / ((1 − β₁ᵗ) n)."""
+
+    hyper = (_BETAS, _EPS)
+    all_buffers = ("exp_avg", "exp_inf")
+
+    def scalars(self, h, st, new):
+        b1, b2, bc1, _ = _bias_corrections(h, st["step"])
+        return {"one_m_b1": 1 - b1, "b2": b2, "bc1": bc1, "eps": float(h["eps"])}
+
+    def apply(self, u, p, s, c):
+        m = s["exp_avg"].lerp_(u, c.one_m_b1)
+        n = torch.maximum(s["exp_inf"].mul_(c.b2), u.abs() + c.eps, out=s["exp_inf"])
+        return m / c.bc1 / n
+
+    def c_code(self, h):
+        return (_lerp_c("exp_avg", "c_one_m_b1") + "\n"
+                "s_exp_inf = MAX(c_b2 * s_exp_inf, ABS(u) + c_eps);\n"
+                "u = s_exp_avg / c_bc1 / s_exp_inf;")
+
+
+class ScaleByLion(Block):
+    r"""Lion (Chen et al. 2023): u ← sign(β₁ m + (1 − β₁) u);  m ← β₂ m + (1 − β₂) u."""
+
+    hyper = (Hyper("betas", (0.9, 0.99), "betas", "(β₁, β₂)"),)
+    all_buffers = ("exp_avg",)
+
+    def scalars(self, h, st, new):
+        b1, b2 = (float(b) for b in h["betas"])
+        return {"one_m_b1": 1 - b1, "one_m_b2": 1 - b2}
+
+    def apply(self, u, p, s, c):
+        m = s["exp_avg"]
+        direction = torch.sign(m.lerp(u, c.one_m_b1))
+        m.lerp_(u, c.one_m_b2)
+        return direction
+
+    def c_code(self, h):
+        return ("T dir = SIGN(s_exp_avg + c_one_m_b1 * (u - s_exp_avg));\n"
+                + _lerp_c("exp_avg", "c_one_m_b2") + "\nu = dir;")

@@ -1,0 +1,16 @@
+"""The ``descend`` command line. Each command lives beside the code it drives and is added here."""
+
+from __future__ import annotations
+
+import click
+
+from descend import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="descend")
+def main() -> None:
+    """descend: gradient-descent optimizers for PyTorch, and a lab to see what they do."""
+
+
+# commands (one line each; keep imports light: heavy modules are imported inside the commands)

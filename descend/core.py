@@ -1,0 +1,467 @@
+"""The composable core: blocks, hyperparameters, and the torch.optim façade that runs a chain.
+
+An optimizer here is a *chain* of small blocks. Each block is one gradient transformation:
+it reads the update ``u`` coming out of the previous block (the first block sees the gradient),
+may keep per-parameter state tensors, and returns a new ``u``. After the last block the façade
+applies ``θ ← θ + u``. The learning rate and its sign enter in exactly one block
+(:class:`~descend.blocks.ScaleByLearningRate`), so the *order* of the chain says where the learning
+rate sits: ``[lr, trace]`` is the chapter's momentum (η inside the velocity), ``[trace, lr]`` is
+torch.optim.SGD's (η outside).
+
+Hyperparameters live in torch's ``param_groups`` (so per-group values, torch schedulers and
+``state_dict`` work as users expect). A block declares the ones it reads as :class:`Hyper` entries
+with a default and a validity check; the façade collects them. A hyperparameter value may also be a
+*schedule* (any callable of the step); the façade evaluates it before every step and writes the
+current value into the group, so ``group["lr"]`` always shows the learning rate in use.
+
+Per-parameter state is a dict, as in torch.optim: an ``int`` ``"step"`` (the number of steps this
+parameter has taken), the blocks' state tensors (same shape and dtype as the parameter), and the
+plain-number state a block may keep (NAdam's running product). Keeping numbers as Python numbers
+makes a ``state_dict`` round trip bitwise exact.
+
+Execution: a block has two equivalent forms. ``apply`` is the readable torch reference for one
+tensor, and is the specification. ``c_code`` is the same rule as a C expression over one element;
+:mod:`descend.fast` joins the snippets of a chain into one elementwise kernel that streams every
+tensor of a group once (see there for why). The façade uses the kernel when it can (CPU, dense,
+contiguous float32/float64) and the reference otherwise; the tests prove the two equal.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+__all__ = ["Hyper", "Block", "ChainOptimizer", "is_schedule"]
+
+
+# --------------------------------------------------------------------------- hyperparameters
+
+
+def _num(x: Any) -> float:
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1:
+            raise TypeError("expected a one-element tensor")
+        return float(x.item())
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise TypeError("expected a number")
+    return float(x)
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """A hyperparameter a block reads from its parameter group.
+
+    ``kind`` names the valid range and selects the check:
+    ``"nonneg"`` [0, ∞), ``"pos"`` (0, ∞), ``"unit"`` [0, 1), ``"closed_unit"`` [0, 1],
+    ``"betas"`` a pair in [0, 1), ``"bool"``.
+    """
+
+    name: str
+    default: Any
+    kind: str
+    doc: str = ""
+
+    _RANGES = {
+        "nonneg": "a finite number >= 0",
+        "pos": "a finite number > 0",
+        "unit": "a number in [0, 1)",
+        "closed_unit": "a number in [0, 1]",
+        "betas": "a pair of numbers, each in [0, 1)",
+        "bool": "True or False",
+    }
+
+    def expected(self) -> str:
+        return self._RANGES[self.kind]
+
+    def check(self, value: Any, owner: str) -> None:
+        """Raise ValueError naming the parameter, its value and the valid range if ``value`` is bad."""
+        def bad(shown: str = f"{self.name}={value!r}") -> ValueError:
+            return ValueError(f"{owner}: invalid {shown}; expected {self.expected()}")
+
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise bad()
+            return
+        if self.kind == "betas":
+            if not isinstance(value, (tuple, list)) or len(value) != 2:
+                raise bad()
+            for i, b in enumerate(value):
+                try:
+                    x = _num(b)
+                except TypeError:
+                    raise bad(f"{self.name}[{i}]={b!r}") from None
+                if not (0.0 <= x < 1.0):
+                    raise bad(f"{self.name}[{i}]={b!r}")
+            return
+        try:
+            x = _num(value)
+        except TypeError:
+            raise bad() from None
+        ok = {
+            "nonneg": math.isfinite(x) and x >= 0.0,
+            "pos": math.isfinite(x) and x > 0.0,
+            "unit": 0.0 <= x < 1.0,
+            "closed_unit": 0.0 <= x <= 1.0,
+        }[self.kind]
+        if not ok:
+            raise bad()
+
+
+def is_schedule(value: Any) -> bool:
+    """A hyperparameter value that is a function of the step (a schedule), or a tuple holding one."""
+    if isinstance(value, (tuple, list)):
+        return any(is_schedule(v) for v in value)
+    return callable(value) and not isinstance(value, (torch.Tensor, type))
+
+
+def _resolve(spec: Any, step: int) -> Any:
+    if isinstance(spec, (tuple, list)):
+        return type(spec)(_resolve(v, step) for v in spec)
+    return float(spec(step)) if is_schedule(spec) else spec
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+class Block:
+    """One gradient transformation in a chain.
+
+    Subclasses set ``hyper`` (the hyperparameters read from the group) and implement:
+
+    - ``buffers(h)``: names of the per-parameter state tensors used under hyperparameters ``h``;
+    - ``init_buffer(name, p, h)``: the initial value of one (zeros by default);
+    - ``scalars(h, t, new)``: the numbers this step needs (Python floats/bools), from ``h``, the
+      parameter's step count ``t`` (1 on its first step) and the set of buffers created this step;
+    - ``apply(u, p, s, c)``: the readable reference on one tensor: ``s`` are the state tensors
+      (update them in place), ``c`` the scalars; return the new update (never modify ``u`` in place:
+      the first block's ``u`` is the parameter's ``.grad``);
+    - ``c_code(h)``: the same rule as C statements over one element (see :mod:`descend.fast`),
+      or None if the block has no fast form.
+
+    Hyperparameters passed to the constructor are pinned: the block uses them instead of the group's.
+    """
+
+    hyper: tuple[Hyper, ...] = ()
+    all_buffers: tuple[str, ...] = ()  # every state tensor the block may keep, whatever ``h``
+    supports_sparse: bool = False
+    scalar_state: tuple[str, ...] = ()  # plain-number per-parameter state, advanced by ``advance``
+
+    def __init__(self, **pinned: Any) -> None:
+        names = {hp.name for hp in self.hyper}
+        for k in pinned:
+            if k not in names:
+                raise TypeError(f"{type(self).__name__} has no hyperparameter {k!r}")
+        self.pinned = pinned
+
+    # the group's view as this block sees it
+    def view(self, group: Mapping[str, Any]) -> Mapping[str, Any]:
+        return {**group, **self.pinned} if self.pinned else group
+
+    def validate(self, h: Mapping[str, Any], owner: str) -> None:
+        for hp in self.hyper:
+            hp.check(h[hp.name], owner)
+
+    def buffers(self, h: Mapping[str, Any]) -> tuple[str, ...]:
+        return self.all_buffers
+
+    def init_buffer(self, name: str, p: torch.Tensor, h: Mapping[str, Any]) -> torch.Tensor:
+        return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def init_scalar_state(self, st: dict) -> None:
+        pass
+
+    def advance(self, h: Mapping[str, Any], st: dict) -> None:
+        """Update plain-number state for the step ``st["step"]`` (called once per parameter per step)."""
+
+    def scalars(self, h: Mapping[str, Any], st: Mapping[str, Any], new: frozenset) -> dict[str, Any]:
+        return {}
+
+    def apply(self, u, p, s, c):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def c_code(self, h: Mapping[str, Any]) -> str | None:
+        return None
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.pinned.items())
+        return f"{type(self).__name__}({args})"
+
+
+# --------------------------------------------------------------------------- the façade
+
+
+class ChainOptimizer(torch.optim.Optimizer):
+    """A torch.optim.Optimizer that runs a chain of blocks.
+
+    Args:
+        params: parameters or parameter groups, as for any torch optimizer.
+        blocks: the chain, applied in order to the gradient.
+        maximize: ascend instead of descend (the gradient is negated first).
+        skip_nonfinite: if True, a group whose gradients hold a NaN or ±inf skips the step
+            (parameters, state and the step counter stay as they were) and
+            ``group["skipped_steps"]`` counts it. If False (the default, as torch.optim),
+            non-finite gradients flow into the state and the parameters.
+        fast: use the fused kernel of :mod:`descend.fast` where possible (default True).
+        **hyperparameters: values for the blocks' hyperparameters; the blocks' defaults fill the rest.
+            Any of them may be a schedule ``f(step) -> value`` (or a tuple holding one).
+
+    Example:
+        >>> import torch, descend
+        >>> from descend import blocks as B
+        >>> w = torch.nn.Parameter(torch.ones(3))
+        >>> opt = descend.ChainOptimizer([w], [B.ScaleByLearningRate(), B.Trace()], lr=0.1, momentum=0.9)
+        >>> w.sum().backward(); _ = opt.step()
+        >>> w.detach()
+        tensor([0.9000, 0.9000, 0.9000])
+    """
+
+    blocks: tuple[Block, ...] = ()
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        blocks: Iterable[Block] | None = None,
+        *,
+        maximize: bool = False,
+        skip_nonfinite: bool = False,
+        fast: bool = True,
+        **hyperparameters: Any,
+    ) -> None:
+        if blocks is not None:
+            self.blocks = tuple(blocks)
+        if not self.blocks:
+            raise ValueError(f"{self._name()}: a chain needs at least one block")
+        known: dict[str, Hyper] = {}
+        for b in self.blocks:
+            for hp in b.hyper:
+                if hp.name not in b.pinned:
+                    known.setdefault(hp.name, hp)
+        for k in hyperparameters:
+            if k not in known:
+                raise TypeError(
+                    f"{self._name()} got an unexpected hyperparameter {k!r}; "
+                    f"it takes {', '.join(sorted(known)) or 'none'}"
+                )
+        defaults = {name: hp.default for name, hp in known.items()}
+        defaults.update(hyperparameters)
+        defaults.update(maximize=maximize, skip_nonfinite=skip_nonfinite)
+        self._known = known
+        self.fast = fast
+        if isinstance(params, torch.Tensor):
+            raise TypeError(f"{self._name()}: params must be an iterable of tensors or dicts, not a tensor")
+        params = list(params)
+        if len(params) == 0:
+            raise ValueError(f"{self._name()}: got an empty parameter list")
+        self._check_group(defaults)  # fail before torch touches anything
+        super().__init__(params, defaults)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @classmethod
+    def _name(cls) -> str:
+        return cls.__name__
+
+    _FLAGS = (Hyper("maximize", False, "bool"), Hyper("skip_nonfinite", False, "bool"))
+
+    def _check_group(self, group: Mapping[str, Any]) -> None:
+        """Validate every hyperparameter of a group (a schedule by its value at the group's step)."""
+        t = group.get("step", 0)
+        h = {k: _resolve(v, t) for k, v in group.items() if k not in ("params", "schedules")}
+        for k, spec in group.get("schedules", {}).items():
+            h[k] = _resolve(spec, t)
+        for hp in self._FLAGS:
+            hp.check(h[hp.name], self._name())
+        for b in self.blocks:
+            b.validate(b.view(h), self._name())
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        group = dict(param_group)
+        for k, v in getattr(self, "defaults", {}).items():
+            group.setdefault(k, v)
+        params = group.get("params")
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        if params is not None and len(list(params)) == 0:
+            raise ValueError(f"{self._name()}: got an empty parameter list")
+        unknown = set(group) - set(self._known) - {"params", "maximize", "skip_nonfinite", "name",
+                                                   "param_names", "initial_lr", "schedules",
+                                                   "step", "skipped_steps"}
+        if unknown:
+            raise TypeError(f"{self._name()}: unknown hyperparameter(s) {sorted(unknown)} in a parameter group")
+        self._check_group(group)
+        # move schedules out of the plain values: group[k] always holds the value in use
+        sched = dict(group.get("schedules", {}))
+        for k in list(group):
+            if k not in ("params", "schedules") and is_schedule(group[k]):
+                sched[k] = group[k]
+        group["schedules"] = sched
+        group.setdefault("step", 0)
+        group.setdefault("skipped_steps", 0)
+        for k, spec in sched.items():
+            group[k] = _resolve(spec, group["step"])
+        super().add_param_group(group)
+        for p in self.param_groups[-1]["params"]:
+            if p.is_sparse:
+                raise ValueError(f"{self._name()}: sparse parameters are not supported")
+
+    # -- state_dict --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        for g in sd["param_groups"]:
+            g["schedules"] = copy.deepcopy(g["schedules"])  # stateful schedules (plateau) snapshot
+        sd["descend"] = {"optimizer": self._name(), "blocks": [repr(b) for b in self.blocks]}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved by an optimizer of the same kind over the same parameter layout.
+
+        Everything is checked before anything changes: on a mismatch a ValueError says what differs,
+        and the optimizer is left exactly as it was.
+        """
+        name = self._name()
+        if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError(f"{name}.load_state_dict: not an optimizer state_dict")
+        meta = state_dict.get("descend")
+        mine = {"optimizer": name, "blocks": [repr(b) for b in self.blocks]}
+        if meta is not None and meta != mine:
+            raise ValueError(
+                f"{name}.load_state_dict: the state was saved by {meta.get('optimizer')} "
+                f"with blocks {meta.get('blocks')}, not by {name} with blocks {mine['blocks']}"
+            )
+        saved = state_dict["param_groups"]
+        if len(saved) != len(self.param_groups):
+            raise ValueError(f"{name}.load_state_dict: the state has {len(saved)} parameter group(s), "
+                             f"this optimizer has {len(self.param_groups)}")
+        params = []
+        for i, (g, sg) in enumerate(zip(self.param_groups, saved)):
+            if len(g["params"]) != len(sg["params"]):
+                raise ValueError(f"{name}.load_state_dict: group {i} has {len(sg['params'])} parameter(s) "
+                                 f"in the state and {len(g['params'])} here")
+            params += list(zip(sg["params"], g["params"]))
+            merged = {**self.defaults, **{k: v for k, v in sg.items() if k != "params"}}
+            try:
+                self._check_group(merged)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{name}.load_state_dict: group {i}: {e}") from None
+        allowed = {"step"} | {n for b in self.blocks for n in b.scalar_state}
+        buffers = {n for b in self.blocks for n in b.all_buffers}
+        for pid, p in params:
+            st = state_dict["state"].get(pid)
+            if st is None:
+                continue
+            for k, v in st.items():
+                if k in buffers:
+                    if not isinstance(v, torch.Tensor) or v.shape != p.shape:
+                        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                        raise ValueError(f"{name}.load_state_dict: state {k!r} of parameter {pid} has "
+                                         f"shape {got}, the parameter has {tuple(p.shape)}")
+                elif k not in allowed:
+                    raise ValueError(f"{name}.load_state_dict: unexpected state {k!r} for parameter {pid}; "
+                                     f"{name} keeps {sorted(buffers | allowed)}")
+        sd = dict(state_dict)
+        sd.pop("descend", None)
+        sd["param_groups"] = [{**self.defaults, "schedules": {}, "step": 0, "skipped_steps": 0, **sg}
+                              for sg in saved]
+        super().load_state_dict(sd)
+        for g in self.param_groups:
+            g["schedules"] = copy.deepcopy(g["schedules"])
+
+    # -- the step ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Take one step for every group; return ``closure()``'s loss if a closure is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        if group["skip_nonfinite"] and not all(
+            bool(torch.isfinite(p.grad._values() if p.grad.is_sparse else p.grad).all()) for p in params
+        ):
+            group["skipped_steps"] += 1
+            return
+        for k, spec in group["schedules"].items():
+            group[k] = _resolve(spec, group["step"])
+        if group["schedules"]:
+            self._check_group(group)
+        views = [b.view(group) for b in self.blocks]
+        name = self._name()
+        sparse = any(p.grad.is_sparse for p in params)
+        if sparse:
+            bad = [type(b).__name__ for b in self.blocks if not b.supports_sparse]
+            if bad:
+                raise RuntimeError(f"{name} does not support sparse gradients (blocks {bad} need dense "
+                                   "ones); use AdaGrad or densify the gradient")
+        # per-parameter bookkeeping: state, step count, plain-number state
+        work = []
+        cache: dict[tuple, list[dict]] = {}
+        for p in params:
+            st = self.state[p]
+            if "step" not in st:
+                st["step"] = 0
+                for b in self.blocks:
+                    b.init_scalar_state(st)
+            new = []
+            for b, h in zip(self.blocks, views):
+                for n in b.buffers(h):
+                    if n not in st:
+                        st[n] = b.init_buffer(n, p, h)
+                        new.append(n)
+            st["step"] += 1
+            for b, h in zip(self.blocks, views):
+                if b.scalar_state:
+                    b.advance(h, st)
+            key = (st["step"], frozenset(new)) + tuple(st[n] for b in self.blocks for n in b.scalar_state)
+            if key not in cache:
+                cache[key] = [b.scalars(h, st, frozenset(new)) for b, h in zip(self.blocks, views)]
+            work.append((p, st, key))
+        maximize = group["maximize"]
+        ran = False
+        if self.fast and not sparse:
+            from descend import fast  # the core's own fast path; imports nothing from the lab
+
+            ran = fast.run_group(self.blocks, views, work, cache, maximize)
+        if not ran:
+            for p, st, key in work:
+                self._reference_step(p, st, cache[key], views, maximize)
+        group["step"] += 1
+        for k, spec in group["schedules"].items():
+            group[k] = _resolve(spec, group["step"])  # show the value the next step will use
+
+    def _reference_step(self, p, st, scal, views, maximize) -> None:
+        """The readable path: each block's ``apply`` on this one tensor."""
+        real = torch.is_complex(p)
+        g = p.grad
+        if real:
+            g = torch.view_as_real(g)
+        u = -g if maximize else g
+        pv = torch.view_as_real(p) if real else p
+        for b, h, c in zip(self.blocks, views, scal):
+            s = {n: (torch.view_as_real(st[n]) if real else st[n]) for n in b.buffers(h)}
+            u = b.apply(u, pv, s, SimpleNamespace(**c))
+        pv.add_(u)
+
+    def __repr__(self) -> str:
+        lines = [f"{self._name()} ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for k in sorted(g):
+                if k != "params":
+                    lines.append(f"    {k}: {g[k]}")
+        lines.append(")")
+        return "\n".join(lines)

@@ -1,0 +1,2 @@
+def run_group(blocks, views, work, cache, maximize):
+    return False
