@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from descend import fast  # the fused kernels; part of the core, imports nothing else of descend
+
 __all__ = ["Hyper", "Block", "ChainOptimizer", "is_schedule"]
 
 
@@ -431,14 +433,10 @@ class ChainOptimizer(torch.optim.Optimizer):
                 cache[key] = [b.scalars(h, st, frozenset(new)) for b, h in zip(self.blocks, views)]
             work.append((p, st, key))
         maximize = group["maximize"]
-        ran = False
         if self.fast and not sparse:
-            from descend import fast  # the core's own fast path; imports nothing from the lab
-
-            ran = fast.run_group(self.blocks, views, work, cache, maximize)
-        if not ran:
-            for p, st, key in work:
-                self._reference_step(p, st, cache[key], views, maximize)
+            work = fast.run_group(self.blocks, views, work, cache, maximize)  # returns what it can't run
+        for p, st, key in work:
+            self._reference_step(p, st, cache[key], views, maximize)
         group["step"] += 1
         for k, spec in group["schedules"].items():
             group[k] = _resolve(spec, group["step"])  # show the value the next step will use
