@@ -294,7 +294,7 @@ class ScaleByAdam(Block):
 class ScaleByNadam(Block):
     r"""NAdam's scaling (Dozat 2016), as torch.optim.NAdam: with μ_t = β₁(1 − ½·0.96^{tψ}),
     m ← β₁ m + (1 − β₁) u;  v ← β₂ v + (1 − β₂) u²;  d = √(v / (1 − β₂ᵗ)) + ε;
-    u ← (1 − μ_t)/(1 − Π_{i≤t} μ_i) · u/d + μ_{t+1}/(1 − Π_{i≤t+1} μ_i) · m/d.
+    u ← ((1 − μ_t)/(1 − Π_{i≤t} μ_i) · u + μ_{t+1}/(1 − Π_{i≤t+1} μ_i) · m) / d.
     The running product Π μ is per-parameter plain-number state (a Python float, exact on reload).
     """
 
@@ -324,13 +324,13 @@ class ScaleByNadam(Block):
         m = s["exp_avg"].lerp_(u, c.one_m_b1)
         v = s["exp_avg_sq"].mul_(c.b2).addcmul_(u, u, value=c.one_m_b2)
         d = (v / c.bc2).sqrt() + c.eps
-        return c.cg * u / d + c.cm * m / d
+        return (c.cg * u + c.cm * m) / d
 
     def c_code(self, h):
         return (_lerp_c("exp_avg", "c_one_m_b1") + "\n"
                 "s_exp_avg_sq = c_b2 * s_exp_avg_sq + c_one_m_b2 * u * u;\n"
                 "T d = SQRT(s_exp_avg_sq / c_bc2) + c_eps;\n"
-                "u = c_cg * u / d + c_cm * s_exp_avg / d;")
+                "u = (c_cg * u + c_cm * s_exp_avg) / d;")
 
 
 class ScaleByRadam(Block):

@@ -95,7 +95,7 @@ def kernel_source(blocks, views, ctype: str, maximize: bool, scalar_names, buffe
 #include <omp.h>
 typedef {ctype} T;
 {_MATH[ctype]}#define MAX(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))
-#define SIGN(x) ((x) != (x) ? (x) : (T)(((x) > 0) - ((x) < 0)))
+#define SIGN(x) ((x) > 0 ? (T)1 : ((x) < 0 ? (T)-1 : (x)))  /* 0 and NaN pass through */
 
 void step(int64_t n, const int64_t* sizes, void** ptrs, const double* sc, int nthreads) {{
 {chr(10).join(decls)}
@@ -186,6 +186,8 @@ def _eligible(p: torch.Tensor, g: torch.Tensor) -> bool:
             and g.is_contiguous() and (p.dtype in _CTYPES or p.dtype in (torch.complex64, torch.complex128)))
 
 
+_MIN_PER_THREAD = 1 << 16  # elements
+
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
@@ -226,8 +228,11 @@ def run_group(blocks, views, work, cache, maximize) -> list:
         mult = 2 if items[0][0].is_complex() else 1
         sizes = (ctypes.c_int64 * n)(*[p.numel() * mult for p, _, _ in items])
         flat = [float(v) for c in scal for v in c.values()]
+        total = sum(sizes)
+        # threads only pay off on enough work: waking a second thread costs more than a small step
+        threads = max(1, min(nthreads, total // _MIN_PER_THREAD))
         fn(n, sizes, (ctypes.c_void_p * len(ptrs))(*ptrs), (ctypes.c_double * max(1, len(flat)))(*flat),
-           nthreads)
+           threads)
     return rest
 
 

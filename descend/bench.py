@@ -1,0 +1,183 @@
+"""Benchmark: every optimizer's step against the machine's memory-bandwidth limit.
+
+    python -m descend.bench                 # everything (about 3 minutes on 2 cores)
+    python -m descend.bench --quick         # smaller sizes, fewer repeats
+    python -m descend.bench --optimizers adam,lion --layouts big
+
+The limit is an in-place ``a.add_(b)`` over 50M float32 values (reads 8 and writes 4 bytes per
+element), timed in the same process, *interleaved* with each measurement (this machine is shared and
+noisy, so a single limit measured once would drift). A rule's bandwidth counts the bytes it must move
+at least: θ and g read, θ written, each state tensor read and written — 4·(3 + 2·k) bytes per float32
+parameter with k state tensors (Adam: 28). "% limit" = rule GB/s ÷ add_ GB/s.
+
+Layouts: ``big`` one 50M-parameter tensor; ``model`` 200 tensors, 256 to ~500k elements, ~10M in all.
+For rules torch.optim also has, its for-loop, foreach and fused (where it exists) steps are timed the
+same way. Times are medians of ``--repeat`` runs after two warm-up steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+import descend
+
+# registry name -> (torch.optim class name, kwargs, has fused); None where torch has no counterpart
+TORCH_COUNTERPART = {
+    "gd": ("SGD", {}, True),
+    "momentum": ("SGD", {"momentum": 0.9}, True),
+    "nesterov": ("SGD", {"momentum": 0.9, "nesterov": True}, True),
+    "sgd": ("SGD", {}, True),
+    "adagrad": ("Adagrad", {}, True),
+    "rmsprop": ("RMSprop", {}, False),
+    "adadelta": ("Adadelta", {}, False),
+    "adam": ("Adam", {}, True),
+    "adamw": ("AdamW", {}, True),
+    "nadam": ("NAdam", {}, False),
+    "radam": ("RAdam", {}, False),
+    "adamax": ("Adamax", {}, False),
+    "lion": None,
+}
+REQUIRED = {"gd": {"lr": 1e-3}, "momentum": {"lr": 1e-3}, "nesterov": {"lr": 1e-3}}
+
+
+def layout(kind: str, quick: bool) -> list[int]:
+    if kind == "big":
+        return [10_000_000 if quick else 50_000_000]
+    total = 2_000_000 if quick else 10_000_000
+    raw = [256 * (500_000 / 256) ** (i / 199) for i in range(200)]  # geometric 256 … 500k
+    scale = total / sum(raw)
+    return [max(256, int(r * scale)) for r in raw]
+
+
+def _make(sizes, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    params = []
+    for n in sizes:
+        p = torch.randn(n, generator=g, dtype=dtype).requires_grad_()
+        p.grad = torch.randn(n, generator=g, dtype=dtype) * 1e-3
+        params.append(p)
+    return params
+
+
+def _median_time(fn, repeat: int) -> float:
+    fn()
+    fn()
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+class Limit:
+    """The in-place add_ over 50M floats; measured again around every timing."""
+
+    def __init__(self, n: int):
+        self.a = torch.randn(n)
+        self.b = torch.randn(n)
+        self.n = n
+
+    def gbps(self, repeat: int = 5) -> float:
+        t = _median_time(lambda: self.a.add_(self.b), repeat)
+        self.a.zero_()
+        return 12 * self.n / t / 1e9
+
+
+def state_tensors(opt) -> int:
+    """How many state tensors a parameter keeps (after one step)."""
+    st = next(iter(opt.state.values()), {})
+    return sum(isinstance(v, torch.Tensor) and v.dim() > 0 for v in st.values())
+
+
+def measure(make_opt, sizes, limit: Limit, repeat: int, nbytes: int | None = None):
+    """Time ``make_opt(params).step()``; bytes default to the minimum the optimizer's own rule moves."""
+    params = _make(sizes)
+    opt = make_opt(params)
+    opt.step()
+    if nbytes is None:
+        nbytes = 4 * (3 + 2 * state_tensors(opt)) * sum(sizes)
+    before = limit.gbps()
+    t = _median_time(opt.step, repeat)
+    after = limit.gbps()
+    ref = (before + after) / 2
+    gbps = nbytes / t / 1e9
+    return {"ms": 1e3 * t, "gbps": gbps, "pct": 100 * gbps / ref, "limit": ref, "bytes": nbytes}
+
+
+def first_step_costs(names) -> dict[str, tuple[float, float]]:
+    """(cold, warm) extra seconds of the first step in a fresh process: empty kernel cache, then cached."""
+    code = (
+        "import time, torch, descend\n"
+        "p = torch.randn(1000, requires_grad=True); p.grad = torch.randn(1000)\n"
+        "o = descend.create({name!r}, [p], **{hp!r})\n"
+        "t0 = time.perf_counter(); o.step(); t1 = time.perf_counter(); o.step(); t2 = time.perf_counter()\n"
+        "print((t1 - t0) - (t2 - t1))\n"
+    )
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "DESCEND_CACHE_DIR": cache}
+        for name in names:
+            src = code.format(name=name, hp=REQUIRED.get(name, {}))
+            runs = [float(subprocess.run([sys.executable, "-c", src], env=env, capture_output=True,
+                                         text=True, check=True).stdout) for _ in range(2)]
+            out[name] = (runs[0], runs[1])
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m descend.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--optimizers", default=",".join(descend.available()))
+    ap.add_argument("--layouts", default="big,model")
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="10M / 2M parameters and 3 repeats")
+    ap.add_argument("--no-torch", action="store_true", help="skip torch.optim's for-loop/foreach/fused timings")
+    args = ap.parse_args(argv)
+    names = [n.strip().lower() for n in args.optimizers.split(",") if n.strip()]
+    for n in names:
+        if n not in descend.available():
+            ap.error(f"unknown optimizer {n!r}; valid: {', '.join(descend.available())}")
+    repeat = 3 if args.quick else args.repeat
+    limit = Limit(10_000_000 if args.quick else 50_000_000)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fast kernels: {descend.fast.available()}")
+    print(f"limit: in-place add_ over {limit.n / 1e6:.0f}M float32 = {limit.gbps():.1f} GB/s "
+          "(re-measured around every row)\n")
+    header = (f"{'optimizer':<10} {'layout':<6} {'ms/step':>8} {'GB/s':>6} {'% limit':>8}  "
+              f"{'torch for-loop':>15} {'foreach':>9} {'fused':>9}  (ms/step, % limit)")
+    print(header)
+    print("-" * len(header))
+    for kind in args.layouts.split(","):
+        sizes = layout(kind, args.quick)
+        for name in names:
+            hp = REQUIRED.get(name, {})
+            r = measure(lambda ps: descend.create(name, ps, **hp), sizes, limit, repeat)
+            cols = []
+            spec = TORCH_COUNTERPART.get(name)
+            for mode in ("foreach=False", "foreach=True", "fused=True"):
+                if args.no_torch or spec is None or (mode == "fused=True" and not spec[2]):
+                    cols.append(f"{'—':>9}")
+                    continue
+                cls = getattr(torch.optim, spec[0])
+                kw = {**spec[1], mode.split("=")[0]: True if mode.endswith("True") else False}
+                if spec[0] in ("SGD",):
+                    kw.setdefault("lr", 1e-3)
+                t = measure(lambda ps: cls(ps, **kw), sizes, limit, repeat, r["bytes"])  # same rule, same bytes
+                cols.append(f"{t['ms']:6.1f} {t['pct']:3.0f}%".rjust(9 if mode != 'foreach=False' else 15))
+            print(f"{name:<10} {kind:<6} {r['ms']:8.2f} {r['gbps']:6.1f} {r['pct']:7.0f}%  "
+                  f"{cols[0]:>15} {cols[1]:>9} {cols[2]:>9}", flush=True)
+    print("\nfirst step in a fresh process, beyond the steady-state step (s): cold = empty kernel cache "
+          "(includes compiling), warm = cached")
+    for name, (cold, warm) in first_step_costs(names).items():
+        print(f"  {name:<10} cold {cold:6.2f}   warm {warm:6.3f}")
+
+
+if __name__ == "__main__":
+    main()
