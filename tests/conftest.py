@@ -1,0 +1,18 @@
+"""Shared fixtures: every test leaves torch's global state (default dtype, grad mode) as it found it."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # so tests can `import optim_db`
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    dtype = torch.get_default_dtype()
+    grad = torch.is_grad_enabled()
+    yield
+    torch.set_default_dtype(dtype)
+    torch.set_grad_enabled(grad)
