@@ -2,3 +2,20 @@
 
 The lab uses the core (``descend``); the core never imports the lab.
 """
+
+# -- part A: test problems, trajectories, pictures ------------------------------------------------
+# problems and trajectory are light (torch only) and imported now: that also makes ``lab.problems`` and
+# ``lab.trajectory`` the functions, not the submodules of the same names. The pictures need matplotlib
+# (about a second to import), so they load on first use.
+from descend.lab.problems import Problem, problem, problems, quadratic  # noqa: E402
+from descend.lab.trajectory import Trajectory, trajectory  # noqa: E402
+
+_PLOTS = ("contour_paths", "loss_curves", "race_figure", "race_gif")
+
+
+def __getattr__(name: str):
+    if name in _PLOTS:
+        from descend.lab import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module 'descend.lab' has no attribute {name!r}")

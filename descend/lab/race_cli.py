@@ -1,0 +1,169 @@
+"""``descend race``: race optimizers on a test problem, print a table, draw the race (PNG or GIF).
+
+Only click and the light problem list are imported here; torch work and matplotlib load inside the
+command, so ``descend --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import click
+
+import descend
+from descend.lab.problems import problems
+
+__all__ = ["race_command", "parse_assignment", "parse_value"]
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def parse_value(text: str) -> Any:
+    """A hyperparameter value from the command line: ``true``/``false``, an int, a float, or a
+    comma-separated tuple of numbers (``0.9,0.999``). Raises ValueError otherwise."""
+    s = text.strip()
+    if s.lower() in ("true", "false"):
+        return s.lower() == "true"
+    if "," in s:
+        return tuple(parse_value(part) for part in s.split(","))
+    if re.fullmatch(r"[+-]?\d+", s):
+        return int(s)
+    if _NUMBER.match(s) or s.lower() in ("inf", "-inf", "nan"):
+        return float(s)
+    raise ValueError(f"{text!r} is not a number, a comma-separated list of numbers, true or false")
+
+
+def parse_assignment(text: str) -> tuple[str | None, str, Any]:
+    """``OPTIMIZER.KEY=VALUE`` (one optimizer) or ``KEY=VALUE`` (all) → (optimizer or None, key, value)."""
+    m = re.fullmatch(r"\s*(?:([A-Za-z_]\w*)\.)?([A-Za-z_]\w*)\s*=\s*(.+)", text)
+    if not m:
+        raise ValueError(f"{text!r} is not OPTIMIZER.KEY=VALUE or KEY=VALUE")
+    opt, key, value = m.groups()
+    return (opt.lower() if opt else None), key, parse_value(value)
+
+
+def _parse_start(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers (e.g. -1.5,2)",
+                                 param_hint="'--start'") from None
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.4g}"
+
+
+def _fmt_hp(hp: dict[str, Any]) -> str:
+    def one(v):
+        return ",".join(f"{x:g}" for x in v) if isinstance(v, tuple) else (f"{v:g}" if isinstance(v, float) else str(v))
+    return " ".join(f"{k}={one(v)}" for k, v in hp.items()) or "(defaults)"
+
+
+@click.command("race", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--function", "function", type=click.Choice(problems(), case_sensitive=False),
+              default="rosenbrock", show_default=True, help="The test problem.")
+@click.option("--optimizers", default="gd,momentum,adagrad,adam", show_default=True,
+              help=f"Comma-separated optimizer names, from: {', '.join(descend.available())}.")
+@click.option("--steps", type=click.IntRange(min=0), default=300, show_default=True, help="Steps per optimizer.")
+@click.option("--start", default=None, metavar="X,Y",
+              help="Start point, comma-separated (e.g. -1.5,2; one number for double_well). "
+                   "Default: the problem's usual start.")
+@click.option("--lr", type=float, default=None,
+              help="Learning rate η for every optimizer. Default: a per-problem η for the plain-gradient "
+                   "family (gd, momentum, nesterov, sgd) and one for the adaptive family.")
+@click.option("--set", "assignments", multiple=True, metavar="[OPT.]KEY=VALUE",
+              help="A hyperparameter for one optimizer (momentum.lr=0.002, adam.betas=0.9,0.99, "
+                   "adagrad.eps_in_sqrt=false) or, without OPT., for all. Repeatable; "
+                   "OPT.KEY beats KEY beats --lr.")
+@click.option("--tol", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True,
+              help="The table's last column counts steps until f(θ) − f* ≤ TOL.")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default="race.png", show_default=True,
+              help="The picture: .png (paths and f − f* over steps) or .gif (the race, animated).")
+def race_command(function: str, optimizers: str, steps: int, start: str | None, lr: float | None,
+                 assignments: tuple[str, ...], tol: float, out: str) -> None:
+    """Race optimizers on a test problem with a known minimum.
+
+    Prints, per optimizer: the hyperparameters used, the final loss f(θ), the distance to the
+    nearest global minimum and the steps until f(θ) − f* ≤ TOL; a run whose loss turns NaN/inf is
+    marked diverged. Writes the race to --out.
+
+    \b
+    Example:
+      descend race --function rosenbrock --optimizers gd,momentum,adagrad,adam \\
+          --steps 300 --start -1.5,2 --lr 1e-3 --set adam.lr=0.1 --out race.png
+    """
+    names = [n.strip().lower() for n in optimizers.split(",") if n.strip()]
+    valid = descend.available()
+    bad = [n for n in names if n not in valid]
+    if not names or bad:
+        raise click.BadParameter(f"unknown optimizer(s) {', '.join(bad) or '(none given)'}; "
+                                 f"valid names: {', '.join(valid)}", param_hint="'--optimizers'")
+    if len(set(names)) != len(names):
+        raise click.BadParameter(f"{optimizers!r} names an optimizer twice", param_hint="'--optimizers'")
+    suffix = out.lower().rsplit(".", 1)[-1] if "." in out else ""
+    if suffix not in ("png", "gif"):
+        raise click.BadParameter(f"{out!r} must end in .png or .gif", param_hint="'--out'")
+
+    per_all: dict[str, Any] = {}
+    per_opt: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for a in assignments:
+        try:
+            opt, key, value = parse_assignment(a)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="'--set'") from None
+        if opt is None:
+            per_all[key] = value
+        elif opt not in per_opt:
+            raise click.BadParameter(f"{a!r} names {opt!r}, which is not in --optimizers ({', '.join(names)})",
+                                     param_hint="'--set'")
+        else:
+            per_opt[opt][key] = value
+
+    from descend.lab.problems import problem
+    from descend.lab.trajectory import trajectory
+
+    prob = problem(function)
+    x0 = _parse_start(start)
+    if x0 is not None and len(x0) != prob.dim:
+        raise click.BadParameter(f"{start!r} has {len(x0)} coordinate(s); {prob.name} needs {prob.dim}",
+                                 param_hint="'--start'")
+
+    runs = []
+    for n in names:
+        hp = {**prob.default_hyperparameters(n), **({"lr": lr} if lr is not None else {}), **per_all, **per_opt[n]}
+        try:
+            runs.append(trajectory(prob, n, steps, start=x0, **hp))
+        except (TypeError, ValueError) as e:
+            raise click.ClickException(f"{n}: {e}") from None
+
+    shown = ", ".join(f"{v:g}" for v in (x0 or prob.start))
+    mins = "; ".join("(" + ", ".join(f"{v:.4g}" for v in m) + ")" for m in prob.minima)
+    click.echo(f"{prob.name}: f = {prob.formula}; start ({shown}); {steps} steps; f* = {prob.min_value:.6g} at {mins}")
+    rows = [("optimizer", "hyperparameters", "final f", "distance to min", f"steps to f*+{tol:g}")]
+    for t in runs:
+        final = f"diverged at step {len(t.losses) - 1}" if t.diverged else _fmt(t.final_loss)
+        dist = "—" if t.diverged else _fmt(t.distance_to_minimum())
+        hit = t.steps_to(tol)
+        rows.append((t.label, _fmt_hp(t.hyperparameters), final, dist, "not reached" if hit is None else str(hit)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        click.echo("  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if i == 0:
+            click.echo("  ".join("-" * w for w in widths))
+
+    from descend.lab.plots import race_figure, race_gif
+
+    try:
+        if suffix == "gif":
+            race_gif(prob, runs, out)
+        else:
+            race_figure(prob, runs).savefig(out, dpi=110)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {out}: {e.strerror or e}") from None
+    click.echo(f"wrote {out}")
