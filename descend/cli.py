@@ -14,3 +14,7 @@ def main() -> None:
 
 
 # commands (one line each; keep imports light: heavy modules are imported inside the commands)
+from descend.schedules import schedule_command  # noqa: E402
+main.add_command(schedule_command)
+from descend.lab.race_cli import race_command  # noqa: E402
+main.add_command(race_command)
