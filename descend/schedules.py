@@ -51,6 +51,8 @@ from typing import Any
 import click
 import torch
 
+from descend.core import is_schedule
+
 __all__ = [
     "Schedule", "constant", "step", "multistep", "exponential", "polynomial", "linear", "inverse_sqrt",
     "cosine", "cosine_restarts", "warmup_cosine", "wsd", "one_cycle", "one_cycle_momentum", "join",
@@ -571,9 +573,11 @@ class reduce_on_plateau(Schedule):
 
     The one schedule that is not a closed form of the step: its value is the current reduced value,
     a function of the metrics seen so far. Feed it through the optimizer with
-    ``observe(optimizer, metric)`` (the optimizer keeps a copy of it in its state, so it resumes with
-    ``load_state_dict``); ``sched.observe(metric)`` feeds one object directly. Its state (current
-    value, best metric, bad observations, cooldown) lives in the object.
+    ``observe(optimizer, metric)``: the optimizer's ``state_dict`` holds a copy of it, and
+    ``load_state_dict`` installs a new copy, so a reference you kept to the object you passed in no
+    longer drives that optimizer after a load (``observe`` always finds the one in force).
+    ``sched.observe(metric)`` feeds one object directly. Its state (current value, best metric, bad
+    observations, cooldown) lives in the object, so it is saved and restored with the optimizer.
 
     Rule, per observed metric m: m improves on the best if m < best·(1 − threshold) ("min", "rel"),
     m < best − threshold ("min", "abs"), m > best·(1 + threshold) ("max", "rel") or
@@ -733,7 +737,7 @@ def _plateaus(spec: Any, t: int | None):
 def _value_of(spec: Any, t: int) -> Any:
     if isinstance(spec, (tuple, list)):
         return type(spec)(_value_of(s, t) for s in spec)
-    return float(spec(t)) if callable(spec) else spec
+    return float(spec(t)) if is_schedule(spec) else spec
 
 
 def observe(target: Any, metric: Any) -> None:
@@ -959,7 +963,8 @@ def plot(schedule: Any, total_steps: int, *, out: str | None = None, title: str 
 _CLI_NAMES = [k for k, c in REGISTRY.items() if dataclasses.is_dataclass(c) and k != "join"]
 
 
-def _cli_value(name: str, cls: type, field: dataclasses.Field, raw: str | None) -> Any:
+def _cli_value(field: dataclasses.Field, raw: str | None) -> Any:
+    """Convert one command-line value by the dataclass field's annotation."""
     kind = str(field.type)
     try:
         if kind == "bool":
@@ -988,8 +993,8 @@ def _cli_value(name: str, cls: type, field: dataclasses.Field, raw: str | None) 
 
 
 def _cli_params(name: str, args: list[str]) -> dict[str, Any]:
-    cls = REGISTRY[name]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    """``--key value`` / ``--key=value`` / a bare ``--flag`` pairs → the schedule's keyword arguments."""
+    fields = {f.name: f for f in dataclasses.fields(REGISTRY[name])}
     shown = ", ".join("--" + f.replace("_", "-") for f in fields)
     params: dict[str, Any] = {}
     i = 0
@@ -1009,7 +1014,7 @@ def _cli_params(name: str, args: list[str]) -> dict[str, Any]:
                 raw, i = nxt, i + 1
             else:
                 raw = None
-        params[key] = _cli_value(name, cls, fields[key], raw)
+        params[key] = _cli_value(fields[key], raw)
         i += 1
     missing = [f.name for f in fields.values()
                if f.name not in params and f.default is dataclasses.MISSING]

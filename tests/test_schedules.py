@@ -282,6 +282,25 @@ def test_schedule_drives_momentum_like_the_chapters_rule(fast):
     assert opt.param_groups[0]["step"] == 40
 
 
+@pytest.mark.parametrize("name", descend.available())
+def test_every_optimizer_takes_a_schedule_for_lr(name):
+    """Step t with lr=sched equals step t with the number sched(t) written into the group by hand."""
+    A, b = quadratic(seed=2)
+    sched = S.warmup_cosine(0.05, 2, 6, start=0.01)
+    w1 = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    w2 = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
+    o1 = descend.create(name, [w1], lr=sched)
+    o2 = descend.create(name, [w2], lr=1.0)
+    for t in range(6):
+        assert o1.param_groups[0]["lr"] == sched(t)
+        o2.param_groups[0]["lr"] = sched(t)
+        for w, o in ((w1, o1), (w2, o2)):
+            w.grad = A @ w.detach() - b
+            o.step()
+        assert torch.equal(w1.detach(), w2.detach()), t
+    assert not torch.equal(w1.detach(), torch.ones(4, dtype=torch.float64))
+
+
 def test_state_dict_resume_mid_run_is_exact():
     A, b = quadratic(seed=1)
 
@@ -554,6 +573,7 @@ def test_cli_flags_lists_and_default_length():
     (["schedule", "warmup_cosine", "--peak", "1", "--warmup-steps", "20", "--total-steps", "10"],
      "invalid warmup_steps=20"),
     (["schedule", "exponential", "--init", "1", "--gamma", "0.5"], "give --steps"),
+    (["schedule", "cosine", "--init", "1", "--total-steps", "3", "--out", "/nonexistent-dir/x.png"], "could not write"),
 ])
 def test_cli_errors_are_one_line_without_traceback(args, says):
     r = CliRunner().invoke(cli_main, args)
