@@ -409,7 +409,12 @@ class ChainOptimizer(torch.optim.Optimizer):
             if bad:
                 raise RuntimeError(f"{name} does not support sparse gradients (blocks {bad} need dense "
                                    "ones); use AdaGrad or densify the gradient")
-        # per-parameter bookkeeping: state, step count, plain-number state
+        # per-parameter bookkeeping: state, step count, plain-number state. This loop runs for every
+        # parameter on every step, so it does only dict work; anything per group is hoisted out of it.
+        needed = [(b, h, b.buffers(h)) for b, h in zip(self.blocks, views)]
+        needed_names = {n for _, _, names in needed for n in names}
+        advancing = [(b, h) for b, h in zip(self.blocks, views) if b.scalar_state]
+        scalar_keys = [n for b, _ in advancing for n in b.scalar_state]
         work = []
         cache: dict[tuple, list[dict]] = {}
         for p in params:
@@ -418,17 +423,17 @@ class ChainOptimizer(torch.optim.Optimizer):
                 st["step"] = 0
                 for b in self.blocks:
                     b.init_scalar_state(st)
-            new = []
-            for b, h in zip(self.blocks, views):
-                for n in b.buffers(h):
-                    if n not in st:
-                        st[n] = b.init_buffer(n, p, h)
-                        new.append(n)
-            st["step"] += 1
-            for b, h in zip(self.blocks, views):
-                if b.scalar_state:
-                    b.advance(h, st)
-            key = (st["step"], frozenset(new)) + tuple(st[n] for b in self.blocks for n in b.scalar_state)
+            new: tuple = ()
+            if not st.keys() >= needed_names:  # first step, or a hyperparameter switched a buffer on
+                new = tuple(n for b, h, names in needed for n in names if n not in st)
+                for b, h, names in needed:
+                    for n in names:
+                        if n not in st:
+                            st[n] = b.init_buffer(n, p, h)
+            t = st["step"] = st["step"] + 1
+            for b, h in advancing:
+                b.advance(h, st)
+            key = (t, new, *[st[n] for n in scalar_keys])
             if key not in cache:
                 cache[key] = [b.scalars(h, st, frozenset(new)) for b, h in zip(self.blocks, views)]
             work.append((p, st, key))

@@ -15,6 +15,7 @@ What stays outside: the per-step scalars (bias corrections, η_t, ...) are compu
 blocks' ``scalars`` — the same numbers the reference uses — and passed in; sparse, non-contiguous,
 non-CPU or low-precision (bfloat16/float16) tensors, or a machine without a C compiler, use the
 reference path, which the tests prove equal. Complex parameters run as their real view.
+Set ``DESCEND_FAST=0`` in the environment (or pass ``fast=False`` to an optimizer) to run the reference.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ _MATH = {
 _lock = threading.Lock()
 _kernels: dict[tuple[str, str], object] = {}  # (body, C type) -> ctypes function, or None if it failed
 _compiler_missing = False
+_DISABLED = os.environ.get("DESCEND_FAST", "1") == "0"  # DESCEND_FAST=0: every optimizer runs the reference
 
 
 def cache_dir() -> Path:
@@ -157,9 +159,13 @@ def _build(src: str) -> object | None:
             tmp_so = Path(tmp) / "step.so"
             cmd = [cc, "-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC",
                    "-o", str(tmp_so), str(c_file)]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                warnings.warn(f"descend: compiling a fast kernel failed, using the reference path:\n{res.stderr}",
+            try:
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                err = res.stderr if res.returncode != 0 else None
+            except OSError as e:  # the compiler named by $CC is not there
+                err = str(e)
+            if err is not None:
+                warnings.warn(f"descend: compiling a fast kernel failed, using the reference path:\n{err}",
                               RuntimeWarning, stacklevel=4)
                 return None
             os.replace(tmp_so, out)  # atomic: concurrent processes never see half a file
@@ -181,14 +187,16 @@ def _kernel(src_key: tuple, make_src) -> object | None:
     return fn
 
 
-def _eligible(p: torch.Tensor, g: torch.Tensor) -> bool:
-    return (p.device.type == "cpu" and g.dtype == p.dtype and not g.is_sparse and p.is_contiguous()
-            and g.is_contiguous() and (p.dtype in _CTYPES or p.dtype in (torch.complex64, torch.complex128)))
-
-
 _MIN_PER_THREAD = 1 << 16  # elements
 
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+_OK = {torch.float32, torch.float64, torch.complex64, torch.complex128}
+
+
+def _eligible(p: torch.Tensor, g: torch.Tensor) -> bool:
+    """CPU, dense, contiguous, float32/float64 (or complex of them), gradient of the parameter's dtype."""
+    return (p.is_cpu and g.dtype is p.dtype and p.dtype in _OK and g.layout is torch.strided
+            and p.is_contiguous() and g.is_contiguous())
 
 
 def run_group(blocks, views, work, cache, maximize) -> list:
@@ -197,23 +205,23 @@ def run_group(blocks, views, work, cache, maximize) -> list:
     ``work`` holds (param, state, key) triples prepared by the façade; ``cache[key]`` the blocks'
     scalars for that key. Parameters sharing a key and dtype go to the kernel in one call.
     """
-    if _compiler_missing:
+    if _compiler_missing or _DISABLED:
         return work
     buffer_names = [tuple(b.buffers(h)) for b, h in zip(blocks, views)]
+    flat_names = [n for names in buffer_names for n in names]
     rest = []
     buckets: dict[tuple, list] = {}
-    for item in work:
+    for item in work:  # runs per parameter per step: keep it to attribute checks
         p, st, key = item
-        g = p.grad
-        if not _eligible(p, g) or not all(st[n].is_contiguous() for names in buffer_names for n in names):
+        if _eligible(p, p.grad) and all(st[n].is_contiguous() for n in flat_names):
+            buckets.setdefault((key, p.dtype), []).append(item)
+        else:
             rest.append(item)
-            continue
-        buckets.setdefault((key, _REAL.get(p.dtype, p.dtype)), []).append(item)
     nthreads = torch.get_num_threads()
     for (key, dtype), items in buckets.items():
         scal = cache[key]
         scalar_names = [tuple(c) for c in scal]
-        ctype = _CTYPES[dtype]
+        ctype = _CTYPES[_REAL.get(dtype, dtype)]
         src_key = (ctype, maximize, tuple(type(b) for b in blocks),
                    tuple(b.c_code(h) for b, h in zip(blocks, views)), tuple(scalar_names), tuple(buffer_names))
         fn = _kernel(src_key, lambda: kernel_source(blocks, views, ctype, maximize, scalar_names, buffer_names))
