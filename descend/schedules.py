@@ -867,6 +867,11 @@ REGISTRY: dict[str, type] = {c.__name__: c for c in (
     warmup_cosine, wsd, one_cycle, one_cycle_momentum, join, reduce_on_plateau)}
 
 
+# Checkpoints hold schedules (an optimizer's state_dict carries them): let torch.load's default
+# weights_only unpickler rebuild these plain-data classes, so `torch.load(path)` works unchanged.
+torch.serialization.add_safe_globals(list(REGISTRY.values()))
+
+
 def create(name: str, **params: Any) -> Schedule:
     """Build a schedule by name, e.g. ``create("wsd", peak=1e-3, warmup_steps=100, ...)``."""
     cls = REGISTRY.get(str(name).lower())

@@ -235,7 +235,7 @@ def test_warmup_then_plateau_through_the_optimizer_and_resume():
     w2 = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
     opt2 = descend.GD([w2], lr=1.0)
     saved.seek(0)
-    opt2.load_state_dict(torch.load(saved, weights_only=False))
+    opt2.load_state_dict(torch.load(saved))  # weights_only: the schedule classes are allow-listed
     lrs2 = []
     for m in metrics[6:]:
         lrs2.append(opt2.param_groups[0]["lr"])
@@ -323,7 +323,7 @@ def test_state_dict_resume_mid_run_is_exact():
     w2 = torch.nn.Parameter(torch.full((4,), 7.0, dtype=torch.float64))
     opt2 = descend.Momentum([w2], lr=0.5, momentum=0.9)  # built with another lr: the state carries the schedule
     buf.seek(0)
-    ck = torch.load(buf, weights_only=False)
+    ck = torch.load(buf)
     with torch.no_grad():
         w2.copy_(ck["w"])
     opt2.load_state_dict(ck["opt"])
@@ -397,7 +397,7 @@ def test_schedule_lr_on_torch_sgd_and_exact_resume():
     w2 = torch.nn.Parameter(torch.zeros(5, dtype=torch.float64))
     opt2 = torch.optim.SGD([w2], lr=123.0, momentum=0.9)
     buf.seek(0)
-    ck = torch.load(buf, weights_only=False)
+    ck = torch.load(buf)
     opt2.load_state_dict(ck["opt"])          # either order works: the scheduler writes the resumed lr
     sch2 = S.ScheduleLR(opt2, S.constant(9.0))
     sch2.load_state_dict(ck["sch"])
