@@ -71,9 +71,9 @@ PARITY = [
     ("OneCycle-cos", lambda o: L.OneCycleLR(o, max_lr=0.1, total_steps=N), S.one_cycle(0.1, N), False),
     ("OneCycle-linear", lambda o: L.OneCycleLR(o, 0.1, total_steps=N, anneal_strategy="linear"),
      S.one_cycle(0.1, N, anneal="linear"), False),
-    ("OneCycle-cos-3", lambda o: L.OneCycleLR(o, 0.2, total_steps=N, pct_start=0.25, three_phase=True,
-                                              div_factor=10.0, final_div_factor=100.0),
-     S.one_cycle(0.2, N, 0.25, div_factor=10.0, final_div_factor=100.0, three_phase=True), False),
+    ("OneCycle-cos-3", lambda o: L.OneCycleLR(o, 0.2, total_steps=N, pct_start=0.2987, three_phase=True,
+                                              div_factor=10.0, final_div_factor=100.0),  # phases end mid-step
+     S.one_cycle(0.2, N, 0.2987, div_factor=10.0, final_div_factor=100.0, three_phase=True), False),
     ("OneCycle-linear-3", lambda o: L.OneCycleLR(o, 0.1, total_steps=N, pct_start=0.37, anneal_strategy="linear",
                                                  three_phase=True),
      S.one_cycle(0.1, N, 0.37, anneal="linear", three_phase=True), False),
