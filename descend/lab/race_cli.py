@@ -6,6 +6,8 @@ command, so ``descend --help`` stays quick.
 
 from __future__ import annotations
 
+import inspect
+import os
 import re
 from typing import Any
 
@@ -83,10 +85,12 @@ def _fmt_hp(hp: dict[str, Any]) -> str:
                    "OPT.KEY beats KEY beats --lr.")
 @click.option("--tol", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True,
               help="The table's last column counts steps until f(θ) − f* ≤ TOL.")
+@click.option("--frames", type=click.IntRange(min=1), default=60, show_default=True,
+              help="GIF only: the most frames (the steps are sampled evenly onto them).")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default="race.png", show_default=True,
               help="The picture: .png (paths and f − f* over steps) or .gif (the race, animated).")
 def race_command(function: str, optimizers: str, steps: int, start: str | None, lr: float | None,
-                 assignments: tuple[str, ...], tol: float, out: str) -> None:
+                 assignments: tuple[str, ...], tol: float, frames: int, out: str) -> None:
     """Race optimizers on a test problem with a known minimum.
 
     Prints, per optimizer: the hyperparameters used, the final loss f(θ), the distance to the
@@ -109,6 +113,9 @@ def race_command(function: str, optimizers: str, steps: int, start: str | None, 
     suffix = out.lower().rsplit(".", 1)[-1] if "." in out else ""
     if suffix not in ("png", "gif"):
         raise click.BadParameter(f"{out!r} must end in .png or .gif", param_hint="'--out'")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise click.BadParameter(f"{out!r}: the folder {folder} does not exist", param_hint="'--out'")
 
     per_all: dict[str, Any] = {}
     per_opt: dict[str, dict[str, Any]] = {n: {} for n in names}
@@ -139,7 +146,10 @@ def race_command(function: str, optimizers: str, steps: int, start: str | None, 
         hp = {**prob.default_hyperparameters(n), **({"lr": lr} if lr is not None else {}), **per_all, **per_opt[n]}
         try:
             runs.append(trajectory(prob, n, steps, start=x0, **hp))
-        except (TypeError, ValueError) as e:
+        except TypeError as e:  # an unknown keyword: say which ones this optimizer takes
+            takes = [k for k in inspect.signature(descend.optimizers.REGISTRY[n]).parameters if k != "params"]
+            raise click.ClickException(f"{n}: {e}; {n} takes {', '.join(takes)}") from None
+        except ValueError as e:
             raise click.ClickException(f"{n}: {e}") from None
 
     shown = ", ".join(f"{v:g}" for v in (x0 or prob.start))
@@ -161,7 +171,7 @@ def race_command(function: str, optimizers: str, steps: int, start: str | None, 
 
     try:
         if suffix == "gif":
-            race_gif(prob, runs, out)
+            race_gif(prob, runs, out, frames=frames)
         else:
             race_figure(prob, runs).savefig(out, dpi=110)
     except OSError as e:
