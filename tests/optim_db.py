@@ -27,6 +27,21 @@ def grid(**axes: list) -> list[dict[str, Any]]:
     return [dict(zip(keys, vals)) for vals in itertools.product(*(axes[k] for k in keys))]
 
 
+class Decay:
+    """A learning-rate schedule for the convergence table: linear warm-up over ``warmup`` steps, then
+    halving every ``half_life`` steps: η_t = η · min(1, (t + 1)/warmup) · 2^(−t/half_life).
+    (A module-level class, so optimizers holding it pickle.)"""
+
+    def __init__(self, lr: float, half_life: float, warmup: int = 1):
+        self.lr, self.half_life, self.warmup = lr, half_life, warmup
+
+    def __call__(self, t: int) -> float:
+        return self.lr * min(1.0, (t + 1) / self.warmup) * 0.5 ** (t / self.half_life)
+
+    def __repr__(self) -> str:
+        return f"Decay({self.lr}, half_life={self.half_life}, warmup={self.warmup})"
+
+
 @dataclass(frozen=True)
 class Converge:
     """Settings for one convergence run: hyperparameters, number of steps, tolerance on ‖θ − θ*‖∞."""
@@ -96,78 +111,87 @@ OPTIMS: list[OptimInfo] = [
     OptimInfo(
         "gd", required={"lr": 0.1},
         torch_cls=torch.optim.SGD, parity=grid(lr=[0.1, 0.03], maximize=_MAX),
-        quadratic=Converge({"lr": 0.3}, 300, 1e-6), rosenbrock=Converge({"lr": 1e-3}, 4000, 5e-2),
+        quadratic=Converge({"lr": 0.1}, 300, 1e-8),
+        rosenbrock=Converge({"lr": 0.02}, 1000, 2e-3),
     ),
     OptimInfo(
         "momentum", required={"lr": 0.1},
-        quadratic=Converge({"lr": 0.1, "momentum": 0.8}, 300, 1e-6),
-        rosenbrock=Converge({"lr": 1e-3, "momentum": 0.9}, 3000, 1e-3),
+        quadratic=Converge({"lr": 0.1, "momentum": 0.5}, 300, 1e-8),
+        rosenbrock=Converge({"lr": 0.01, "momentum": 0.9}, 1000, 1e-6),
     ),
     OptimInfo(
         "nesterov", required={"lr": 0.1},
-        quadratic=Converge({"lr": 0.1, "momentum": 0.8}, 300, 1e-6),
-        rosenbrock=Converge({"lr": 1e-3, "momentum": 0.9}, 3000, 1e-3),
+        quadratic=Converge({"lr": 0.1, "momentum": 0.5}, 300, 1e-8),
+        rosenbrock=Converge({"lr": 0.01, "momentum": 0.9}, 1000, 1e-6),
     ),
     OptimInfo(
         "sgd", torch_cls=torch.optim.SGD,
         parity=grid(lr=[0.05], momentum=[0.0, 0.9], dampening=[0.0, 0.3], nesterov=[False, True],
                     weight_decay=[0.0, 0.1], maximize=_MAX),
         parity_requires=_nesterov_ok,
-        quadratic=Converge({"lr": 0.1, "momentum": 0.8}, 300, 1e-6),
-        rosenbrock=Converge({"lr": 1e-3, "momentum": 0.9}, 3000, 1e-3),
+        quadratic=Converge({"lr": 0.1, "momentum": 0.5}, 300, 1e-8),
+        rosenbrock=Converge({"lr": 0.01, "momentum": 0.9}, 1000, 1e-6),
     ),
     OptimInfo(
         "adagrad", torch_cls=torch.optim.Adagrad, torch_fixed={"eps_in_sqrt": False},
         parity=grid(lr=[0.1], lr_decay=[0.0, 0.1], weight_decay=[0.0, 0.1], initial_accumulator_value=[0.0, 0.5],
                     eps=[1e-10, 1e-2], maximize=_MAX),
         supports_sparse=True,
-        quadratic=Converge({"lr": 0.5}, 400, 1e-6), rosenbrock=Converge({"lr": 0.5}, 3000, 1e-3),
+        quadratic=Converge({"lr": 1.0}, 300, 1e-8),
+        rosenbrock=Converge({"lr": 0.5}, 1000, 3e-3),
     ),
     OptimInfo(
         "rmsprop", torch_cls=torch.optim.RMSprop, torch_fixed={"eps_in_sqrt": False},
         parity=grid(lr=[0.01], alpha=[0.99, 0.5], eps=[1e-8, 1e-2], weight_decay=[0.0, 0.1],
                     momentum=[0.0, 0.9], centered=[False, True], maximize=_MAX),
-        quadratic=Converge({"lr": 0.01}, 400, 1e-2), rosenbrock=Converge({"lr": 1e-3}, 4000, 1e-2),
+        quadratic=Converge({"lr": Decay(0.3, 40)}, 300, 1e-6),
+        rosenbrock=Converge({"lr": Decay(0.1, 150)}, 1000, 1e-3),
     ),
     OptimInfo(
         "adadelta", torch_cls=torch.optim.Adadelta,
         parity=grid(lr=[1.0, 0.5], rho=[0.9, 0.5], eps=[1e-6, 1e-2], weight_decay=[0.0, 0.1], maximize=_MAX),
-        quadratic=Converge({"lr": 1.0}, 400, 1e-2), rosenbrock=Converge({"lr": 1.0}, 4000, 1e-2),
+        quadratic=Converge({"lr": 1.0, "eps": 1e-2}, 300, 1e-6),
+        rosenbrock=Converge({"lr": Decay(2.0, 300), "eps": 1e-2}, 2000, 1e-2),
     ),
     OptimInfo(
         "adam", torch_cls=torch.optim.Adam,
         parity=grid(lr=[0.01], betas=[(0.9, 0.999), (0.5, 0.9)], eps=[1e-8, 1e-2], weight_decay=[0.0, 0.1],
                     amsgrad=[False, True], maximize=_MAX),
-        quadratic=Converge({"lr": 0.05}, 400, 1e-3), rosenbrock=Converge({"lr": 0.02}, 3000, 1e-3),
+        quadratic=Converge({"lr": 1.0}, 300, 1e-5),
+        rosenbrock=Converge({"lr": Decay(0.3, 150)}, 1000, 1e-5),
     ),
     OptimInfo(
         "adamw", torch_cls=torch.optim.AdamW,
         parity=grid(lr=[0.01], betas=[(0.9, 0.999), (0.5, 0.9)], eps=[1e-8, 1e-2], weight_decay=[0.0, 0.1],
                     amsgrad=[False, True], maximize=_MAX),
-        quadratic=Converge({"lr": 0.05, "weight_decay": 0.0}, 400, 1e-3),
-        rosenbrock=Converge({"lr": 0.02, "weight_decay": 0.0}, 3000, 1e-3),
+        quadratic=Converge({"lr": 1.0, "weight_decay": 0.0}, 300, 1e-5),
+        rosenbrock=Converge({"lr": Decay(0.3, 150), "weight_decay": 0.0}, 1000, 1e-5),
     ),
     OptimInfo(
         "nadam", torch_cls=torch.optim.NAdam, float64_default_for_parity=True,
         parity=grid(lr=[0.01], betas=[(0.9, 0.999), (0.5, 0.9)], eps=[1e-8, 1e-2], weight_decay=[0.0, 0.1],
                     momentum_decay=[4e-3, 0.1], decoupled_weight_decay=[False, True], maximize=_MAX),
-        quadratic=Converge({"lr": 0.05}, 400, 1e-3), rosenbrock=Converge({"lr": 0.02}, 3000, 1e-3),
+        quadratic=Converge({"lr": 0.1}, 300, 1e-8),
+        rosenbrock=Converge({"lr": Decay(1.0, 150)}, 1000, 2e-3),
     ),
     OptimInfo(
         "radam", torch_cls=torch.optim.RAdam,
         parity=grid(lr=[0.01], betas=[(0.9, 0.999), (0.5, 0.9)], eps=[1e-8, 1e-2], weight_decay=[0.0, 0.1],
                     decoupled_weight_decay=[False, True], maximize=_MAX),
-        quadratic=Converge({"lr": 0.05}, 400, 1e-3), rosenbrock=Converge({"lr": 0.02}, 3000, 1e-3),
+        quadratic=Converge({"lr": 1.0}, 300, 1e-4),
+        rosenbrock=Converge({"lr": Decay(0.5, 150, warmup=100)}, 1000, 1e-2),
     ),
     OptimInfo(
         "adamax", torch_cls=torch.optim.Adamax,
         parity=grid(lr=[0.01], betas=[(0.9, 0.999), (0.5, 0.9)], eps=[1e-8, 1e-2], weight_decay=[0.0, 0.1],
                     maximize=_MAX),
-        quadratic=Converge({"lr": 0.05}, 400, 1e-3), rosenbrock=Converge({"lr": 0.02}, 3000, 1e-3),
+        quadratic=Converge({"lr": 1.0}, 300, 1e-5),
+        rosenbrock=Converge({"lr": 0.5}, 1000, 1e-6),
     ),
     OptimInfo(
         "lion",
-        quadratic=Converge({"lr": 1e-3}, 400, 1e-2), rosenbrock=Converge({"lr": 1e-3}, 4000, 1e-2),
+        quadratic=Converge({"lr": Decay(0.3, 25)}, 300, 1e-3),
+        rosenbrock=Converge({"lr": Decay(0.1, 150)}, 1000, 1e-2),
     ),
 ]
 
