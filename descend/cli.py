@@ -14,7 +14,11 @@ def main() -> None:
 
 
 # commands (one line each; keep imports light: heavy modules are imported inside the commands)
-from descend.schedules import schedule_command  # noqa: E402
+from descend.schedule_cli import schedule_command  # noqa: E402
 main.add_command(schedule_command)
 from descend.lab.race_cli import race_command  # noqa: E402
 main.add_command(race_command)
+from descend.lab.cli import compare_command  # noqa: E402
+main.add_command(compare_command)
+from descend.lab.cli import lr_find_command  # noqa: E402
+main.add_command(lr_find_command)

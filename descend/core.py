@@ -448,14 +448,12 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def _reference_step(self, p, st, scal, views, maximize) -> None:
         """The readable path: each block's ``apply`` on this one tensor."""
-        real = torch.is_complex(p)
-        g = p.grad
-        if real:
-            g = torch.view_as_real(g)
+        as_real = torch.view_as_real if torch.is_complex(p) else (lambda t: t)  # complex: its real view
+        g = as_real(p.grad)
         u = -g if maximize else g
-        pv = torch.view_as_real(p) if real else p
+        pv = as_real(p)
         for b, h, c in zip(self.blocks, views, scal):
-            s = {n: (torch.view_as_real(st[n]) if real else st[n]) for n in b.buffers(h)}
+            s = {n: as_real(st[n]) for n in b.buffers(h)}
             u = b.apply(u, pv, s, SimpleNamespace(**c))
         pv.add_(u)
 
