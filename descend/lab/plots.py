@@ -99,9 +99,9 @@ def contour_paths(problem: str | Problem, trajectories: Sequence[Trajectory] = (
         for t, c in zip(trajectories, COLORS * 10):
             p = t.points[np.all(np.isfinite(t.points), axis=1)]
             every = max(1, len(p) // 40)
-            ax.plot(p[:, 0], p[:, 1], "-", color=c, lw=1.6, label=_label(t), zorder=3)
+            ax.plot(p[:, 0], p[:, 1], "-", color=c, lw=1.6, alpha=0.9, label=_label(t), zorder=3)
             ax.plot(p[::every, 0], p[::every, 1], "o", color=c, ms=2.5, zorder=3)
-            ax.plot(p[-1, 0], p[-1, 1], "o", color=c, mec="k", ms=6, zorder=4)
+            ax.plot(p[-1, 0], p[-1, 1], "o", color=c, mec="k", ms=6, zorder=6)
         if trajectories:
             s = trajectories[0].points[0]
             ax.plot(s[0], s[1], "o", color="k", ms=6, zorder=4)
@@ -181,7 +181,7 @@ def race_figure(problem: str | Problem, trajectories: Sequence[Trajectory]) -> F
     fig = Figure(figsize=(11.0, 4.6), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[1.15, 1.0])
     contour_paths(problem, trajectories, ax=left)
-    loss_curves(trajectories, ax=right, title="distance to the minimum value")
+    loss_curves(trajectories, ax=right, title="f(θ_t) − f*, the gap to the minimum value")
     return fig
 
 
@@ -209,8 +209,9 @@ def race_gif(problem: str | Problem, trajectories: Sequence[Trajectory], path: s
     contour_paths(prob, [], ax=ax)
     lines, heads = [], []
     for t, c in zip(trajectories, COLORS * 10):
-        (line,) = ax.plot([], [], "-", color=c, lw=1.8, label=_label(t), zorder=3)
-        (head,) = ax.plot([], [], "o", color=c, mec="k", ms=7, zorder=4)
+        style = dict(marker="o", ms=3, lw=0.8) if prob.dim == 1 else dict(lw=1.8)
+        (line,) = ax.plot([], [], color=c, label=_label(t), zorder=3, **style)
+        (head,) = ax.plot([], [], "o", color=c, mec="k", ms=8, zorder=6)  # above the minima's stars
         lines.append(line)
         heads.append(head)
     if trajectories:
