@@ -20,7 +20,10 @@ from descend.optimizers import (
     create,
 )
 
+from descend.lr_find import LRFinder, lr_find  # the LR range test (practitioner tool; no lab import)
+
 __version__ = "0.1.0"
 
 __all__ = ["GD", "Momentum", "Nesterov", "SGD", "AdaGrad", "RMSProp", "AdaDelta", "Adam", "AdamW", "NAdam",
            "RAdam", "Adamax", "Lion", "ChainOptimizer", "Block", "Hyper", "blocks", "available", "create"]
+__all__ += ["lr_find", "LRFinder"]

@@ -19,3 +19,9 @@ def __getattr__(name: str):
 
         return getattr(plots, name)
     raise AttributeError(f"module 'descend.lab' has no attribute {name!r}")
+
+# -- part B: training comparisons on real data and the report (torch/numpy only; matplotlib on use) -----
+from descend.lab.data import Data, DataError  # noqa: E402
+from descend.lab.data import load as load_data  # noqa: E402
+from descend.lab.report import write_report  # noqa: E402
+from descend.lab.train import Comparison, compare  # noqa: E402

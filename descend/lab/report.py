@@ -1,0 +1,348 @@
+"""The comparison's outputs: metrics.csv, the figures, the results table, a reading of the numbers,
+and one self-contained HTML page (figures embedded as base64 PNG; no external URL of any kind, so it
+opens offline).
+
+Spread over seeds: curves show the mean over seeds and a band from the lowest to the highest seed;
+the table shows mean ± sample standard deviation. Diverged runs are left out of means (their curves
+stop, marked ×, at the epoch they diverged) and counted in the status column.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from descend.lab.train import CSV_COLUMNS, Comparison, Summary
+
+__all__ = ["write_csv", "figure", "metric_figure", "loss_figure", "table_rows", "table_text", "reading",
+           "write_report"]
+
+
+# ------------------------------------------------------------------------------- csv
+
+
+def write_csv(comp: Comparison, path: str | Path) -> Path:
+    """metrics.csv: one row per optimizer, seed and epoch, columns :data:`~descend.lab.train.CSV_COLUMNS`."""
+    path = Path(path)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))
+        w.writeheader()
+        for row in comp.rows:
+            w.writerow({k: (repr(float(v)) if isinstance(v, float) else v) for k, v in row.items()})
+    return path
+
+
+# ------------------------------------------------------------------------------- figures
+
+
+def _curves(comp: Comparison, name: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """epochs, mean, low, high of ``key`` over the non-diverged seeds of ``name`` (all seeds if all diverged)."""
+    runs = comp.runs_of(name)
+    ok = [r for r in runs if not r.diverged] or runs
+    n = max(len(r.rows) for r in ok)
+    m = np.full((len(ok), n), np.nan)
+    for i, r in enumerate(ok):
+        vals = np.array([row[key] for row in r.rows], dtype=float)
+        vals[~np.isfinite(vals)] = np.nan
+        m[i, :len(vals)] = vals
+    with np.errstate(all="ignore"), _quiet():
+        return np.arange(n), np.nanmean(m, 0), np.nanmin(m, 0), np.nanmax(m, 0)
+
+
+class _quiet:
+    """Silence numpy's "mean of empty slice" for epochs no seed reached."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+def _plot(ax, comp: Comparison, key: str, ylabel: str, log: bool = False) -> None:
+    import matplotlib.pyplot as plt
+
+    colors = plt.get_cmap("tab10")
+    for i, name in enumerate(comp.optimizers):
+        c = colors(i % 10)
+        ep, mean, lo, hi = _curves(comp, name, key)
+        runs = comp.runs_of(name)
+        div = sum(r.diverged for r in runs)
+        label = name + (f" (diverged {div}/{len(runs)})" if div else "")
+        ax.plot(ep, mean, color=c, lw=1.8, label=label)
+        if len(runs) - div > 1:
+            ax.fill_between(ep, lo, hi, color=c, alpha=0.18, lw=0)
+        for r in runs:
+            if r.diverged:
+                last = [row[key] for row in r.rows if math.isfinite(row[key])]
+                if last:
+                    ax.plot([len(last) - 1], [last[-1]], "x", color=c, ms=8, mew=2)
+    if log:
+        ax.set_yscale("log")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _title(comp: Comparison) -> str:
+    s = comp.settings
+    return (f"{s['task']}: MLP {s['n_features']}→{'→'.join(map(str, s['hidden']))}→{comp.data.n_outputs}, "
+            f"{len(s['seeds'])} seed(s), batch {s['batch_size']}" + (f", schedule {s['schedule']}" if s['schedule'] else ""))
+
+
+def metric_figure(comp: Comparison):
+    """Validation metric vs epoch: mean over seeds, band from the lowest to the highest seed."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    _plot(ax, comp, "val_metric", f"validation {comp.data.metric_name}")
+    _limit_metric_axis(ax, comp)
+    ax.set_title(_title(comp), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def loss_figure(comp: Comparison):
+    """Training loss (whole training set, after each epoch) vs epoch, log scale."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    _plot(ax, comp, "train_loss", "training loss", log=True)
+    ax.set_title(_title(comp), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def figure(comp: Comparison):
+    """Both panels side by side (the picture in the README)."""
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    _plot(a, comp, "val_metric", f"validation {comp.data.metric_name}")
+    _limit_metric_axis(a, comp)
+    _plot(b, comp, "train_loss", "training loss", log=True)
+    fig.suptitle(_title(comp), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _limit_metric_axis(ax, comp: Comparison) -> None:
+    """Keep the interesting range in view: a near-zero epoch-0 accuracy or a hugely negative R² would
+    squash the curves that matter."""
+    vals = [r["val_metric"] for r in comp.rows if r["epoch"] > 0 and math.isfinite(r["val_metric"])]
+    if not vals:
+        return
+    top = max(vals)
+    lo = max(min(vals), top - 1.0 if comp.data.kind == "classification" else top - 2.0)
+    pad = 0.05 * (top - lo or 1.0)
+    ax.set_ylim(lo - pad, top + pad)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------- the table
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _hp_text(hp: dict[str, Any]) -> str:
+    parts = []
+    for k, v in hp.items():
+        v = f"{v:g}" if isinstance(v, float) else str(v).replace(" ", "")
+        parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
+def _status(comp: Comparison, s: Summary) -> str:
+    if not s.diverged:
+        return "ok"
+    first = min(r.diverged_epoch for r in comp.runs_of(s.optimizer) if r.diverged)
+    return f"diverged {s.diverged}/{s.seeds} (epoch {first})"
+
+
+def table_rows(comp: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the results table (strings)."""
+    m = comp.data.metric_name
+    head = ["optimizer", "hyperparameters", f"final val {m}", f"best val {m}",
+            f"epochs to {m} ≥ {comp.goal:.3f}", "time/run", "status"]
+    rows = []
+    for s in comp.summaries():
+        final = "—" if s.all_diverged else f"{_fmt(s.final_mean)} ± {_fmt(s.final_std)}"
+        goal = "never" if s.reached_goal == 0 else f"{s.epochs_to_goal:.1f} ({s.reached_goal}/{s.seeds} seeds)"
+        if s.all_diverged:
+            goal = "—"
+        rows.append([s.optimizer, _hp_text(s.hyperparameters), final, _fmt(s.best_mean), goal,
+                     f"{s.seconds:.1f} s", _status(comp, s)])
+    return head, rows
+
+
+def table_text(comp: Comparison) -> str:
+    """The results table as aligned plain text for the terminal."""
+    head, rows = table_rows(comp)
+    w = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(["-" * x for x in w]), *map(line, rows)])
+
+
+# ------------------------------------------------------------------------------- the reading
+
+
+def reading(comp: Comparison) -> list[str]:
+    """A few sentences read off the numbers: who won and by how much (against the seed spread),
+    who reached the goal first, who diverged."""
+    m = comp.data.metric_name
+    pts = comp.data.kind == "classification"
+
+    def gap(d: float) -> str:
+        return f"{100 * d:.1f} percentage points" if pts else f"{d:.3f}"
+
+    sums = comp.summaries()
+    ok = sorted((s for s in sums if not s.all_diverged and math.isfinite(s.final_mean)),
+                key=lambda s: -s.final_mean)
+    out = []
+    n_seeds = len(comp.settings["seeds"])
+    if not ok:
+        out.append("Every run diverged: lower the learning rates (e.g. --lr 0.001) and run again.")
+    else:
+        best = ok[0]
+        out.append(f"{best.optimizer} ended with the best validation {m}, {best.final_mean:.3f} "
+                   f"(mean over {n_seeds - best.diverged} seed(s)) after {comp.settings['epochs']} epochs.")
+        if len(ok) > 1:
+            second, worst = ok[1], ok[-1]
+            d = best.final_mean - second.final_mean
+            spread = max(best.final_std, second.final_std)
+            verdict = ("more than the seed-to-seed spread (standard deviation up to "
+                       f"{spread:.3f}), so the lead is consistent" if n_seeds > 1 and d > spread else
+                       f"within the seed-to-seed spread ({spread:.3f}), so the two are not clearly apart"
+                       if n_seeds > 1 else "from a single seed, so not a measure of consistency")
+            out.append(f"The runner-up, {second.optimizer}, reached {second.final_mean:.3f}: "
+                       f"{gap(d)} behind, {verdict}.")
+            if worst is not second:
+                out.append(f"Last was {worst.optimizer} at {worst.final_mean:.3f} "
+                           f"({gap(best.final_mean - worst.final_mean)} behind {best.optimizer}).")
+        fast = sorted((s for s in ok if s.reached_goal), key=lambda s: s.epochs_to_goal)
+        never = [s.optimizer for s in ok if s.reached_goal == 0]
+        if fast:
+            txt = (f"Fastest to validation {m} ≥ {comp.goal:.3f}: {fast[0].optimizer} "
+                   f"({fast[0].epochs_to_goal:.1f} epochs on average)")
+            if len(fast) > 1:
+                txt += f"; slowest of those that got there: {fast[-1].optimizer} ({fast[-1].epochs_to_goal:.1f})"
+            out.append(txt + ".")
+        if never:
+            out.append(f"Never reached {comp.goal:.3f}: {', '.join(never)}.")
+    for s in sums:
+        if s.diverged:
+            first = min(r.diverged_epoch for r in comp.runs_of(s.optimizer) if r.diverged)
+            out.append(f"{s.optimizer} ({_hp_text(s.hyperparameters)}) diverged in {s.diverged} of {s.seeds} "
+                       f"seed(s), first at epoch {first}: its loss became non-finite or exceeded "
+                       f"{comp.settings['divergence_factor']:g}× the initial loss; try a smaller lr.")
+    if not any(s.diverged for s in sums):
+        out.append("No run diverged.")
+    return out
+
+
+# ------------------------------------------------------------------------------- the page
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.92em;margin:.5em 0}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left} th{background:#f3f3f3}
+td.num{text-align:right;font-variant-numeric:tabular-nums} tr.diverged td{background:#fde8e8}
+.fig{max-width:100%;height:auto;border:1px solid #eee} .muted{color:#666;font-size:.9em}
+ul.reading li{margin:.2em 0} code{background:#f5f5f5;padding:0 .2em}
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    return (f'<img class="fig" alt="{html.escape(alt)}" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
+
+
+def render_html(comp: Comparison, figures: dict[str, bytes], command: str | None = None) -> str:
+    """The report page as a string (``figures``: file name → PNG bytes, embedded in that order)."""
+    e = html.escape
+    s = comp.settings
+    head, rows = table_rows(comp)
+    status_col = head.index("status")
+    table = ["<table>", "<tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"]
+    for r in rows:
+        cls = ' class="diverged"' if r[status_col] != "ok" else ""
+        cells = "".join(f'<td{" class=num" if 2 <= i <= 5 else ""}>{e(c)}</td>' for i, c in enumerate(r))
+        table.append(f"<tr{cls}>{cells}</tr>")
+    table.append("</table>")
+    settings = [
+        ("task", f"{s['task']} ({s['kind']}; metric: {s['metric']}) — {s['train_rows']} training rows, "
+                 f"{s['val_rows']} validation rows, {s['n_features']} features"),
+        ("model", f"MLP {s['n_features']}→{'→'.join(map(str, s['hidden']))}→{comp.data.n_outputs}, ReLU"),
+        ("training", f"{s['epochs']} epochs, mini-batches of {s['batch_size']}, seeds {', '.join(map(str, s['seeds']))} "
+                     "(per seed: the same initial weights and batch order for every optimizer)"),
+        ("schedule", s["schedule"] or "none (constant learning rate)"),
+        ("goal", f"validation {s['metric']} ≥ {comp.goal:.3f}"),
+    ]
+    if command:
+        settings.insert(0, ("command", command))
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>descend compare — {e(s['task'])}</title>", f"<style>{_CSS}</style></head><body>",
+        f"<h1>descend compare — {e(s['task'])}</h1>",
+        '<p class="muted">A self-contained report: the figures are embedded; the numbers are in '
+        "<code>metrics.csv</code> beside this file.</p>",
+        "<h2>Reading</h2>", '<ul class="reading">', *[f"<li>{e(t)}</li>" for t in reading(comp)], "</ul>",
+        "<h2>Results</h2>", *table,
+        '<p class="muted">final/best: mean ± sample standard deviation over the seeds that did not diverge; '
+        "epochs to goal: mean over the seeds that reached it; time/run: wall time of the training steps.</p>",
+        "<h2>Curves</h2>",
+        '<p class="muted">Lines: mean over seeds; bands: lowest to highest seed; ×: a run that diverged. '
+        "Training loss is measured on the whole training set after each epoch (epoch 0: before training).</p>",
+        *[f"<p>{_img(png, name)}</p>" for name, png in figures.items()],
+        "<h2>Settings</h2>", "<table>", *[f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in settings], "</table>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(comp: Comparison, out_dir: str | Path, command: str | None = None) -> dict[str, Path]:
+    """Write ``metrics.csv``, ``val_metric.png``, ``train_loss.png``, ``compare.png`` and ``report.html``
+    into ``out_dir`` (created if needed); return name → path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics.csv": write_csv(comp, out / "metrics.csv")}
+    figs = {"val_metric.png": _png(metric_figure(comp)), "train_loss.png": _png(loss_figure(comp)),
+            "compare.png": _png(figure(comp))}
+    for name, png in figs.items():
+        (out / name).write_bytes(png)
+        paths[name] = out / name
+    embedded = {k: figs[k] for k in ("val_metric.png", "train_loss.png")}
+    page = out / "report.html"
+    page.write_text(render_html(comp, embedded, command), encoding="utf-8")
+    paths["report.html"] = page
+    return paths

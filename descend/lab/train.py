@@ -1,0 +1,429 @@
+"""Training comparisons on real data: the same model, initialisation and data order for every optimizer.
+
+For each seed s and each optimizer the run is:
+
+1. ``torch.manual_seed(s)``, then build the MLP — so every optimizer starts from the same weights;
+2. a ``torch.Generator`` seeded with s draws each epoch's permutation of the training rows — so every
+   optimizer sees the same mini-batches in the same order;
+3. after each epoch (and once before training, epoch 0) the model is evaluated on the *whole*
+   training set (train loss) and on the fixed validation rows (validation loss and metric: accuracy
+   for classification, R² for regression), in eval mode without gradients.
+
+Recorded per epoch: train_loss, val_loss, val_metric, lr (the learning rate of the epoch's last step)
+and seconds (cumulative wall time of the training steps of this run, evaluation excluded).
+
+A run *diverges* when a mini-batch loss is NaN/±inf or exceeds ``divergence_factor`` × the initial
+training loss; it stops there, its last row is the diverged epoch, and the other runs go on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import descend
+from descend.lab.data import Data
+
+__all__ = ["DEFAULT_OPTIMIZERS", "DEFAULT_HYPERPARAMETERS", "hyperparameters_for", "make_model", "make_schedule",
+           "train_run", "compare", "Run", "Comparison", "Summary", "CSV_COLUMNS"]
+
+#: the optimizers ``descend compare`` runs by default: the chapter's three rules and the two that follow
+DEFAULT_OPTIMIZERS = ("gd", "momentum", "adagrad", "rmsprop", "adam")
+
+#: default hyperparameters per optimizer for the lab's MLPs on standardised inputs, batch 32.
+#: Chosen with an lr sweep on digits (see the README): each is within a factor ~3 of the best lr for
+#: that optimizer there, and none diverges on the bundled tasks. Momentum here has η inside the
+#: velocity, so its effective step is η/(1 − γ) = 10η: it needs a smaller η than GD.
+DEFAULT_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
+    "gd": {"lr": 0.1},
+    "momentum": {"lr": 0.01, "momentum": 0.9},
+    "nesterov": {"lr": 0.01, "momentum": 0.9},
+    "sgd": {"lr": 0.1},
+    "adagrad": {"lr": 0.05},
+    "rmsprop": {"lr": 1e-3},
+    "adadelta": {"lr": 1.0},
+    "adam": {"lr": 1e-3},
+    "adamw": {"lr": 1e-3},
+    "nadam": {"lr": 2e-3},
+    "radam": {"lr": 1e-3},
+    "adamax": {"lr": 2e-3},
+    "lion": {"lr": 1e-4},
+}
+
+CSV_COLUMNS = ("optimizer", "seed", "epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds")
+
+
+def hyperparameters_for(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The lab's defaults for ``name`` updated with ``overrides``; unknown name → ValueError listing valid ones."""
+    key = str(name).lower()
+    if key not in descend.optimizers.REGISTRY:
+        raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(descend.available())}")
+    hp = dict(DEFAULT_HYPERPARAMETERS.get(key, {}))
+    hp.update(overrides or {})
+    if "lr" not in hp:
+        default = inspect.signature(descend.optimizers.REGISTRY[key]).parameters["lr"].default
+        if default is inspect.Parameter.empty:
+            raise ValueError(f"{key} has no default learning rate; give one (e.g. --set {key}.lr=0.01)")
+        hp["lr"] = default
+    return hp
+
+
+def check_optimizer(name: str, hyper: Mapping[str, Any]) -> None:
+    """Build the optimizer once on a dummy parameter so bad names or values fail before any training."""
+    cls = descend.optimizers.REGISTRY[str(name).lower()]
+    takes = [p for p in inspect.signature(cls).parameters if p != "params"]
+    for k in hyper:
+        if k not in takes:
+            raise ValueError(f"{name} has no hyperparameter {k!r}; it takes {', '.join(takes)}")
+    descend.create(name, [nn.Parameter(torch.zeros(1))], **hyper)
+
+
+# ------------------------------------------------------------------------------- schedules
+
+#: argument names a schedule may use for its peak / initial learning rate (the first one it has gets
+#: the optimizer's lr) and for its length (gets the run's number of steps)
+_LR_NAMES = ("lr", "peak", "max_lr", "init", "value", "peak_lr", "init_value", "base_lr", "start")
+_STEP_NAMES = ("total_steps", "num_steps", "steps", "T", "max_steps")
+
+
+def parse_schedule(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"warmup_cosine:warmup_steps=50,end=0"`` → ``("warmup_cosine", {"warmup_steps": 50, "end": 0})``."""
+    name, _, rest = spec.partition(":")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        k, eq, v = item.partition("=")
+        if not eq or not k.strip():
+            raise ValueError(f"invalid schedule argument {item!r} in {spec!r}; expected NAME:key=value,key=value")
+        kwargs[k.strip()] = parse_value(v.strip())
+    return name.strip().lower(), kwargs
+
+
+def _schedule_registry() -> dict[str, Callable[..., Any]]:
+    try:
+        from descend import schedules
+    except ImportError:
+        raise ValueError("schedules need descend.schedules, which this installation does not have") from None
+    reg = getattr(schedules, "REGISTRY", None)
+    if reg is None:
+        reg = {n: getattr(schedules, n) for n in getattr(schedules, "__all__", dir(schedules))
+               if not n.startswith("_") and callable(getattr(schedules, n))}
+    return dict(reg)
+
+
+def make_schedule(spec: str, lr: float, total_steps: int) -> Callable[[int], float]:
+    """Build a learning-rate schedule from :mod:`descend.schedules` by name (looked up at run time).
+
+    ``spec`` is ``NAME`` or ``NAME:key=value,...``. Arguments not given are filled in: the schedule's
+    learning-rate argument (``peak``, ``init``, ``max_lr``, … — the first it has) with the optimizer's
+    ``lr``, its length (``total_steps``) with the run's number of steps (epochs × batches per epoch),
+    and wsd's ``decay_steps`` with what is left after its warm-up and stable phases.
+    """
+    name, kwargs = parse_schedule(spec)
+    reg = _schedule_registry()
+    if name not in reg:
+        raise ValueError(f"unknown schedule {name!r}; valid schedules: {', '.join(reg)}")
+    fn = reg[name]
+    params = inspect.signature(fn).parameters
+    for k in kwargs:
+        if k not in params:
+            raise ValueError(f"schedule {name} has no argument {k!r}; it takes {', '.join(params)}")
+    lr_arg = next((n for n in _LR_NAMES if n in params), None)
+    if lr_arg is not None and lr_arg not in kwargs:
+        kwargs[lr_arg] = lr
+    for n in _STEP_NAMES:
+        if n in params and n not in kwargs:
+            kwargs[n] = total_steps
+    if "decay_steps" in params and "decay_steps" not in kwargs:
+        used = sum(int(kwargs.get(n, 0)) for n in ("warmup_steps", "stable_steps"))
+        kwargs["decay_steps"] = max(1, total_steps - used)
+    try:
+        return fn(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"schedule {name}{inspect.signature(fn)}: {e}") from None
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: ``true``/``false``, an int, a float, or a comma-separated tuple of those."""
+    t = text.strip()
+    if "," in t:
+        return tuple(parse_value(v) for v in t.split(","))
+    if t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return float(t)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number, true/false, or a comma-separated list of those") from None
+
+
+# ------------------------------------------------------------------------------- model and one run
+
+
+def make_model(n_in: int, n_out: int, hidden: Sequence[int] = (64,), seed: int = 0) -> nn.Sequential:
+    """An MLP ``n_in → hidden… → n_out`` with ReLU, initialised from ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    widths = [n_in, *hidden]
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(widths[-1], n_out))
+    return nn.Sequential(*layers)
+
+
+def _loss_fn(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if kind == "classification":
+        return nn.functional.cross_entropy
+    return lambda out, y: nn.functional.mse_loss(out.squeeze(-1), y)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str) -> tuple[float, float]:
+    """(loss, metric) on the whole of (x, y): accuracy for classification, R² = 1 − SSE/SST for regression."""
+    was = model.training
+    model.eval()
+    out = model(x)
+    model.train(was)
+    loss = float(_loss_fn(kind)(out, y))
+    if not torch.isfinite(out).all():
+        return loss, math.nan
+    if kind == "classification":
+        return loss, float((out.argmax(dim=1) == y).float().mean())
+    pred = out.squeeze(-1)
+    sst = float(((y - y.mean()) ** 2).sum())
+    return loss, 1.0 - float(((y - pred) ** 2).sum()) / sst if sst > 0 else math.nan
+
+
+@dataclass
+class Run:
+    """One (optimizer, seed) run: its rows (one per epoch, epoch 0 = before training) and how it ended."""
+
+    optimizer: str
+    seed: int
+    hyperparameters: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    diverged_epoch: int | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_epoch is not None
+
+    def metric(self) -> np.ndarray:
+        return np.array([r["val_metric"] for r in self.rows], dtype=float)
+
+
+def train_run(data: Data, optimizer: str, hyperparameters: Mapping[str, Any], *, seed: int = 0, epochs: int = 20,
+              batch_size: int = 32, hidden: Sequence[int] = (64,), schedule: str | None = None,
+              divergence_factor: float = 1e3, on_epoch: Callable[[], None] | None = None) -> Run:
+    """Train one MLP on ``data`` with one optimizer for ``epochs`` epochs; see the module docstring."""
+    xt, xv = torch.from_numpy(data.x_train), torch.from_numpy(data.x_val)
+    yt, yv = torch.from_numpy(data.y_train), torch.from_numpy(data.y_val)
+    n = len(xt)
+    steps_per_epoch = math.ceil(n / batch_size)
+    hp = dict(hyperparameters)
+    if schedule:
+        hp["lr"] = make_schedule(schedule, float(hp["lr"]), epochs * steps_per_epoch)
+    model = make_model(data.n_features, data.n_outputs, hidden, seed)
+    opt = descend.create(optimizer, model.parameters(), **hp)
+    loss_fn = _loss_fn(data.kind)
+    order = torch.Generator().manual_seed(seed)
+    run = Run(optimizer, seed, dict(hyperparameters))
+
+    def record(epoch: int, seconds: float, lr: float) -> float:
+        tl, _ = evaluate(model, xt, yt, data.kind)
+        vl, vm = evaluate(model, xv, yv, data.kind)
+        run.rows.append(dict(optimizer=optimizer, seed=seed, epoch=epoch, train_loss=tl, val_loss=vl,
+                             val_metric=vm, lr=lr, seconds=seconds))
+        return tl
+
+    initial = record(0, 0.0, float(opt.param_groups[0]["lr"]))
+    limit = divergence_factor * max(initial, 1e-12)
+    seconds = 0.0
+    for epoch in range(1, epochs + 1):
+        perm = torch.randperm(n, generator=order)
+        lr = float(opt.param_groups[0]["lr"])
+        t0 = time.perf_counter()
+        bad = False
+        model.train()
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            lr = float(opt.param_groups[0]["lr"])  # the value this step uses
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xt[idx]), yt[idx])
+            v = loss.item()
+            if not math.isfinite(v) or v > limit:
+                bad = True
+                break
+            loss.backward()
+            opt.step()
+        seconds += time.perf_counter() - t0
+        record(epoch, seconds, lr)
+        if on_epoch is not None:
+            on_epoch()
+        if bad or not math.isfinite(run.rows[-1]["train_loss"]) or run.rows[-1]["train_loss"] > limit:
+            run.diverged_epoch = epoch
+            break
+    return run
+
+
+# ------------------------------------------------------------------------------- the comparison
+
+
+@dataclass
+class Summary:
+    """One optimizer's results over its seeds (means and sample standard deviations over the seeds
+    that did not diverge)."""
+
+    optimizer: str
+    hyperparameters: dict[str, Any]
+    seeds: int
+    diverged: int
+    final_mean: float
+    final_std: float
+    best_mean: float
+    epochs_to_goal: float  # mean over seeds that reached it; nan if none did
+    reached_goal: int
+    seconds: float  # mean training time per run
+
+    @property
+    def all_diverged(self) -> bool:
+        return self.diverged == self.seeds
+
+
+@dataclass
+class Comparison:
+    """The result of :func:`compare`: every run, the settings, and summaries."""
+
+    data: Data
+    runs: list[Run]
+    settings: dict[str, Any]
+    goal: float
+
+    @property
+    def optimizers(self) -> list[str]:
+        return list(dict.fromkeys(r.optimizer for r in self.runs))
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per optimizer, seed and epoch, as in metrics.csv."""
+        return [row for r in self.runs for row in r.rows]
+
+    def runs_of(self, optimizer: str) -> list[Run]:
+        return [r for r in self.runs if r.optimizer == optimizer]
+
+    def summaries(self) -> list[Summary]:
+        out = []
+        for name in self.optimizers:
+            runs = self.runs_of(name)
+            ok = [r for r in runs if not r.diverged]
+            finals = np.array([r.rows[-1]["val_metric"] for r in ok], dtype=float)
+            bests = np.array([np.nanmax(r.metric()) for r in ok], dtype=float)
+            to_goal = []
+            for r in ok:
+                hit = [row["epoch"] for row in r.rows if row["val_metric"] >= self.goal]
+                if hit:
+                    to_goal.append(hit[0])
+            out.append(Summary(
+                optimizer=name, hyperparameters=runs[0].hyperparameters, seeds=len(runs),
+                diverged=len(runs) - len(ok),
+                final_mean=float(finals.mean()) if len(ok) else math.nan,
+                final_std=float(finals.std(ddof=1)) if len(ok) > 1 else 0.0 if len(ok) else math.nan,
+                best_mean=float(bests.mean()) if len(ok) else math.nan,
+                epochs_to_goal=float(np.mean(to_goal)) if to_goal else math.nan, reached_goal=len(to_goal),
+                seconds=float(np.mean([r.rows[-1]["seconds"] for r in runs])),
+            ))
+        return out
+
+
+def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
+            hyperparameters: Mapping[str, Mapping[str, Any]] | None = None, lr: float | None = None,
+            seeds: int | Sequence[int] = 3, epochs: int = 20, batch_size: int = 32, hidden: Sequence[int] = (64,),
+            schedule: str | None = None, goal: float | None = None, divergence_factor: float = 1e3,
+            progress: bool = False, threads: int | None = 1) -> Comparison:
+    """Train the same MLP on ``data`` with each optimizer and each seed.
+
+    Args:
+        data: a prepared task (:func:`descend.lab.data.load`).
+        optimizers: descend names (``descend.available()``).
+        hyperparameters: per optimizer, values that replace the lab defaults
+            (:data:`DEFAULT_HYPERPARAMETERS`), e.g. ``{"adam": {"lr": 3e-4}}``.
+        lr: if given, the learning rate of every optimizer (``hyperparameters`` still win).
+        seeds: a count K (seeds 0..K−1) or the seeds themselves.
+        schedule: e.g. ``"cosine"`` or ``"warmup_cosine:warmup_steps=50"`` (see :func:`make_schedule`);
+            the schedule's peak is each optimizer's lr.
+        goal: the validation metric for "epochs to goal"; default 98% of the best value any run reached
+            (or that best itself if it is ≤ 0).
+        progress: show a tqdm bar over all epochs.
+        threads: torch's intra-op threads during the comparison (restored afterwards); None leaves
+            them alone. One is the default: these models are too small to gain from more, and on a
+            busy machine extra threads only wait for each other.
+
+    Returns:
+        a :class:`Comparison`. Bad names or values raise ValueError/TypeError before any training.
+    """
+    names = [str(o).lower() for o in optimizers]
+    if not names:
+        raise ValueError("no optimizers given; valid names: " + ", ".join(descend.available()))
+    per = {str(k).lower(): dict(v) for k, v in (hyperparameters or {}).items()}
+    for k in per:
+        if k not in names:
+            raise ValueError(f"hyperparameters given for {k!r}, which is not among the optimizers compared "
+                             f"({', '.join(names)})")
+    if epochs < 1:
+        raise ValueError(f"invalid epochs={epochs!r}; expected an integer >= 1")
+    if batch_size < 1:
+        raise ValueError(f"invalid batch_size={batch_size!r}; expected an integer >= 1")
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError(f"invalid seeds={seeds!r}; expected at least one seed")
+    hps = {}
+    for name in names:
+        hp = hyperparameters_for(name, ({"lr": lr} if lr is not None else {}) | per.get(name, {}))
+        check_optimizer(name, hp)
+        if schedule:
+            make_schedule(schedule, float(hp["lr"]), epochs * math.ceil(len(data.x_train) / batch_size))  # fail now
+        hps[name] = hp
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(names) * len(seed_list) * epochs, unit="epoch", desc="descend compare")
+    runs = []
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        for seed in seed_list:
+            for name in names:
+                if bar is not None:
+                    bar.set_postfix_str(f"{name} seed {seed}")
+                run = train_run(data, name, hps[name], seed=seed, epochs=epochs, batch_size=batch_size,
+                                hidden=hidden, schedule=schedule, divergence_factor=divergence_factor,
+                                on_epoch=bar.update if bar is not None else None)
+                if bar is not None and run.diverged:
+                    bar.update(epochs - run.diverged_epoch)  # the epochs it will not run
+                runs.append(run)
+    finally:
+        torch.set_num_threads(before)
+        if bar is not None:
+            bar.close()
+    runs.sort(key=lambda r: (names.index(r.optimizer), seed_list.index(r.seed)))
+    if goal is None:
+        finite = [m for r in runs if not r.diverged for m in r.metric() if math.isfinite(m)]
+        best = max(finite) if finite else math.nan
+        goal = 0.98 * best if best > 0 else best
+    settings = dict(task=data.name, kind=data.kind, metric=data.metric_name, optimizers=names,
+                    seeds=seed_list, epochs=epochs, batch_size=batch_size, hidden=list(hidden),
+                    schedule=schedule, divergence_factor=divergence_factor,
+                    train_rows=len(data.x_train), val_rows=len(data.x_val), n_features=data.n_features)
+    return Comparison(data=data, runs=runs, settings=settings, goal=float(goal))
