@@ -10,8 +10,8 @@ there: it carries θ, and so f, to NaN).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,6 @@ class Trajectory:
     lrs: np.ndarray
     diverged: bool
     steps: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final_loss(self) -> float:
