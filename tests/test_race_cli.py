@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -132,7 +133,8 @@ def test_bad_input_is_one_clear_error_without_traceback(args, code, words, tmp_p
 
 def test_the_installed_entry_point(tmp_path):
     """The real ``descend`` console script (as CI and users run it): success and a user error."""
-    exe = [sys.executable, "-c", "from descend.cli import main; main()"]
+    script = Path(sys.executable).parent / "descend"  # the console script pip installed beside python
+    exe = [str(script)] if script.exists() else [sys.executable, "-c", "from descend.cli import main; main()"]
     ok = subprocess.run([*exe, "race", "--function", "saddle", "--optimizers", "gd,adam", "--steps", "10",
                          "--out", "s.png"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
