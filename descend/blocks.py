@@ -50,6 +50,7 @@ class ScaleByLearningRate(Block):
     """
 
     hyper = (_LR,)
+    supports_sparse = True  # u · (−η) keeps a sparse u sparse
 
     def __init__(self, decay: bool = False, **pinned):
         self.decay = decay
@@ -83,6 +84,7 @@ class AddDecayedWeights(Block):
     """
 
     hyper = (_WD,)
+    supports_sparse = True  # λ = 0 passes a sparse u through; λ ≠ 0 makes it dense (L2 touches every θ)
 
     def __init__(self, when: str | None = None, **pinned):
         if when not in (None, "coupled", "decoupled"):
@@ -101,7 +103,9 @@ class AddDecayedWeights(Block):
         return {"wd": float(h["weight_decay"]) if self._active(h) else 0.0}
 
     def apply(self, u, p, s, c):
-        return u + c.wd * p if c.wd != 0 else u
+        if c.wd == 0:
+            return u
+        return (u.to_dense() if u.is_sparse else u) + c.wd * p
 
     def c_code(self, h):
         return "u += c_wd * p;" if self._active(h) and h["weight_decay"] != 0 else ""
@@ -181,10 +185,10 @@ class ScaleByRss(Block):
         if u.is_sparse:
             u = u.coalesce()
             idx, val = u._indices(), u._values()
-            r.add_(torch.sparse_coo_tensor(idx, val * val, u.shape))
+            r.add_(torch.sparse_coo_tensor(idx, val * val, u.shape, check_invariants=False))
             rv = r.sparse_mask(u)._values()
             denom = (rv + c.eps).sqrt() if c.inside else rv.sqrt().add(c.eps)
-            return torch.sparse_coo_tensor(idx, val / denom, u.shape)
+            return torch.sparse_coo_tensor(idx, val / denom, u.shape, check_invariants=False)
         r.addcmul_(u, u)
         return u / ((r + c.eps).sqrt() if c.inside else r.sqrt().add(c.eps))
 
