@@ -293,7 +293,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{self._name()}: got an empty parameter list")
         unknown = set(group) - set(self._known) - {"params", "maximize", "skip_nonfinite", "name",
                                                    "param_names", "initial_lr", "schedules",
-                                                   "step", "skipped_steps"}
+                                                   "step", "skipped_steps",
+                                                   "differentiable"}  # torch's __setstate__ adds it
         if unknown:
             raise TypeError(f"{self._name()}: unknown hyperparameter(s) {sorted(unknown)} in a parameter group")
         self._check_group(group)
@@ -311,6 +312,12 @@ class ChainOptimizer(torch.optim.Optimizer):
         for p in self.param_groups[-1]["params"]:
             if p.is_sparse:
                 raise ValueError(f"{self._name()}: sparse parameters are not supported")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim.Optimizer pickles (and deep-copies) only defaults, state and param_groups; a
+        # chain also needs its blocks (an instance attribute for ChainOptimizer(params, blocks)),
+        # its hyperparameter table and the fast flag.
+        return {**super().__getstate__(), "blocks": self.blocks, "_known": self._known, "fast": self.fast}
 
     # -- state_dict --------------------------------------------------------------------------
 
