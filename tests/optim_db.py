@@ -65,6 +65,7 @@ class OptimInfo:
         float64_default_for_parity: torch's rule keeps float32 internals unless torch's default
             dtype is float64 (torch.optim.NAdam's ``mu_product``), so set it during float64 parity.
         supports_sparse: accepts sparse gradients.
+        sparse_parity: combinations to compare with ``torch_cls`` on sparse gradients.
         quadratic, rosenbrock: convergence settings.
     """
 
@@ -76,6 +77,7 @@ class OptimInfo:
     parity_requires: Callable[[dict[str, Any]], bool] = lambda hp: True
     float64_default_for_parity: bool = False
     supports_sparse: bool = False
+    sparse_parity: list[dict[str, Any]] = field(default_factory=list)
     quadratic: Converge | None = None
     rosenbrock: Converge | None = None
 
@@ -111,6 +113,7 @@ OPTIMS: list[OptimInfo] = [
     OptimInfo(
         "gd", required={"lr": 0.1},
         torch_cls=torch.optim.SGD, parity=grid(lr=[0.1, 0.03], maximize=_MAX),
+        supports_sparse=True, sparse_parity=grid(lr=[0.1], maximize=_MAX),
         quadratic=Converge({"lr": 0.1}, 300, 1e-8),
         rosenbrock=Converge({"lr": 0.02}, 1000, 2e-3),
     ),
@@ -137,6 +140,8 @@ OPTIMS: list[OptimInfo] = [
         parity=grid(lr=[0.1], lr_decay=[0.0, 0.1], weight_decay=[0.0, 0.1], initial_accumulator_value=[0.0, 0.5],
                     eps=[1e-10, 1e-2], maximize=_MAX),
         supports_sparse=True,
+        sparse_parity=[{"lr": 0.1}, {"lr": 0.1, "lr_decay": 0.1, "initial_accumulator_value": 0.3, "eps": 1e-3},
+                       {"lr": 0.1, "maximize": True}],
         quadratic=Converge({"lr": 1.0}, 300, 1e-8),
         rosenbrock=Converge({"lr": 0.5}, 1000, 3e-3),
     ),
@@ -227,11 +232,13 @@ def loss_fn(params: list[torch.Tensor], t: int) -> torch.Tensor:
 
 def trajectory(factory: Callable[[list[torch.Tensor]], torch.optim.Optimizer], steps: int = 8,
                dtype: torch.dtype = torch.float64, no_grad_at: dict[int, tuple[int, ...]] | None = None,
-               seed: int = 0) -> list[list[torch.Tensor]]:
+               seed: int = 0, before_step: Callable[[Any, list[torch.Tensor], int], None] | None = None,
+               ) -> list[list[torch.Tensor]]:
     """Run ``factory(params)`` for ``steps`` steps on the fixed problem; return the parameters after each.
 
     At step ``t`` the parameters listed in ``no_grad_at[t]`` (default :data:`NO_GRAD_AT`) get no
-    gradient, so an optimizer must skip them (and create their state late).
+    gradient, so an optimizer must skip them (and create their state late). ``before_step(opt,
+    params, t)``, if given, runs after the gradients are in place and before ``opt.step()``.
     """
     no_grad_at = NO_GRAD_AT if no_grad_at is None else no_grad_at
     params = make_params(dtype, seed)
@@ -242,6 +249,8 @@ def trajectory(factory: Callable[[list[torch.Tensor]], torch.optim.Optimizer], s
         loss_fn(params, t).backward()
         for i in no_grad_at.get(t, ()):
             params[i].grad = None
+        if before_step is not None:
+            before_step(opt, params, t)
         opt.step()
         out.append([p.detach().clone() for p in params])
     return out
