@@ -102,7 +102,10 @@ def parse_schedule(spec: str) -> tuple[str, dict[str, Any]]:
         k, eq, v = item.partition("=")
         if not eq or not k.strip():
             raise ValueError(f"invalid schedule argument {item!r} in {spec!r}; expected NAME:key=value,key=value")
-        kwargs[k.strip()] = parse_value(v.strip())
+        try:
+            kwargs[k.strip()] = parse_value(v.strip())
+        except ValueError:
+            kwargs[k.strip()] = v.strip()  # a word, e.g. wsd's decay=cosine
     return name.strip().lower(), kwargs
 
 
@@ -198,7 +201,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str) -> t
     if not torch.isfinite(out).all():
         return loss, math.nan
     if kind == "classification":
-        return loss, float((out.argmax(dim=1) == y).float().mean())
+        return loss, float((out.argmax(dim=1) == y).double().mean())
     pred = out.squeeze(-1)
     sst = float(((y - y.mean()) ** 2).sum())
     return loss, 1.0 - float(((y - pred) ** 2).sum()) / sst if sst > 0 else math.nan

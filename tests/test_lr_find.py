@@ -1,0 +1,195 @@
+"""descend.lr_find: the sweep and smoothing against their formulas, early stop at GD's stability limit,
+the suggestion rules on curves with a known answer, and an exact (bitwise) restore."""
+
+import math
+
+import pytest
+import torch
+
+import descend
+from descend.lr_find import LRFinder, suggest
+
+
+def _regression(seed=0, n=128):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.1 * torch.randn(n, generator=g)
+    return x, y
+
+
+def _batches(x, y, bs=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), bs):
+            yield x[perm[i:i + bs]], y[perm[i:i + bs]]
+
+
+def test_sweep_and_smoothing_follow_the_formulas():
+    x, y = _regression()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 1)
+    opt = descend.Adam(model.parameters(), lr=1e-3)
+    it = _batches(x, y)
+
+    def loss_fn():
+        xb, yb = next(it)
+        return ((model(xb).squeeze(1) - yb) ** 2).mean()
+
+    res = descend.lr_find(model, opt, loss_fn, start_lr=1e-5, end_lr=1.0, num_steps=40, smoothing=0.9)
+    n = len(res.lrs)
+    assert n == 40 and not res.stopped_early  # Adam with lr ≤ 1 on a linear model does not blow up
+    for i, lr in enumerate(res.lrs):
+        assert lr == pytest.approx(1e-5 * (1.0 / 1e-5) ** (i / 39), rel=1e-12)
+    avg = 0.0
+    for i, (raw, sm) in enumerate(zip(res.raw_losses, res.losses)):
+        avg = 0.9 * avg + 0.1 * raw
+        assert sm == pytest.approx(avg / (1 - 0.9 ** (i + 1)), rel=1e-12)
+    assert res.losses[-1] < 0.5 * res.losses[0]  # the sweep did train
+
+
+def test_stops_when_gd_passes_its_stability_limit():
+    """f(w) = ½ L w² with GD: |1 − ηL| > 1 once η > 2/L, and the loss grows geometrically."""
+    L = 4.0
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+    model = torch.nn.Module()
+    model.w = w
+    opt = descend.GD([w], lr=0.1)
+    res = descend.lr_find(model, opt, lambda: 0.5 * L * (w ** 2).sum(), start_lr=1e-3, end_lr=100.0,
+                          num_steps=200, smoothing=0.0)
+    assert res.stopped_early and len(res.lrs) < 200
+    assert res.lrs[-1] > 2 / L  # it cannot stop while GD still contracts
+    assert res.losses[-1] > 4 * min(res.losses)
+    assert res.suggestion < 2 / L  # the suggestion is a stable rate
+    assert w.item() == 1.0  # restored
+
+
+def test_suggestion_rules_on_known_curves():
+    lrs = [10 ** (-6 + 6 * i / 199) for i in range(200)]
+    x0 = math.log(1e-3)
+    # a smooth step in log lr that falls fastest at 1e-3, then a rise after its minimum
+    losses = [2 - math.tanh(math.log(lr) - x0) + max(0.0, math.log(lr) - math.log(1e-1)) ** 2 for lr in lrs]
+    s, notes = suggest(lrs, losses, "steepest")
+    assert s == pytest.approx(1e-3, rel=0.08) and notes == []  # one grid step is a factor 1.07
+    k = min(range(200), key=losses.__getitem__)
+    s10, _ = suggest(lrs, losses, "min10")
+    assert s10 == pytest.approx(lrs[k] / 10)
+    assert suggest(lrs[:3], losses[:3])[0] is None
+
+
+def _state(model, opt):
+    sd = opt.state_dict()
+    tensors = {f"m.{k}": v.clone() for k, v in model.state_dict().items()}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"o.{pid}.{k}"] = v.clone() if isinstance(v, torch.Tensor) else v
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]]
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    return tensors, groups, grads
+
+
+def _same(a, b):
+    ta, ga, da = a
+    tb, gb, db = b
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        if isinstance(ta[k], torch.Tensor):
+            assert torch.equal(ta[k], tb[k]), k
+        else:
+            assert ta[k] == tb[k], k
+    assert repr(ga) == repr(gb)
+    assert len(da) == len(db) and all((u is None and v is None) or torch.equal(u, v) for u, v in zip(da, db))
+
+
+class Halving:
+    """A picklable lr schedule: η_t = 0.01 · 2^(−t)."""
+
+    def __call__(self, t):
+        return 0.01 * 0.5 ** t
+
+    def __repr__(self):
+        return "Halving()"
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: descend.Adam(ps, lr=1e-3, betas=(0.8, 0.99)),
+    lambda ps: descend.Momentum(ps, lr=Halving(), momentum=0.9),
+    lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9),
+    lambda ps: torch.optim.Adam(ps, lr=1e-3),
+])
+def test_model_and_optimizer_are_restored_bitwise(make):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    opt = make(model.parameters())
+    x, y = _regression()
+    it = _batches(x, y)
+
+    def loss_fn():
+        xb, yb = next(it)
+        return ((model(xb).squeeze(1) - yb) ** 2).mean()
+
+    for _ in range(3):  # some optimizer state and BatchNorm statistics to restore
+        opt.zero_grad()
+        loss_fn().backward()
+        opt.step()
+    loss_fn().backward()  # and leave gradients in place
+    before = _state(model, opt)
+    lr_before = opt.param_groups[0]["lr"]
+    res = descend.lr_find(model, opt, loss_fn, num_steps=30)
+    assert len(res.lrs) > 5
+    _same(before, _state(model, opt))
+    assert opt.param_groups[0]["lr"] == lr_before
+    if isinstance(opt, descend.ChainOptimizer) and isinstance(opt.param_groups[0]["schedules"].get("lr"), Halving):
+        opt.step()  # the schedule is back in charge
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 4)  # 3 steps before, 1 now
+
+
+def test_restored_even_when_loss_fn_fails():
+    model = torch.nn.Linear(2, 1)
+    opt = descend.GD(model.parameters(), lr=0.1)
+    before = _state(model, opt)
+    calls = []
+
+    def loss_fn():
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("data ran out")
+        return model(torch.ones(1, 2)).sum() ** 2
+
+    with pytest.raises(RuntimeError, match="data ran out"):
+        descend.lr_find(model, opt, loss_fn, num_steps=20)
+    _same(before, _state(model, opt))
+
+
+def test_non_finite_loss_stops_the_sweep():
+    model = torch.nn.Linear(2, 1)
+    opt = descend.GD(model.parameters(), lr=0.1)
+    values = iter([1.0] * 10 + [float("nan")] * 10)
+    res = descend.lr_find(model, opt, lambda: model(torch.zeros(1, 2)).sum() * 0 + next(values), num_steps=20)
+    assert res.stopped_early and len(res.lrs) == 10
+
+
+def test_plot_returns_a_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    model = torch.nn.Linear(5, 1)
+    x, y = _regression()
+    res = descend.lr_find(model, descend.GD(model.parameters(), lr=0.1),
+                          lambda: ((model(x).squeeze(1) - y) ** 2).mean(), start_lr=1e-4, end_lr=10, num_steps=40)
+    fig = res.plot()
+    assert isinstance(fig, Figure) and fig.axes[0].get_xscale() == "log"
+    assert "steepest" in res.rule and "suggested lr" in str(res)
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(start_lr=0.0), "start_lr=0.0"), (dict(start_lr=1.0, end_lr=0.5), "end_lr=0.5"),
+    (dict(num_steps=1), "num_steps=1"), (dict(smoothing=1.0), "smoothing=1.0"),
+    (dict(diverge_factor=1.0), "diverge_factor=1.0"), (dict(rule="best"), "rule='best'"),
+])
+def test_bad_arguments(kw, name):
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(ValueError, match=name.replace("(", r"\(")):
+        LRFinder(model, descend.GD(model.parameters(), lr=0.1), lambda: model(torch.ones(1, 2)).sum(), **kw)

@@ -1,0 +1,133 @@
+"""The report: metrics.csv, the figures, a self-contained report.html (no URL of any kind), the
+reading of hand-made results, and (when chromium is installed) a real headless-browser render."""
+
+import base64
+import csv
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from descend.lab import data as D
+from descend.lab import report as R
+from descend.lab import train as T
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _fake(finals: dict[str, list[float]], diverged: dict[str, int] | None = None, epochs: int = 4) -> T.Comparison:
+    """A comparison with known numbers: run (opt, seed) climbs linearly from 0.1 to its final accuracy."""
+    rng = np.random.default_rng(0)
+    data = D.prepare(rng.normal(size=(40, 3)), np.arange(40) % 2, name="toy")
+    runs = []
+    for name, vals in finals.items():
+        for seed, final in enumerate(vals):
+            run = T.Run(name, seed, {"lr": 0.1})
+            for e in range(epochs + 1):
+                m = 0.1 + (final - 0.1) * e / epochs
+                run.rows.append(dict(optimizer=name, seed=seed, epoch=e, train_loss=1.0 / (1 + e),
+                                     val_loss=1.2 / (1 + e), val_metric=m, lr=0.1, seconds=0.5 * e))
+            if diverged and seed < diverged.get(name, 0):
+                run.rows = run.rows[:2]
+                run.rows[-1].update(train_loss=math.inf, val_loss=math.nan, val_metric=math.nan)
+                run.diverged_epoch = 1
+            runs.append(run)
+    settings = dict(task="toy", kind="classification", metric="accuracy", optimizers=list(finals),
+                    seeds=list(range(len(next(iter(finals.values()))))), epochs=epochs, batch_size=8, hidden=[4],
+                    schedule=None, divergence_factor=1e3, train_rows=32, val_rows=8, n_features=3)
+    return T.Comparison(data=data, runs=runs, settings=settings, goal=0.8)
+
+
+def test_reading_names_the_winner_the_gap_and_the_diverged():
+    comp = _fake({"adam": [0.95, 0.97, 0.96], "gd": [0.90, 0.92, 0.91], "lion": [0.5, 0.5, 0.5]}, {"lion": 3})
+    text = " ".join(R.reading(comp))
+    assert "adam ended with the best validation accuracy, 0.960" in text
+    assert "gd, reached 0.910: 5.0 percentage points behind" in text and "consistent" in text
+    assert "lion (lr=0.1) diverged in 3 of 3 seed(s), first at epoch 1" in text
+    # epochs to 0.8: adam's seeds reach 0.8 at epoch 4·0.7/0.85.. → first epoch with m ≥ 0.8
+    first = [next(e for e in range(5) if 0.1 + (f - 0.1) * e / 4 >= 0.8) for f in (0.95, 0.97, 0.96)]
+    assert f"Fastest to validation accuracy ≥ 0.800: adam ({np.mean(first):.1f} epochs" in text
+
+
+def test_reading_says_when_the_lead_is_within_the_spread():
+    comp = _fake({"rmsprop": [0.90, 0.96, 0.93], "adagrad": [0.93, 0.92, 0.92]})
+    text = " ".join(R.reading(comp))
+    assert "rmsprop ended with the best" in text and "not clearly apart" in text
+    assert "No run diverged." in text
+
+
+def test_table_marks_divergence():
+    comp = _fake({"gd": [0.9, 0.9], "adam": [0.9, 0.8]}, {"gd": 1})
+    head, rows = R.table_rows(comp)
+    assert head[0] == "optimizer" and rows[0][-1] == "diverged 1/2 (epoch 1)" and rows[1][-1] == "ok"
+    assert rows[0][2] == "0.900 ± 0.000"  # the mean of the seed that did not diverge
+    assert "diverged 1/2" in R.table_text(comp)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    data = D.load("digits", subsample=200)
+    comp = T.compare(data, ["gd", "adam"], hyperparameters={"gd": {"lr": 1e6}}, seeds=2, epochs=2, hidden=(8,))
+    out = tmp_path_factory.mktemp("report")
+    return comp, R.write_report(comp, out, command="descend compare --test"), out
+
+
+def test_files_and_csv(written):
+    comp, paths, out = written
+    assert {p.name for p in out.iterdir()} == {"metrics.csv", "report.html", "val_metric.png", "train_loss.png",
+                                              "compare.png"}
+    with open(paths["metrics.csv"], newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["optimizer", "seed", "epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds"]
+    assert len(rows) - 1 == len(comp.rows) == 2 * 2 + 2 * 3  # gd diverged at epoch 1 in both seeds
+    for line, row in zip(rows[1:], comp.rows):
+        assert line[0] == row["optimizer"] and int(line[1]) == row["seed"] and int(line[2]) == row["epoch"]
+        for k, v in zip(T.CSV_COLUMNS[3:], line[3:]):
+            assert float(v) == row[k] or (math.isnan(float(v)) and math.isnan(row[k]))
+    for name in ("val_metric.png", "train_loss.png", "compare.png"):
+        assert paths[name].read_bytes().startswith(PNG)
+
+
+def test_html_is_self_contained(written):
+    _, paths, _ = written
+    page = paths["report.html"].read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert not re.search(r"(https?|ftp)://", page, re.I)  # no URL at all
+    assert not re.search(r"""(src|href)\s*=\s*(?!["']?data:)""", page, re.I)  # only data: sources
+    assert "@import" not in page and "url(" not in page
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(imgs) == 2
+    embedded = [base64.b64decode(s) for s in imgs]
+    assert embedded[0] == paths["val_metric.png"].read_bytes() and embedded[1] == paths["train_loss.png"].read_bytes()
+    assert "diverged 2/2 (epoch 1)" in page and "descend compare --test" in page
+    assert "gd (lr=1e+06) diverged in 2 of 2 seed(s)" in page
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium here (see scripts/check_report_in_browser.sh)")
+def test_renders_in_headless_chromium(written):
+    _, paths, _ = written
+    shot = Path(tempfile.mkdtemp()) / "shot.png"
+    profile = tempfile.mkdtemp()
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", "--window-size=1200,1600", f"--screenshot={shot}",
+           paths["report.html"].resolve().as_uri()]
+    subprocess.run(cmd, capture_output=True, timeout=60)
+    assert shot.is_file() and shot.read_bytes().startswith(PNG)
+    import matplotlib.image
+
+    img = matplotlib.image.imread(str(shot))
+    assert img.shape[0] >= 1000 and img.shape[1] >= 1000
+    # not a blank page: dark text pixels and coloured figure pixels are both there
+    rgb = img[..., :3]
+    assert (rgb.mean(axis=2) < 0.3).mean() > 0.002
+    assert (rgb.max(axis=2) - rgb.min(axis=2) > 0.3).mean() > 0.002
