@@ -38,9 +38,9 @@ def test_compare_hyperparameters_from_the_command_line(tmp_path):
     res, text = _run(["compare", "--optimizers", "gd,momentum", "--lr", "0.05", "--set", "momentum.momentum=0.5",
                       "--set", "gd.lr=0.2", "--out", str(out), *TINY])
     assert res.exit_code == 0, text
-    rows = {l.split()[0]: l for l in text.splitlines() if l.startswith(("gd ", "momentum "))}
-    assert rows["gd"].split()[1] == "lr=0.2"  # --set wins over --lr
-    assert rows["momentum"].split()[1:3] == ["lr=0.05", "momentum=0.5"]
+    rows = {l.split()[0]: l.split() for l in text.splitlines() if len(l.split()) > 1 and l.split()[1].startswith("lr=")}
+    assert rows["gd"][1] == "lr=0.2"  # --set wins over --lr
+    assert rows["momentum"][1:3] == ["lr=0.05", "momentum=0.5"]
     with open(out / "metrics.csv", newline="") as fh:
         lrs = {(r["optimizer"], float(r["lr"])) for r in csv.DictReader(fh)}
     assert lrs == {("gd", 0.2), ("momentum", 0.05)}
