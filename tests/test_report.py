@@ -48,7 +48,7 @@ def test_reading_names_the_winner_the_gap_and_the_diverged():
     text = " ".join(R.reading(comp))
     assert "adam ended with the best validation accuracy, 0.960" in text
     assert "gd, reached 0.910: 5.0 percentage points behind" in text and "consistent" in text
-    assert "lion (lr=0.1) diverged in 3 of 3 seed(s), first at epoch 1" in text
+    assert "lion (lr=0.1) diverged in 3 of 3 seeds, first at epoch 1" in text
     # epochs to 0.8: adam's seeds reach 0.8 at epoch 4·0.7/0.85.. → first epoch with m ≥ 0.8
     first = [next(e for e in range(5) if 0.1 + (f - 0.1) * e / 4 >= 0.8) for f in (0.95, 0.97, 0.96)]
     assert f"Fastest to validation accuracy ≥ 0.800: adam ({np.mean(first):.1f} epochs" in text
@@ -105,7 +105,7 @@ def test_html_is_self_contained(written):
     embedded = [base64.b64decode(s) for s in imgs]
     assert embedded[0] == paths["val_metric.png"].read_bytes() and embedded[1] == paths["train_loss.png"].read_bytes()
     assert "diverged 2/2 (epoch 1)" in page and "descend compare --test" in page
-    assert "gd (lr=1e+06) diverged in 2 of 2 seed(s)" in page
+    assert "gd (lr=1e+06) diverged in 2 of 2 seeds" in page
 
 
 def _chromium():

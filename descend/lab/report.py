@@ -102,7 +102,7 @@ def _plot(ax, comp: Comparison, key: str, ylabel: str, log: bool = False) -> Non
 def _title(comp: Comparison) -> str:
     s = comp.settings
     return (f"{s['task']}: MLP {s['n_features']}→{'→'.join(map(str, s['hidden']))}→{comp.data.n_outputs}, "
-            f"{len(s['seeds'])} seed(s), batch {s['batch_size']}" + (f", schedule {s['schedule']}" if s['schedule'] else ""))
+            f"{_plural(len(s['seeds']), 'seed')}, batch {s['batch_size']}" + (f", schedule {s['schedule']}" if s['schedule'] else ""))
 
 
 def metric_figure(comp: Comparison):
@@ -200,6 +200,10 @@ def table_rows(comp: Comparison) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def table_text(comp: Comparison) -> str:
     """The results table as aligned plain text for the terminal."""
     head, rows = table_rows(comp)
@@ -230,7 +234,7 @@ def reading(comp: Comparison) -> list[str]:
     else:
         best = ok[0]
         out.append(f"{best.optimizer} ended with the best validation {m}, {best.final_mean:.3f} "
-                   f"(mean over {n_seeds - best.diverged} seed(s)) after {comp.settings['epochs']} epochs.")
+                   f"(mean over {_plural(n_seeds - best.diverged, 'seed')}) after {comp.settings['epochs']} epochs.")
         if len(ok) > 1:
             second, worst = ok[1], ok[-1]
             d = best.final_mean - second.final_mean
@@ -257,8 +261,8 @@ def reading(comp: Comparison) -> list[str]:
     for s in sums:
         if s.diverged:
             first = min(r.diverged_epoch for r in comp.runs_of(s.optimizer) if r.diverged)
-            out.append(f"{s.optimizer} ({_hp_text(s.hyperparameters)}) diverged in {s.diverged} of {s.seeds} "
-                       f"seed(s), first at epoch {first}: its loss became non-finite or exceeded "
+            out.append(f"{s.optimizer} ({_hp_text(s.hyperparameters)}) diverged in {s.diverged} of {_plural(s.seeds, 'seed')}, "
+                       f"first at epoch {first}: its loss became non-finite or exceeded "
                        f"{comp.settings['divergence_factor']:g}× the initial loss; try a smaller lr.")
     if not any(s.diverged for s in sums):
         out.append("No run diverged.")
