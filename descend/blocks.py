@@ -200,7 +200,9 @@ class ScaleByRss(Block):
 class ScaleByRms(Block):
     r"""RMSProp's scaling: v ← α v + (1 − α) u²;  u ← u / √(v + ε)  (``eps_in_sqrt=True``) or
     u / (√v + ε) (torch.optim.RMSprop). ``centered`` subtracts the square of the mean
-    m ← α m + (1 − α) u from v before the root (Graves 2013).
+    m ← α m + (1 − α) u from v before the root (Graves 2013), clamped at 0: v − m² ≥ 0 in exact
+    arithmetic, but rounding (e.g. α = 0, where v − m² = g² − g·g) can make it slightly negative, and
+    torch.optim.RMSprop then returns NaN.
     """
 
     hyper = (
@@ -223,13 +225,13 @@ class ScaleByRms(Block):
         v = s["square_avg"].mul_(c.alpha).addcmul_(u, u, value=c.one_m_alpha)
         if c.centered:
             m = s["grad_avg"].lerp_(u, c.one_m_alpha)
-            v = v.addcmul(m, m, value=-1)
+            v = v.addcmul(m, m, value=-1).clamp_min_(0)  # ≥ 0 in exact arithmetic; rounding can dip below
         return u / ((v + c.eps).sqrt() if c.inside else v.sqrt().add(c.eps))
 
     def c_code(self, h):
         code = "s_square_avg = c_alpha * s_square_avg + c_one_m_alpha * u * u;\nT v = s_square_avg;\n"
         if h["centered"]:
-            code += _lerp_c("grad_avg", "c_one_m_alpha") + "\nv = v - s_grad_avg * s_grad_avg;\n"
+            code += _lerp_c("grad_avg", "c_one_m_alpha") + "\nv = MAX(v - s_grad_avg * s_grad_avg, (T)0);\n"
         code += "u = u / SQRT(v + c_eps);" if h["eps_in_sqrt"] else "u = u / (SQRT(v) + c_eps);"
         return code
 
