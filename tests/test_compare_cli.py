@@ -35,8 +35,8 @@ def test_compare_end_to_end(tmp_path):
 
 def test_compare_hyperparameters_from_the_command_line(tmp_path):
     out = tmp_path / "rep"
-    res, text = _run(["compare", "--optimizers", "gd,momentum", "--lr", "0.05", "--set", "momentum.momentum=0.5",
-                      "--set", "gd.lr=0.2", "--out", str(out), *TINY])
+    res, text = _run(["compare", "--optimizers", "gd,momentum", "--lr", "0.01", "--set", "momentum.momentum=0.5",
+                      "--set", "gd.lr=0.2", "--set", "lr=0.05", "--out", str(out), *TINY])
     assert res.exit_code == 0, text
     rows = {l.split()[0]: l.split() for l in text.splitlines() if len(l.split()) > 1 and l.split()[1].startswith("lr=")}
     assert rows["gd"][1] == "lr=0.2"  # --set wins over --lr
@@ -85,7 +85,8 @@ def test_regression_task_and_npz(tmp_path):
     (["--set", "adam.lrr=1"], "adam has no hyperparameter 'lrr'; it takes lr, betas"),
     (["--set", "adam.lr=-1"], "invalid lr=-1"),
     (["--set", "nope.lr=1"], "'nope' is not among the optimizers compared"),
-    (["--set", "adamlr=1"], "expected OPTIMIZER.HYPERPARAMETER=VALUE"),
+    (["--set", "adam.lr"], "expected [OPTIMIZER.]HYPERPARAMETER=VALUE"),
+    (["--set", "lrr=0.1"], "gd has no hyperparameter 'lrr'"),
     (["--schedule", "cosine_typo"], "valid schedules:"),
     (["--task", "digits", "--data", "{csv}"], "either --task or --data"),
 ])

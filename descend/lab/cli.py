@@ -45,25 +45,29 @@ def _load_data(task, data_file, target, kind, val_fraction, subsample):
 
 
 def _parse_sets(items: tuple[str, ...], names: list[str]) -> dict[str, dict[str, Any]]:
-    """``("adam.lr=3e-4", "momentum.momentum=0.95")`` → ``{"adam": {"lr": 3e-4}, "momentum": {...}}``."""
+    """``("adam.lr=3e-4", "momentum=0.95")`` → per-optimizer values. ``OPT.KEY=V`` sets one optimizer's,
+    ``KEY=V`` (no prefix) every optimizer's; ``OPT.KEY`` wins over ``KEY`` whatever the order (as in
+    ``descend race``)."""
     from descend.lab.train import parse_value
 
-    out: dict[str, dict[str, Any]] = {}
+    common: dict[str, Any] = {}
+    own: dict[str, dict[str, Any]] = {}
     for item in items:
         key, eq, value = item.partition("=")
-        opt, dot, hp = key.strip().partition(".")
-        if not eq or not dot or not opt or not hp:
-            raise click.BadParameter(f"{item!r}: expected OPTIMIZER.HYPERPARAMETER=VALUE, e.g. adam.lr=3e-4",
+        opt, dot, hp = key.strip().rpartition(".")
+        if not eq or not hp or (dot and not opt):
+            raise click.BadParameter(f"{item!r}: expected [OPTIMIZER.]HYPERPARAMETER=VALUE, e.g. adam.lr=3e-4",
                                      param_hint="--set")
         opt = opt.lower()
-        if opt not in names:
+        if opt and opt not in names:
             raise click.BadParameter(f"{item!r}: {opt!r} is not among the optimizers compared ({', '.join(names)})",
                                      param_hint="--set")
         try:
-            out.setdefault(opt, {})[hp.strip()] = parse_value(value)
+            v = parse_value(value)
         except ValueError as e:
             raise click.BadParameter(f"{item!r}: {e}", param_hint="--set") from None
-    return out
+        (own.setdefault(opt, {}) if opt else common)[hp.strip()] = v
+    return {n: {**common, **own.get(n, {})} for n in names if common or n in own}
 
 
 def _names(text: str) -> list[str]:
@@ -108,7 +112,8 @@ def _hidden(text: str) -> tuple[int, ...]:
 @click.option("--lr", type=float, default=None, help="Learning rate for every optimizer (replaces the defaults).")
 @click.option("--set", "sets", multiple=True, metavar="OPT.HP=VALUE",
               help="A hyperparameter of one optimizer, e.g. --set adam.lr=3e-4 --set adam.betas=0.9,0.99 "
-                   "--set momentum.momentum=0.95 (repeatable; wins over --lr).")
+                   "--set momentum.momentum=0.95, or of all without the prefix (--set weight_decay=1e-4); "
+                   "repeatable; OPT.KEY wins over KEY, which wins over --lr.")
 @click.option("--schedule", default=None, metavar="NAME[:K=V,...]",
               help="A learning-rate schedule from descend.schedules for every optimizer, peaking at its lr and "
                    "lasting the whole run, e.g. cosine, warmup_cosine:warmup_steps=50, one_cycle.")
