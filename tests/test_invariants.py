@@ -381,6 +381,7 @@ SPARSE = [o for o in OPTIMS if o.supports_sparse]
 
 @pytest.mark.parametrize("info,hp", [(o, hp) for o in SPARSE for hp in o.sparse_parity],
                          ids=lambda x: x.name if hasattr(x, "name") else "")
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks")  # torch.optim.Adagrad's own warning
 def test_sparse_matches_torch(info, hp):
     """nn.Embedding(sparse=True) gradients (with repeated indices) step as torch's counterpart steps them."""
     ours = _embedding_run(lambda ps: info.make(ps, **hp, **info.torch_fixed))
@@ -455,3 +456,16 @@ def test_readme_optimizers_section_runs():
     assert len(blocks) >= 2
     for b in blocks:
         exec(compile(b, "README.md", "exec"), {"__name__": "readme"})
+
+
+@pytest.mark.parametrize("info", OPTIMS, ids=ids)
+def test_step_hooks_run(info):
+    """torch.optim's step pre/post hooks fire around a descend step (the post hook sees the new θ)."""
+    params = make_params()
+    opt = info.make(params)
+    seen = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(("pre", params[0].detach().clone())))
+    opt.register_step_post_hook(lambda o, args, kwargs: seen.append(("post", params[0].detach().clone())))
+    _step(opt, params, 0)
+    assert [k for k, _ in seen] == ["pre", "post"]
+    assert torch.equal(seen[0][1], make_params()[0]) and torch.equal(seen[1][1], params[0].detach())

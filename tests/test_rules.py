@@ -40,12 +40,13 @@ def close(a, b, tol=1e-12):
 # ------------------------------------------------------------------ the chapter's three rules
 
 
-def test_gd_by_hand():
-    eta, theta, want = 0.1, list(THETA0), []
-    for _ in range(3):
-        theta = [x - eta * g for x, g in zip(theta, grad(theta))]  # θ ← θ − η g
+@pytest.mark.parametrize("lrs", [[0.1] * 3, [0.1, 0.02, 0.3]], ids=["constant", "changing"])
+def test_gd_by_hand(lrs):
+    theta, want = list(THETA0), []
+    for eta in lrs:
+        theta = [x - eta * g for x, g in zip(theta, grad(theta))]  # θ ← θ − η_t g
         want.append(theta)
-    assert close(run(lambda ps: descend.GD(ps, lr=eta), 3), want)
+    assert close(run(lambda ps: descend.GD(ps, lr=0.1), 3, lrs), want)
 
 
 def momentum_lr_inside(lrs, gamma):
@@ -105,10 +106,12 @@ def test_momentum_lr_schedule_is_the_same_as_setting_the_group():
     assert close(got, momentum_lr_inside(lrs, 0.9))
 
 
-def adagrad_by_hand(eta, eps, inside, steps=3, r0=0.0):
-    """r ← r + g⊙g;  θ ← θ − η g/√(r + ε) (chapter) or θ − η g/(√r + ε) (torch)."""
+def adagrad_by_hand(eta, eps, inside, steps=3, r0=0.0, lrs=None):
+    """r ← r + g⊙g;  θ ← θ − η_t g/√(r + ε) (chapter) or θ − η_t g/(√r + ε) (torch)."""
     theta, r, out = list(THETA0), [r0] * 3, []
-    for _ in range(steps):
+    for t in range(steps):
+        if lrs is not None:
+            eta = lrs[t]
         g = grad(theta)
         r = [ri + gi * gi for ri, gi in zip(r, g)]
         den = [math.sqrt(ri + eps) if inside else math.sqrt(ri) + eps for ri in r]
@@ -121,6 +124,13 @@ def adagrad_by_hand(eta, eps, inside, steps=3, r0=0.0):
 def test_adagrad_by_hand(inside):
     want = adagrad_by_hand(0.5, 0.01, inside)
     assert close(run(lambda ps: descend.AdaGrad(ps, lr=0.5, eps=0.01, eps_in_sqrt=inside), 3), want)
+
+
+def test_adagrad_changing_lr_by_hand():
+    lrs = [0.5, 0.1, 0.8]
+    want = adagrad_by_hand(None, 0.01, True, lrs=lrs)
+    assert close(run(lambda ps: descend.AdaGrad(ps, lr=0.5, eps=0.01), 3, lrs), want)
+    assert close(run(lambda ps: descend.AdaGrad(ps, lr=Piecewise(lrs), eps=0.01), 3), want)
 
 
 def test_adagrad_default_is_the_chapter_eps_inside():
