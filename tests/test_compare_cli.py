@@ -114,7 +114,7 @@ def test_lr_find_command(tmp_path):
     assert res.exit_code == 0, text
     line = next(l for l in text.splitlines() if l.startswith("suggested lr"))
     lr = float(line.split(": ")[1].split()[0])
-    assert 1e-7 <= lr <= 10 and "rule: steepest descent of the smoothed loss" in line
+    assert 1e-7 <= lr <= 10 and "rule: lr at the minimum of the smoothed loss ÷ 10" in line
     assert png.read_bytes().startswith(b"\x89PNG")
     res = CliRunner().invoke(main, ["lr-find", "--optimizer", "adamm"])
     assert res.exit_code != 0 and "valid names" in res.output and "Traceback" not in res.output

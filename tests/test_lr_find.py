@@ -69,7 +69,7 @@ def test_suggestion_rules_on_known_curves():
     x0 = math.log(1e-3)
     # a smooth step in log lr that falls fastest at 1e-3, then a rise after its minimum
     losses = [2 - math.tanh(math.log(lr) - x0) + max(0.0, math.log(lr) - math.log(1e-1)) ** 2 for lr in lrs]
-    s, notes = suggest(lrs, losses, "steepest")
+    s, notes = suggest(lrs, losses, "steepest")  # the default is min10
     assert s == pytest.approx(1e-3, rel=0.08) and notes == []  # one grid step is a factor 1.07
     k = min(range(200), key=losses.__getitem__)
     s10, _ = suggest(lrs, losses, "min10")
@@ -181,7 +181,9 @@ def test_plot_returns_a_figure():
                           lambda: ((model(x).squeeze(1) - y) ** 2).mean(), start_lr=1e-4, end_lr=10, num_steps=40)
     fig = res.plot()
     assert isinstance(fig, Figure) and fig.axes[0].get_xscale() == "log"
-    assert "steepest" in res.rule and "suggested lr" in str(res)
+    assert res.rule == "lr at the minimum of the smoothed loss ÷ 10" and "suggested lr" in str(res)
+    k = min(range(len(res.losses)), key=res.losses.__getitem__)
+    assert res.suggestion == res.lrs[k] / 10
 
 
 @pytest.mark.parametrize("kw, name", [

@@ -178,8 +178,8 @@ def _command_line() -> str:
 @click.option("--num-steps", type=click.IntRange(min=2), default=100, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--hidden", default="64", show_default=True, help="Hidden layer widths of the MLP.")
-@click.option("--rule", type=click.Choice(["steepest", "min10"]), default="steepest", show_default=True,
-              help="steepest: where the smoothed loss falls fastest; min10: the lr at its minimum ÷ 10.")
+@click.option("--rule", type=click.Choice(["min10", "steepest"]), default="min10", show_default=True,
+              help="min10: the lr at the smoothed loss's minimum ÷ 10; steepest: where it falls fastest.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
               help="Save the loss-vs-lr plot here (.png).")
