@@ -128,6 +128,14 @@ def _resolve(spec: Any, step: int) -> Any:
     return float(spec(step)) if is_schedule(spec) else spec
 
 
+def _plain(v: Any, integer: bool) -> Any:
+    """A one-element tensor as a Python int/float (other values unchanged)."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        x = v.item()
+        return int(x) if integer else float(x)
+    return v
+
+
 # --------------------------------------------------------------------------- blocks
 
 
@@ -376,6 +384,11 @@ class ChainOptimizer(torch.optim.Optimizer):
                                      f"{name} keeps {sorted(buffers | allowed)}")
         sd = dict(state_dict)
         sd.pop("descend", None)
+        # torch.optim keeps the step count (and NAdam's mu_product) as one-element tensors; here they
+        # are Python numbers (the bias corrections are computed in float64 from them), so a state saved
+        # by the torch.optim counterpart resumes exactly
+        sd["state"] = {pid: {k: (_plain(v, k == "step") if k in allowed else v) for k, v in st.items()}
+                       for pid, st in state_dict["state"].items()}
         sd["param_groups"] = [{**self.defaults, "schedules": {}, "step": 0, "skipped_steps": 0, **sg}
                               for sg in saved]
         super().load_state_dict(sd)
