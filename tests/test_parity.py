@@ -61,3 +61,30 @@ def test_nadam_float64_quirk_is_real():
     theirs = trajectory(lambda ps: info.torch_cls(ps, lr=0.01, foreach=False))
     with pytest.raises(AssertionError):
         assert_same_trajectory(ours, theirs, torch.float64)
+
+
+@pytest.mark.parametrize("info", WITH_TORCH, ids=lambda o: o.name)
+def test_resume_from_the_torch_counterparts_state_dict(info):
+    """A state_dict saved by the torch.optim counterpart (tensor step counts, NAdam's tensor mu_product)
+    loads into the descend optimizer, which then continues exactly as torch does."""
+    hp = info.parity_configs()[-1]
+    with info.torch_dtype_context(torch.float64):
+        def switch_at_3(opt, params, t):
+            if t == 3:  # hand torch's state over to descend, mid-run
+                ours = info.make(params, **hp, **info.torch_fixed)
+                ours.load_state_dict(opt.torch.state_dict())
+                opt.current = ours
+
+        class Handover:
+            def __init__(self, ps):
+                self.torch = self.current = info.torch_cls(ps, foreach=False, **hp)
+
+            def zero_grad(self, set_to_none=True):
+                self.current.zero_grad(set_to_none=set_to_none)
+
+            def step(self):
+                self.current.step()
+
+        mixed = trajectory(Handover, before_step=switch_at_3)
+        theirs = trajectory(lambda ps: info.torch_cls(ps, foreach=False, **hp))
+    assert_same_trajectory(mixed, theirs, what=f"{info.name} {hp}")
