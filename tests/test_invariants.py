@@ -4,6 +4,7 @@ schedulers, GradScaler, parameters without gradients, sparse gradients; and the 
 
 import copy
 import io
+import pickle
 import re
 from pathlib import Path
 
@@ -296,13 +297,17 @@ def test_zero_grad():
     assert all(p.grad is None for p in params)
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 @pytest.mark.parametrize("info", OPTIMS, ids=ids)
-def test_deepcopy_steps_identically(info):
+def test_deepcopy_steps_identically(info, how):
     params = make_params()
     opt = info.make(params)
     for t in range(2):
         _step(opt, params, t)
-    params2, opt2 = copy.deepcopy((params, opt))
+    if how == "deepcopy":
+        params2, opt2 = copy.deepcopy((params, opt))
+    else:
+        params2, opt2 = pickle.loads(pickle.dumps((params, opt)))
     assert all(p2 is not p for p2, p in zip(params2, params))
     for t in range(2, 5):
         _step(opt, params, t)
