@@ -87,8 +87,9 @@ class LRFindResult:
         if self.suggestion is not None:
             ax.axvline(self.suggestion, color="C3", ls="--", lw=1.2, label=f"suggestion {self.suggestion:.2g}")
         finite = [v for v in self.losses if math.isfinite(v)]
+        raw = [v for v in self.raw_losses if math.isfinite(v)]
         if finite:  # keep the blow-up from squashing the interesting part
-            lo, hi = min(finite), max(finite[0], min(finite) * 1.5)
+            lo, hi = min(finite + raw), max(finite[0], min(finite) * 1.5)
             ax.set_ylim(lo - 0.1 * (hi - lo or 1), hi + 0.25 * (hi - lo or 1))
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")

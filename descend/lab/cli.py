@@ -105,7 +105,7 @@ def _hidden(text: str) -> tuple[int, ...]:
 @click.option("--optimizers", default="gd,momentum,adagrad,rmsprop,adam", show_default=True,
               help="Comma-separated descend optimizer names (see `python -c 'import descend; print(descend.available())'`).")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Number of seeds (0..K-1); each seed: one initialisation and batch order shared by all optimizers.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--hidden", default="64", show_default=True, help="Hidden layer widths of the MLP, e.g. 128,64.")
@@ -229,7 +229,12 @@ def lr_find_command(task, data_file, target, kind, val_fraction, subsample, opti
         idx = next(batches)
         return loss_of(model(x[idx]), y[idx])
 
-    res = descend.lr_find(model, opt, loss_fn, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, rule=rule)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small model: one thread is as fast, and robust on a busy machine
+    try:
+        res = descend.lr_find(model, opt, loss_fn, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, rule=rule)
+    finally:
+        torch.set_num_threads(threads)
     for note in res.notes:
         click.echo(note, err=True)
     if out_file:

@@ -350,7 +350,7 @@ class Comparison:
 
 def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
             hyperparameters: Mapping[str, Mapping[str, Any]] | None = None, lr: float | None = None,
-            seeds: int | Sequence[int] = 3, epochs: int = 20, batch_size: int = 32, hidden: Sequence[int] = (64,),
+            seeds: int | Sequence[int] = 5, epochs: int = 20, batch_size: int = 32, hidden: Sequence[int] = (64,),
             schedule: str | None = None, goal: float | None = None, divergence_factor: float = 1e3,
             progress: bool = False, threads: int | None = 1) -> Comparison:
     """Train the same MLP on ``data`` with each optimizer and each seed.
