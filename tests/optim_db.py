@@ -3,7 +3,12 @@
 Quirks live here as fields, never as ``if name == ...`` inside a test body. The helpers at the end
 (:func:`make_params`, :func:`loss_fn`, :func:`trajectory`) run any optimizer factory over one small
 fixed problem and return the parameters after every step, so the same trajectory can be compared
-against torch.optim, a hand formula, another descend optimizer, or (later) the fast path.
+against torch.optim, a hand formula, another descend optimizer, or the fast path, e.g.::
+
+    for info in OPTIMS:
+        for hp in info.parity_configs() or [{}]:
+            assert_same_trajectory(trajectory(lambda ps: info.make(ps, **hp, fast=True)),
+                                   trajectory(lambda ps: info.make(ps, **hp, fast=False)))
 """
 
 from __future__ import annotations
