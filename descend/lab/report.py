@@ -253,7 +253,7 @@ def reading(comp: Comparison) -> list[str]:
         if fast:
             txt = (f"Fastest to validation {m} ≥ {comp.goal:.3f}: {fast[0].optimizer} "
                    f"({fast[0].epochs_to_goal:.1f} epochs on average)")
-            if len(fast) > 1:
+            if len(fast) > 1 and fast[-1].epochs_to_goal > fast[0].epochs_to_goal:
                 txt += f"; slowest of those that got there: {fast[-1].optimizer} ({fast[-1].epochs_to_goal:.1f})"
             out.append(txt + ".")
         if never:
