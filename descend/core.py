@@ -429,6 +429,13 @@ class ChainOptimizer(torch.optim.Optimizer):
             if bad:
                 raise RuntimeError(f"{name} does not support sparse gradients (blocks {bad} need dense "
                                    "ones); use AdaGrad or densify the gradient")
+        maximize = group["maximize"]
+        plans = self.__dict__.setdefault("_fast_plans", {})  # not pickled: it holds raw pointers
+        if self.fast and not sparse and fast.run_planned(self.blocks, views, params, maximize,
+                                                         plans.get(id(group)), self.state):
+            self._finish_group(group)
+            return
+        plans.pop(id(group), None)
         # per-parameter bookkeeping: state, step count, plain-number state. This loop runs for every
         # parameter on every step, so it does only dict work; anything per group is hoisted out of it.
         needed = [(b, h, b.buffers(h)) for b, h in zip(self.blocks, views)]
@@ -457,11 +464,13 @@ class ChainOptimizer(torch.optim.Optimizer):
             if key not in cache:
                 cache[key] = [b.scalars(h, st, frozenset(new)) for b, h in zip(self.blocks, views)]
             work.append((p, st, key))
-        maximize = group["maximize"]
-        if self.fast and not sparse:
-            work = fast.run_group(self.blocks, views, work, cache, maximize)  # returns what it can't run
+        if self.fast and not sparse:  # returns what it can't run, and may store a plan for next time
+            work = fast.run_group(self.blocks, views, work, cache, maximize, plans, id(group))
         for p, st, key in work:
             self._reference_step(p, st, cache[key], views, maximize)
+        self._finish_group(group)
+
+    def _finish_group(self, group: dict[str, Any]) -> None:
         group["step"] += 1
         for k, spec in group["schedules"].items():
             group[k] = _resolve(spec, group["step"])  # show the value the next step will use

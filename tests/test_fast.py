@@ -8,6 +8,7 @@ parameter that misses its gradient on one step, and a non-contiguous one (which 
 
 from __future__ import annotations
 
+import copy
 import subprocess
 
 import pytest
@@ -57,14 +58,14 @@ def _layout(dtype):
     ]
 
 
-def _run(name, cfg, dtype, use_fast, spy=None):
-    params = [t.clone().requires_grad_() for t in _layout(dtype)]
+def _run(name, cfg, dtype, use_fast, contiguous_only=False, skip=(3, 2)):
+    params = [t.clone().requires_grad_() for t in _layout(dtype)[: 3 if contiguous_only else 5]]
     opt = descend.create(name, params, fast=use_fast, **cfg)
     gen = torch.Generator().manual_seed(2)
     for k in range(STEPS):
         for i, p in enumerate(params):
             noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
-            if k == 3 and i == 2:
+            if (k, i) == skip:
                 p.grad = None  # this one skips a step: its own step count (bias corrections) lags
                 continue
             # a gradient that depends gently on θ (a quadratic's) plus fixed noise: rounding differences
@@ -80,8 +81,8 @@ def test_fast_equals_reference(name, cfg, dtype, monkeypatch):
     calls = []
     real = fast.run_group
 
-    def spy(blocks, views, work, cache, maximize):
-        rest = real(blocks, views, work, cache, maximize)
+    def spy(blocks, views, work, *args):
+        rest = real(blocks, views, work, *args)
         calls.append((len(work), len(rest)))
         return rest
 
@@ -159,3 +160,90 @@ def test_low_precision_takes_the_reference_path(dtype):
                           {}, False) != []
     opt.step()
     assert p.dtype == dtype and torch.isfinite(p).all() and (p < 1).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name,cfg", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+def test_planned_steps_equal_reference(name, cfg, dtype, monkeypatch):
+    """When every parameter is eligible the group's kernel call is kept as a Plan between steps."""
+    planned = []
+    real = fast.run_planned
+
+    def spy(*args):
+        ok = real(*args)
+        planned.append(ok)
+        return ok
+
+    monkeypatch.setattr(fast, "run_planned", spy)
+    got, opt = _run(name, cfg, dtype, True, contiguous_only=True, skip=None)
+    # the first step creates the state, the second (no new buffers) leaves a plan, the rest use it
+    assert planned.count(True) >= STEPS - 2, planned
+    monkeypatch.setattr(fast, "run_planned", real)
+    want, _ = _run(name, cfg, dtype, False, contiguous_only=True, skip=None)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+def _planned_adam(n=3):
+    ps = [torch.ones(4, dtype=torch.float64, requires_grad=True) for _ in range(n)]
+    opt = descend.Adam(ps, lr=0.1)
+    for p in ps:
+        p.grad = torch.full_like(p, 0.5)
+    opt.step()
+    opt.step()
+    assert opt._fast_plans, "the second step should leave a plan"
+    return ps, opt
+
+
+def _reference_twin(ps, opt):
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    ref = descend.Adam(qs, lr=0.1, fast=False)
+    ref.load_state_dict(copy.deepcopy(opt.state_dict()))  # torch's load shares tensors of equal dtype
+    return qs, ref
+
+
+def _step_both(ps, opt, qs, ref, grads):
+    for p, q, g in zip(ps, qs, grads):
+        p.grad = None if g is None else g.clone()
+        q.grad = None if g is None else g.clone()
+    opt.step()
+    ref.step()
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
+def test_plan_follows_replaced_parameter_storage():
+    ps, opt = _planned_adam()
+    qs, ref = _reference_twin(ps, opt)
+    for p, q in zip(ps, qs):  # what model.to() does: new storage under the same Parameter
+        p.data = p.data.clone() + 1
+        q.data = q.data.clone() + 1
+    _step_both(ps, opt, qs, ref, [torch.full((4,), 0.3, dtype=torch.float64)] * 3)
+
+
+def test_plan_follows_a_missing_gradient_and_replaced_state():
+    ps, opt = _planned_adam()
+    qs, ref = _reference_twin(ps, opt)
+    g = torch.full((4,), -0.2, dtype=torch.float64)
+    _step_both(ps, opt, qs, ref, [g, None, g])
+    opt.state[ps[0]]["exp_avg"] = torch.zeros(4, dtype=torch.float64)  # a user resets a buffer
+    ref.state[qs[0]]["exp_avg"] = torch.zeros(4, dtype=torch.float64)
+    _step_both(ps, opt, qs, ref, [g, g, g])
+    opt.load_state_dict(copy.deepcopy(ref.state_dict()))  # new state tensors everywhere
+    _step_both(ps, opt, qs, ref, [g, g, g])
+
+
+def test_plan_follows_a_switch_that_changes_the_kernel():
+    ps, opt = _planned_adam()
+    qs, ref = _reference_twin(ps, opt)
+    opt.param_groups[0]["amsgrad"] = True
+    ref.param_groups[0]["amsgrad"] = True
+    g = torch.full((4,), 0.7, dtype=torch.float64)
+    _step_both(ps, opt, qs, ref, [g, g, g])
+    assert "max_exp_avg_sq" in opt.state[ps[0]]
+
+
+def test_plans_are_not_copied():
+    ps, opt = _planned_adam()
+    twin = copy.deepcopy(opt)
+    assert not getattr(twin, "_fast_plans", None)
