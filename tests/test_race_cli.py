@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from descend import lab
 from descend.cli import main
-from descend.lab.race_cli import parse_assignment, parse_value
+from descend.lab.options import parse_assignment, parse_value
 
 
 def race(*args):
@@ -109,7 +109,7 @@ def test_parse_value_and_assignment():
     (["--optimizers", "gd,gd"], 2, ["twice"]),
     (["--set", "lr"], 2, ["--set", "KEY=VALUE"]),
     (["--set", "lr=fast"], 2, ["--set", "fast"]),
-    (["--set", "adam.lr=0.1"], 2, ["adam", "not in --optimizers"]),
+    (["--set", "adam.lr=0.1"], 2, ["adam", "not among the optimizers"]),
     (["--set", "gd.momentum=0.9"], 1, ["gd", "momentum", "takes lr"]),
     (["--set", "gd.lr=-1"], 1, ["gd", "lr=-1"]),
     (["--start", "1,2,3"], 2, ["--start", "3 coordinate", "needs 2"]),

@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from descend.lab.options import hyperparameters_from_sets, parse_value
+
 __all__ = ["compare_command", "lr_find_command"]
 
 
@@ -45,29 +47,9 @@ def _load_data(task, data_file, target, kind, val_fraction, subsample):
 
 
 def _parse_sets(items: tuple[str, ...], names: list[str]) -> dict[str, dict[str, Any]]:
-    """``("adam.lr=3e-4", "momentum=0.95")`` → per-optimizer values. ``OPT.KEY=V`` sets one optimizer's,
-    ``KEY=V`` (no prefix) every optimizer's; ``OPT.KEY`` wins over ``KEY`` whatever the order (as in
-    ``descend race``)."""
-    from descend.lab.train import parse_value
-
-    common: dict[str, Any] = {}
-    own: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        opt, dot, hp = key.strip().rpartition(".")
-        if not eq or not hp or (dot and not opt):
-            raise click.BadParameter(f"{item!r}: expected [OPTIMIZER.]HYPERPARAMETER=VALUE, e.g. adam.lr=3e-4",
-                                     param_hint="--set")
-        opt = opt.lower()
-        if opt and opt not in names:
-            raise click.BadParameter(f"{item!r}: {opt!r} is not among the optimizers compared ({', '.join(names)})",
-                                     param_hint="--set")
-        try:
-            v = parse_value(value)
-        except ValueError as e:
-            raise click.BadParameter(f"{item!r}: {e}", param_hint="--set") from None
-        (own.setdefault(opt, {}) if opt else common)[hp.strip()] = v
-    return {n: {**common, **own.get(n, {})} for n in names if common or n in own}
+    """``("adam.lr=3e-4", "momentum=0.95")`` → per-optimizer values (see :mod:`descend.lab.options`)."""
+    hp = hyperparameters_from_sets(items, names, hint="--set")
+    return {n: v for n, v in hp.items() if v}
 
 
 def _names(text: str) -> list[str]:
@@ -210,7 +192,7 @@ def lr_find_command(task, data_file, target, kind, val_fraction, subsample, opti
         if not eq or not k.strip():
             raise click.BadParameter(f"{item!r}: expected HYPERPARAMETER=VALUE, e.g. momentum=0.95", param_hint="--set")
         try:
-            hp[k.strip()] = train.parse_value(v)
+            hp[k.strip()] = parse_value(v)
         except ValueError as e:
             raise click.BadParameter(f"{item!r}: {e}", param_hint="--set") from None
     widths = _hidden(hidden)

@@ -8,42 +8,15 @@ from __future__ import annotations
 
 import inspect
 import os
-import re
 from typing import Any
 
 import click
 
 import descend
+from descend.lab.options import hyperparameters_from_sets
 from descend.lab.problems import problems
 
-__all__ = ["race_command", "parse_assignment", "parse_value"]
-
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-def parse_value(text: str) -> Any:
-    """A hyperparameter value from the command line: ``true``/``false``, an int, a float, or a
-    comma-separated tuple of numbers (``0.9,0.999``). Raises ValueError otherwise."""
-    s = text.strip()
-    if s.lower() in ("true", "false"):
-        return s.lower() == "true"
-    if "," in s:
-        return tuple(parse_value(part) for part in s.split(","))
-    if re.fullmatch(r"[+-]?\d+", s):
-        return int(s)
-    if _NUMBER.match(s) or s.lower() in ("inf", "-inf", "nan"):
-        return float(s)
-    raise ValueError(f"{text!r} is not a number, a comma-separated list of numbers, true or false")
-
-
-def parse_assignment(text: str) -> tuple[str | None, str, Any]:
-    """``OPTIMIZER.KEY=VALUE`` (one optimizer) or ``KEY=VALUE`` (all) → (optimizer or None, key, value)."""
-    m = re.fullmatch(r"\s*(?:([A-Za-z_]\w*)\.)?([A-Za-z_]\w*)\s*=\s*(.+)", text)
-    if not m:
-        raise ValueError(f"{text!r} is not OPTIMIZER.KEY=VALUE or KEY=VALUE")
-    opt, key, value = m.groups()
-    return (opt.lower() if opt else None), key, parse_value(value)
-
+__all__ = ["race_command"]
 
 def _parse_start(text: str | None) -> tuple[float, ...] | None:
     if text is None:
@@ -117,20 +90,7 @@ def race_command(function: str, optimizers: str, steps: int, start: str | None, 
     if not os.path.isdir(folder):
         raise click.BadParameter(f"{out!r}: the folder {folder} does not exist", param_hint="'--out'")
 
-    per_all: dict[str, Any] = {}
-    per_opt: dict[str, dict[str, Any]] = {n: {} for n in names}
-    for a in assignments:
-        try:
-            opt, key, value = parse_assignment(a)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="'--set'") from None
-        if opt is None:
-            per_all[key] = value
-        elif opt not in per_opt:
-            raise click.BadParameter(f"{a!r} names {opt!r}, which is not in --optimizers ({', '.join(names)})",
-                                     param_hint="'--set'")
-        else:
-            per_opt[opt][key] = value
+    per_opt = hyperparameters_from_sets(assignments, names)
 
     from descend.lab.problems import problem
     from descend.lab.trajectory import trajectory
@@ -143,7 +103,7 @@ def race_command(function: str, optimizers: str, steps: int, start: str | None, 
 
     runs = []
     for n in names:
-        hp = {**prob.default_hyperparameters(n), **({"lr": lr} if lr is not None else {}), **per_all, **per_opt[n]}
+        hp = {**prob.default_hyperparameters(n), **({"lr": lr} if lr is not None else {}), **per_opt[n]}
         try:
             runs.append(trajectory(prob, n, steps, start=x0, **hp))
         except TypeError as e:  # an unknown keyword: say which ones this optimizer takes

@@ -31,6 +31,7 @@ from torch import nn
 
 import descend
 from descend.lab.data import Data
+from descend.lab.options import parse_value
 
 __all__ = ["DEFAULT_OPTIMIZERS", "DEFAULT_HYPERPARAMETERS", "hyperparameters_for", "make_model", "make_schedule",
            "train_run", "compare", "Run", "Comparison", "Summary", "CSV_COLUMNS"]
@@ -151,23 +152,6 @@ def make_schedule(spec: str, lr: float, total_steps: int) -> Callable[[int], flo
         return fn(**kwargs)
     except TypeError as e:
         raise ValueError(f"schedule {name}{inspect.signature(fn)}: {e}") from None
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value: ``true``/``false``, an int, a float, or a comma-separated tuple of those."""
-    t = text.strip()
-    if "," in t:
-        return tuple(parse_value(v) for v in t.split(","))
-    if t.lower() in ("true", "false"):
-        return t.lower() == "true"
-    try:
-        return int(t)
-    except ValueError:
-        pass
-    try:
-        return float(t)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number, true/false, or a comma-separated list of those") from None
 
 
 # ------------------------------------------------------------------------------- model and one run
