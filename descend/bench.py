@@ -5,14 +5,17 @@
     python -m descend.bench --optimizers adam,lion --layouts big
 
 The limit is an in-place ``a.add_(b)`` over 50M float32 values (reads 8 and writes 4 bytes per
-element), timed in the same process, *interleaved* with each measurement (this machine is shared and
-noisy, so a single limit measured once would drift). A rule's bandwidth counts the bytes it must move
-at least: θ and g read, θ written, each state tensor read and written — 4·(3 + 2·k) bytes per float32
-parameter with k state tensors (Adam: 28). "% limit" = rule GB/s ÷ add_ GB/s.
+element). A rule's bandwidth counts the bytes it must move at least: θ and g read, θ written, each
+state tensor read and written — 4·(3 + 2·k) bytes per float32 parameter with k state tensors (Adam: 28).
+This machine is shared and its bandwidth drifts by ±30% within minutes, so every measurement is taken
+in rounds: one add_ over the 50M limit arrays, one add_ over the layout's own tensors
+(``torch._foreach_add_``), one optimizer step. "% limit" is the median over rounds of
+(rule GB/s ÷ limit GB/s) within the round; "% layout" the same against the layout's own add_, which
+includes the per-tensor cost any step pays on a many-tensor model.
 
 Layouts: ``big`` one 50M-parameter tensor; ``model`` 200 tensors, 256 to ~500k elements, ~10M in all.
 For rules torch.optim also has, its for-loop, foreach and fused (where it exists) steps are timed the
-same way. Times are medians of ``--repeat`` runs after two warm-up steps.
+same way. ms/step is the median of ``--repeat`` rounds after two warm-up steps.
 """
 
 from __future__ import annotations
@@ -67,29 +70,26 @@ def _make(sizes, dtype=torch.float32):
     return params
 
 
-def _median_time(fn, repeat: int) -> float:
+def _once(fn) -> float:
+    t0 = time.perf_counter()
     fn()
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return time.perf_counter() - t0
 
 
 class Limit:
-    """The in-place add_ over 50M floats; measured again around every timing."""
+    """The in-place add_ over 50M float32 values: the practical bandwidth limit."""
 
     def __init__(self, n: int):
         self.a = torch.randn(n)
         self.b = torch.randn(n)
         self.n = n
 
+    def add(self) -> None:
+        self.a.add_(self.b)
+
     def gbps(self, repeat: int = 5) -> float:
-        t = _median_time(lambda: self.a.add_(self.b), repeat)
-        self.a.zero_()
-        return 12 * self.n / t / 1e9
+        self.add()
+        return 12 * self.n / statistics.median(_once(self.add) for _ in range(repeat)) / 1e9
 
 
 def state_tensors(opt) -> int:
@@ -99,18 +99,36 @@ def state_tensors(opt) -> int:
 
 
 def measure(make_opt, sizes, limit: Limit, repeat: int, nbytes: int | None = None):
-    """Time ``make_opt(params).step()``; bytes default to the minimum the optimizer's own rule moves."""
+    """Time ``make_opt(params).step()`` in rounds interleaved with the limit's add_ and with add_ over
+    the layout's own tensors; each ratio is taken within a round and the medians are reported, so a
+    drift of the machine's bandwidth during the run cancels out. Bytes default to the minimum the
+    optimizer's own rule moves."""
     params = _make(sizes)
     opt = make_opt(params)
     opt.step()
+    opt.step()
     if nbytes is None:
         nbytes = 4 * (3 + 2 * state_tensors(opt)) * sum(sizes)
-    before = limit.gbps()
-    t = _median_time(opt.step, repeat)
-    after = limit.gbps()
-    ref = (before + after) / 2
-    gbps = nbytes / t / 1e9
-    return {"ms": 1e3 * t, "gbps": gbps, "pct": 100 * gbps / ref, "limit": ref, "bytes": nbytes}
+    xs = [p.detach().clone() for p in params]
+    ys = [p.grad for p in params]
+
+    def layout_add():
+        if len(xs) == 1:
+            xs[0].add_(ys[0])
+        else:
+            torch._foreach_add_(xs, ys)  # torch's fastest many-tensor add_
+
+    steps, ratios, layout_ratios = [], [], []
+    for _ in range(repeat):
+        t_lim = _once(limit.add)
+        t_lay = _once(layout_add)
+        t = _once(opt.step)
+        steps.append(t)
+        ratios.append((nbytes / t) / (12 * limit.n / t_lim))
+        layout_ratios.append((nbytes / t) / (12 * sum(sizes) / t_lay))
+    t = statistics.median(steps)
+    return {"ms": 1e3 * t, "gbps": nbytes / t / 1e9, "pct": 100 * statistics.median(ratios),
+            "layout_pct": 100 * statistics.median(layout_ratios), "bytes": nbytes}
 
 
 def first_step_costs(names) -> dict[str, tuple[float, float]]:
@@ -137,7 +155,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m descend.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--optimizers", default=",".join(descend.available()))
     ap.add_argument("--layouts", default="big,model")
-    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--quick", action="store_true", help="10M / 2M parameters and 3 repeats")
     ap.add_argument("--no-torch", action="store_true", help="skip torch.optim's for-loop/foreach/fused timings")
     args = ap.parse_args(argv)
@@ -148,9 +166,9 @@ def main(argv=None) -> None:
     repeat = 3 if args.quick else args.repeat
     limit = Limit(10_000_000 if args.quick else 50_000_000)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fast kernels: {descend.fast.available()}")
-    print(f"limit: in-place add_ over {limit.n / 1e6:.0f}M float32 = {limit.gbps():.1f} GB/s "
-          "(re-measured around every row)\n")
-    header = (f"{'optimizer':<10} {'layout':<6} {'ms/step':>8} {'GB/s':>6} {'% limit':>8}  "
+    print(f"limit: in-place add_ over {limit.n / 1e6:.0f}M float32 = {limit.gbps():.1f} GB/s now "
+          "(re-measured in every round of every row)\n")
+    header = (f"{'optimizer':<10} {'layout':<6} {'ms/step':>8} {'GB/s':>6} {'% limit':>8} {'% layout':>8}  "
               f"{'torch for-loop':>15} {'foreach':>9} {'fused':>9}  (ms/step, % limit)")
     print(header)
     print("-" * len(header))
@@ -171,7 +189,8 @@ def main(argv=None) -> None:
                     kw.setdefault("lr", 1e-3)
                 t = measure(lambda ps: cls(ps, **kw), sizes, limit, repeat, r["bytes"])  # same rule, same bytes
                 cols.append(f"{t['ms']:6.1f} {t['pct']:3.0f}%".rjust(9 if mode != 'foreach=False' else 15))
-            print(f"{name:<10} {kind:<6} {r['ms']:8.2f} {r['gbps']:6.1f} {r['pct']:7.0f}%  "
+            print(f"{name:<10} {kind:<6} {r['ms']:8.2f} {r['gbps']:6.1f} {r['pct']:7.0f}% "
+                  f"{r['layout_pct']:7.0f}%  "
                   f"{cols[0]:>15} {cols[1]:>9} {cols[2]:>9}", flush=True)
     print("\nfirst step in a fresh process, beyond the steady-state step (s): cold = empty kernel cache "
           "(includes compiling), warm = cached")
