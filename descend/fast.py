@@ -282,28 +282,25 @@ def run_planned(blocks, views, params, maximize, plan: Plan | None, state_map) -
     has changed then). Also advances each parameter's step count and plain-number state."""
     if plan is None or _DISABLED or len(params) != len(plan.params):
         return False
-    if not all(map(operator.is_, params, plan.params)):
-        return False
-    states = [state_map.get(p) for p in params]
-    if not all(map(operator.is_, states, plan.states)):
-        return False
     buffer_names = [tuple(b.buffers(h)) for b, h in zip(blocks, views)]
-    flat_names = [n for names in buffer_names for n in names]
-    if buffer_names != plan.buffer_names or not all(map(operator.is_, _state_tensors(states, flat_names), plan.bufs)):
-        return False
-    if [p.data_ptr() for p in params] != plan.p_ptrs:  # p.data was replaced (model.to(), ...)
-        return False
-    grads = [p.grad for p in params]
-    dtype = plan.dtype
-    if not all(g.dtype is dtype and g.layout is torch.strided for g in grads) \
-            or not all(map(torch.Tensor.is_contiguous, grads)):
-        return False
-    if maximize != plan.src_key[1] or tuple(b.c_code(h) for b, h in zip(blocks, views)) != plan.src_key[3]:
+    if (buffer_names != plan.buffer_names or maximize != plan.src_key[1]
+            or tuple(b.c_code(h) for b, h in zip(blocks, views)) != plan.src_key[3]):
         return False  # a switch that changes the generated code (amsgrad, nesterov, ...) was flipped
-    t0 = plan.t
+    # one pass over the parameters, touching each object once: the kernel has just flushed the caches,
+    # so every extra pass costs a cache miss per parameter
+    t0, dtype, states = plan.t, plan.dtype, plan.states
+    g_ptrs = []
+    for p, q, st, pp in zip(params, plan.params, states, plan.p_ptrs):
+        g = p.grad
+        if (p is not q or state_map.get(p) is not st or st["step"] != t0 or p.data_ptr() != pp
+                or g.dtype is not dtype or g.layout is not torch.strided or not g.is_contiguous()):
+            return False  # another parameter, reset state, replaced storage (model.to()), odd gradient
+        g_ptrs.append(g.data_ptr())
+    flat_names = [n for names in buffer_names for n in names]
+    if not all(map(operator.is_, _state_tensors(states, flat_names), plan.bufs)):
+        return False  # a state tensor was replaced
     first = states[0]
-    if not all(st["step"] == t0 for st in states) or not all(
-            st[k] == first[k] for k in plan.scalar_keys for st in states):
+    if plan.scalar_keys and not all(st[k] == first[k] for k in plan.scalar_keys for st in states):
         return False
     # the step: advance the bookkeeping, compute this step's scalars once, call the kernel
     advancing = [(b, h) for b, h in zip(blocks, views) if b.scalar_state]
@@ -314,7 +311,7 @@ def run_planned(blocks, views, params, maximize, plan: Plan | None, state_map) -
             b.advance(h, st)
     scal = [b.scalars(h, first, frozenset()) for b, h in zip(blocks, views)]
     n = len(params)
-    plan.ptrs[n:2 * n] = [g.data_ptr() for g in grads]
+    plan.ptrs[n:2 * n] = g_ptrs
     flat = [float(v) for c in scal for v in c.values()]
     plan.fn(n, plan.sizes, plan.ptrs, (ctypes.c_double * max(1, len(flat)))(*flat), plan.threads)
     plan.t = t
