@@ -216,7 +216,7 @@ class Plan:
     take the generic path, which builds a new one.
     """
 
-    __slots__ = ("params", "p_ptrs", "state_map", "states", "bufs", "buffer_names", "dtype", "src_key",
+    __slots__ = ("params", "p_ptrs", "states", "bufs", "buffer_names", "dtype", "src_key",
                  "fn", "ptrs", "sizes", "threads", "t", "scalar_keys")
 
 
