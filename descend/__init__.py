@@ -19,11 +19,10 @@ from descend.optimizers import (
     available,
     create,
 )
-
-from descend.lr_find import LRFinder, lr_find  # the LR range test (practitioner tool; no lab import)
+from descend.lr_find import LRFinder, lr_find  # the LR range test (a practitioner's tool; imports no lab)
 
 __version__ = "0.1.0"
 
 __all__ = ["GD", "Momentum", "Nesterov", "SGD", "AdaGrad", "RMSProp", "AdaDelta", "Adam", "AdamW", "NAdam",
-           "RAdam", "Adamax", "Lion", "ChainOptimizer", "Block", "Hyper", "blocks", "available", "create"]
-__all__ += ["lr_find", "LRFinder"]
+           "RAdam", "Adamax", "Lion", "ChainOptimizer", "Block", "Hyper", "blocks", "available", "create",
+           "lr_find", "LRFinder"]

@@ -3,12 +3,19 @@
 The lab uses the core (``descend``); the core never imports the lab.
 """
 
-# -- part A: test problems, trajectories, pictures ------------------------------------------------
 # problems and trajectory are light (torch only) and imported now: that also makes ``lab.problems`` and
 # ``lab.trajectory`` the functions, not the submodules of the same names. The pictures need matplotlib
 # (about a second to import), so they load on first use.
-from descend.lab.problems import Problem, problem, problems, quadratic  # noqa: E402
-from descend.lab.trajectory import Trajectory, trajectory  # noqa: E402
+from descend.lab.data import Data, DataError
+from descend.lab.data import load as load_data
+from descend.lab.problems import Problem, problem, problems, quadratic
+from descend.lab.report import write_report
+from descend.lab.train import Comparison, compare
+from descend.lab.trajectory import Trajectory, trajectory
+
+__all__ = ["Problem", "problem", "problems", "quadratic", "Trajectory", "trajectory", "Data", "DataError",
+           "load_data", "write_report", "Comparison", "compare", "contour_paths", "loss_curves",
+           "race_figure", "race_gif"]
 
 _PLOTS = ("contour_paths", "loss_curves", "race_figure", "race_gif")
 
@@ -19,9 +26,3 @@ def __getattr__(name: str):
 
         return getattr(plots, name)
     raise AttributeError(f"module 'descend.lab' has no attribute {name!r}")
-
-# -- part B: training comparisons on real data and the report (torch/numpy only; matplotlib on use) -----
-from descend.lab.data import Data, DataError  # noqa: E402
-from descend.lab.data import load as load_data  # noqa: E402
-from descend.lab.report import write_report  # noqa: E402
-from descend.lab.train import Comparison, compare  # noqa: E402
