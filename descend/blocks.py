@@ -127,6 +127,7 @@ class Trace(Block):
         Hyper("nesterov", False, "bool", "Nesterov momentum"),
     )
     all_buffers = ("momentum_buffer",)
+    supports_sparse = True  # the buffer is dense; a sparse u is added into it (as torch.optim.SGD does)
 
     def validate(self, h, owner):
         super().validate(h, owner)
@@ -148,10 +149,10 @@ class Trace(Block):
             return u
         v = s["momentum_buffer"]
         if c.first:
-            v.copy_(u)
+            v.copy_(u.to_dense() if u.is_sparse else u)
         else:
             v.mul_(c.momentum).add_(u, alpha=c.damp)
-        return u + c.momentum * v if c.nesterov else v
+        return (c.momentum * v).add_(u) if c.nesterov else v  # γv + u: dense first, so u may be sparse
 
     def c_code(self, h):
         if float(h["momentum"]) == 0:

@@ -121,7 +121,7 @@ class Nesterov(ChainOptimizer):
 class SGD(ChainOptimizer):
     r"""torch.optim.SGD exactly (learning rate outside the buffer):
     g ← g + λθ;  b_t = γ b_{t−1} + (1 − δ) g_t (b_1 = g_1);  d = g + γ b_t if nesterov else b_t;
-    θ ← θ − η d.
+    θ ← θ − η d.  Sparse gradients work as in torch.optim.SGD (the momentum buffer is kept dense).
     """
 
     blocks = (AddDecayedWeights(), Trace(), ScaleByLearningRate())

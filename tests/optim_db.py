@@ -123,12 +123,12 @@ OPTIMS: list[OptimInfo] = [
         rosenbrock=Converge({"lr": 0.02}, 1000, 2e-3),
     ),
     OptimInfo(
-        "momentum", required={"lr": 0.1},
+        "momentum", required={"lr": 0.1}, supports_sparse=True,
         quadratic=Converge({"lr": 0.1, "momentum": 0.5}, 300, 1e-8),
         rosenbrock=Converge({"lr": 0.01, "momentum": 0.9}, 1000, 1e-6),
     ),
     OptimInfo(
-        "nesterov", required={"lr": 0.1},
+        "nesterov", required={"lr": 0.1}, supports_sparse=True,
         quadratic=Converge({"lr": 0.1, "momentum": 0.5}, 300, 1e-8),
         rosenbrock=Converge({"lr": 0.01, "momentum": 0.9}, 1000, 1e-6),
     ),
@@ -137,6 +137,9 @@ OPTIMS: list[OptimInfo] = [
         parity=grid(lr=[0.05], momentum=[0.0, 0.9], dampening=[0.0, 0.3], nesterov=[False, True],
                     weight_decay=[0.0, 0.1], maximize=_MAX),
         parity_requires=_nesterov_ok,
+        supports_sparse=True,
+        sparse_parity=grid(lr=[0.1], momentum=[0.0, 0.9], dampening=[0.0, 0.3], maximize=_MAX)
+        + [{"lr": 0.1, "momentum": 0.9, "nesterov": True}],
         quadratic=Converge({"lr": 0.1, "momentum": 0.5}, 300, 1e-8),
         rosenbrock=Converge({"lr": 0.01, "momentum": 0.9}, 1000, 1e-6),
     ),
