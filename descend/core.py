@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -392,6 +393,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         sd["param_groups"] = [{**self.defaults, "schedules": {}, "step": 0, "skipped_steps": 0, **sg}
                               for sg in saved]
         super().load_state_dict(sd)
+        self.__dict__.pop("_written", None)
         for g in self.param_groups:
             g["schedules"] = copy.deepcopy(g["schedules"])
 
@@ -417,9 +419,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         ):
             group["skipped_steps"] += 1
             return
-        for k, spec in group["schedules"].items():
-            group[k] = _resolve(spec, group["step"])
         if group["schedules"]:
+            self._apply_schedules(group, check_overwrite=True)
             self._check_group(group)
         views = [b.view(group) for b in self.blocks]
         name = self._name()
@@ -472,8 +473,26 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def _finish_group(self, group: dict[str, Any]) -> None:
         group["step"] += 1
+        if group["schedules"]:
+            self._apply_schedules(group)  # show the value the next step will use
+
+    def _apply_schedules(self, group: dict[str, Any], check_overwrite: bool = False) -> None:
+        """Write the scheduled hyperparameters' values for the group's step into the group.
+
+        Something else may have written one since (a torch LRScheduler attached to this optimizer):
+        the schedule wins, and a warning says so once, instead of two schedules silently fighting.
+        """
+        written = self.__dict__.setdefault("_written", {})  # not pickled; ids are of live groups
         for k, spec in group["schedules"].items():
-            group[k] = _resolve(spec, group["step"])  # show the value the next step will use
+            key, value = (id(group), k), _resolve(spec, group["step"])
+            if (check_overwrite and key in written and group[k] != written[key] and group[k] != value
+                    and not self.__dict__.get("_warned")):  # (a plateau fed by observe() writes `value`)
+                self._warned = True
+                warnings.warn(
+                    f"{self._name()}: group[{k!r}] was changed to {group[k]!r} outside its schedule (by a torch "
+                    f"LRScheduler?); the schedule's value is used. Give the schedule to the optimizer or wrap it "
+                    f"in descend.schedules.ScheduleLR, not both.", RuntimeWarning, stacklevel=4)
+            group[k] = written[key] = value
 
     def _reference_step(self, p, st, scal, views, maximize) -> None:
         """The readable path: each block's ``apply`` on this one tensor."""

@@ -582,3 +582,38 @@ def test_cli_errors_are_one_line_without_traceback(args, says):
     assert r.exception is None or isinstance(r.exception, SystemExit)
     errors = [line for line in r.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and says in errors[0], r.output
+
+
+def test_a_torch_scheduler_fighting_a_schedule_is_warned_once():
+    """A torch LRScheduler on a group whose lr is a descend schedule: the schedule wins, with a warning."""
+    import warnings
+
+    p = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    opt = descend.SGD([p], lr=S.cosine(0.1, 100))
+    sch = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t in range(4):
+            p.grad = torch.ones(2, dtype=torch.float64)
+            opt.step()
+            sch.step()
+            assert opt.param_groups[0]["lr"] != S.cosine(0.1, 100)(t + 1)  # StepLR wrote over it
+    fights = [w for w in caught if "outside its schedule" in str(w.message)]
+    assert len(fights) == 1
+    # what the steps used was the schedule's value: θ = −Σ η_t
+    expected = -sum(S.cosine(0.1, 100)(t) for t in range(4))
+    torch.testing.assert_close(p.detach(), torch.full((2,), expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+def test_observe_and_plain_schedules_do_not_warn():
+    import warnings
+
+    p = torch.zeros(2, requires_grad=True)
+    opt = descend.SGD([p], lr=S.reduce_on_plateau(0.1, 0.5, patience=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            p.grad = torch.ones(2)
+            opt.step()
+            S.observe(opt, 1.0)
+    assert opt.param_groups[0]["lr"] < 0.1
