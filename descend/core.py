@@ -40,7 +40,7 @@ import torch
 
 from descend import fast  # the fused kernels; part of the core, imports nothing else of descend
 
-__all__ = ["Hyper", "Block", "ChainOptimizer", "is_schedule"]
+__all__ = ["Hyper", "Block", "ChainOptimizer", "is_schedule", "resolve"]
 
 
 # --------------------------------------------------------------------------- hyperparameters
@@ -123,9 +123,10 @@ def is_schedule(value: Any) -> bool:
     return callable(value) and not isinstance(value, (torch.Tensor, type))
 
 
-def _resolve(spec: Any, step: int) -> Any:
+def resolve(spec: Any, step: int) -> Any:
+    """A hyperparameter's value at ``step``: schedules (also inside tuples) evaluated, the rest as is."""
     if isinstance(spec, (tuple, list)):
-        return type(spec)(_resolve(v, step) for v in spec)
+        return type(spec)(resolve(v, step) for v in spec)
     return float(spec(step)) if is_schedule(spec) else spec
 
 
@@ -283,9 +284,9 @@ class ChainOptimizer(torch.optim.Optimizer):
     def _check_group(self, group: Mapping[str, Any]) -> None:
         """Validate every hyperparameter of a group (a schedule by its value at the group's step)."""
         t = group.get("step", 0)
-        h = {k: _resolve(v, t) for k, v in group.items() if k not in ("params", "schedules")}
+        h = {k: resolve(v, t) for k, v in group.items() if k not in ("params", "schedules")}
         for k, spec in group.get("schedules", {}).items():
-            h[k] = _resolve(spec, t)
+            h[k] = resolve(spec, t)
         for hp in self._FLAGS:
             hp.check(h[hp.name], self._name())
         for b in self.blocks:
@@ -316,7 +317,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         group.setdefault("step", 0)
         group.setdefault("skipped_steps", 0)
         for k, spec in sched.items():
-            group[k] = _resolve(spec, group["step"])
+            group[k] = resolve(spec, group["step"])
         super().add_param_group(group)
         for p in self.param_groups[-1]["params"]:
             if p.is_sparse:
@@ -484,7 +485,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         """
         written = self.__dict__.setdefault("_written", {})  # not pickled; ids are of live groups
         for k, spec in group["schedules"].items():
-            key, value = (id(group), k), _resolve(spec, group["step"])
+            key, value = (id(group), k), resolve(spec, group["step"])
             if (check_overwrite and key in written and group[k] != written[key] and group[k] != value
                     and not self.__dict__.get("_warned")):  # (a plateau fed by observe() writes `value`)
                 self._warned = True

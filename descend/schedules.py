@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from descend.core import is_schedule
+from descend.core import resolve
 
 __all__ = [
     "Schedule", "constant", "step", "multistep", "exponential", "polynomial", "linear", "inverse_sqrt",
@@ -732,12 +732,6 @@ def _plateaus(spec: Any, t: int | None):
             yield from _plateaus(s, t)
 
 
-def _value_of(spec: Any, t: int) -> Any:
-    if isinstance(spec, (tuple, list)):
-        return type(spec)(_value_of(s, t) for s in spec)
-    return float(spec(t)) if is_schedule(spec) else spec
-
-
 def observe(target: Any, metric: Any) -> None:
     """Feed ``metric`` to every :class:`reduce_on_plateau` in force in ``target``.
 
@@ -776,7 +770,7 @@ def observe(target: Any, metric: Any) -> None:
     else:
         for g, spec, t in specs:
             for k, s in spec.items():
-                g[k] = _value_of(s, t)
+                g[k] = resolve(s, t)
 
 
 # --------------------------------------------------------------------------- torch adapter
