@@ -140,6 +140,25 @@ def _fingerprint() -> str:
     return f"{platform.machine()} {platform.system()} {cpu}"
 
 
+def _compile(cc: str, src: str, out: Path) -> str | None:
+    """Compile ``src`` into the shared library ``out``; the error text if that failed."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            c_file = Path(tmp) / "step.c"
+            c_file.write_text(src)
+            tmp_so = Path(tmp) / "step.so"
+            cmd = [cc, "-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC",
+                   "-o", str(tmp_so), str(c_file)]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                return res.stderr
+            os.replace(tmp_so, out)  # atomic: concurrent processes never see half a file
+    except OSError as e:  # no compiler at $CC, or a cache folder we cannot write
+        return str(e)
+    return None
+
+
 def _build(src: str) -> object | None:
     """Compile ``src`` (or load it from the cache) and return its ``step`` function, or None."""
     global _compiler_missing
@@ -153,23 +172,11 @@ def _build(src: str) -> object | None:
                               RuntimeWarning, stacklevel=4)
             _compiler_missing = True
             return None
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            c_file = Path(tmp) / "step.c"
-            c_file.write_text(src)
-            tmp_so = Path(tmp) / "step.so"
-            cmd = [cc, "-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC",
-                   "-o", str(tmp_so), str(c_file)]
-            try:
-                res = subprocess.run(cmd, capture_output=True, text=True)
-                err = res.stderr if res.returncode != 0 else None
-            except OSError as e:  # the compiler named by $CC is not there
-                err = str(e)
-            if err is not None:
-                warnings.warn(f"descend: compiling a fast kernel failed, using the reference path:\n{err}",
-                              RuntimeWarning, stacklevel=4)
-                return None
-            os.replace(tmp_so, out)  # atomic: concurrent processes never see half a file
+        err = _compile(cc, src, out)
+        if err is not None:
+            warnings.warn(f"descend: compiling a fast kernel failed, using the reference path:\n{err}",
+                          RuntimeWarning, stacklevel=4)
+            return None
     lib = ctypes.CDLL(str(out))
     fn = lib.step
     fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]

@@ -247,3 +247,15 @@ def test_plans_are_not_copied():
     ps, opt = _planned_adam()
     twin = copy.deepcopy(opt)
     assert not getattr(twin, "_fast_plans", None)
+
+
+def test_an_unwritable_cache_folder_falls_back_to_the_reference(tmp_path, monkeypatch):
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")  # a file where the cache folder should be: mkdir fails
+    monkeypatch.setenv("DESCEND_CACHE_DIR", str(blocked))
+    monkeypatch.setattr(fast, "_kernels", {})
+    p = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+    p.grad = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="compiling a fast kernel failed"):
+        descend.GD([p], lr=0.1).step()
+    torch.testing.assert_close(p.detach(), torch.tensor([0.95, -2.05], dtype=torch.float64))
