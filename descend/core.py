@@ -454,11 +454,9 @@ class ChainOptimizer(torch.optim.Optimizer):
                     b.init_scalar_state(st)
             new: tuple = ()
             if not st.keys() >= needed_names:  # first step, or a hyperparameter switched a buffer on
-                new = tuple(n for b, h, names in needed for n in names if n not in st)
+                new = tuple(n for _, _, names in needed for n in names if n not in st)
                 for b, h, names in needed:
-                    for n in names:
-                        if n not in st:
-                            st[n] = b.init_buffer(n, p, h)
+                    st.update({n: b.init_buffer(n, p, h) for n in names if n in new})
             t = st["step"] = st["step"] + 1
             for b, h in advancing:
                 b.advance(h, st)

@@ -227,6 +227,12 @@ class Plan:
                  "fn", "ptrs", "sizes", "threads", "t", "scalar_keys")
 
 
+def _scalar_array(scal: list[dict]):
+    """The blocks' scalars for one call, flattened in block order (the order kernel_source reads them)."""
+    flat = [float(v) for c in scal for v in c.values()]
+    return (ctypes.c_double * max(1, len(flat)))(*flat)
+
+
 def _state_tensors(states, flat_names):
     return [st[n] for n in flat_names for st in states]
 
@@ -265,18 +271,17 @@ def run_group(blocks, views, work, cache, maximize, plans=None, plan_key=None) -
         states = [st for _, st, _ in items]
         p_ptrs = [p.data_ptr() for p in params]
         ptrs = p_ptrs + [p.grad.data_ptr() for p in params]
-        ptrs += [t.data_ptr() for t in _state_tensors(states, flat_names)]
+        bufs = _state_tensors(states, flat_names)
+        ptrs += [t.data_ptr() for t in bufs]
         mult = 2 if params[0].is_complex() else 1
         sizes = (ctypes.c_int64 * n)(*[p.numel() * mult for p in params])
-        flat = [float(v) for c in scal for v in c.values()]
         # threads only pay off on enough work: waking a second thread costs more than a small step
         threads = max(1, min(nthreads, sum(sizes) // _MIN_PER_THREAD))
         ptr_array = (ctypes.c_void_p * len(ptrs))(*ptrs)
-        fn(n, sizes, ptr_array, (ctypes.c_double * max(1, len(flat)))(*flat), threads)
+        fn(n, sizes, ptr_array, _scalar_array(scal), threads)
         if plans is not None and len(buckets) == 1 and not rest and not key[1]:
             plan = Plan()
-            plan.params, plan.p_ptrs, plan.states = params, p_ptrs, states
-            plan.bufs = _state_tensors(states, flat_names)
+            plan.params, plan.p_ptrs, plan.states, plan.bufs = params, p_ptrs, states, bufs
             plan.buffer_names, plan.dtype, plan.src_key, plan.fn = buffer_names, dtype, src_key, fn
             plan.ptrs, plan.sizes, plan.threads, plan.t = ptr_array, sizes, threads, key[0]
             plan.scalar_keys = [n for b in blocks for n in b.scalar_state]
@@ -319,8 +324,7 @@ def run_planned(blocks, views, params, maximize, plan: Plan | None, state_map) -
     scal = [b.scalars(h, first, frozenset()) for b, h in zip(blocks, views)]
     n = len(params)
     plan.ptrs[n:2 * n] = g_ptrs
-    flat = [float(v) for c in scal for v in c.values()]
-    plan.fn(n, plan.sizes, plan.ptrs, (ctypes.c_double * max(1, len(flat)))(*flat), plan.threads)
+    plan.fn(n, plan.sizes, plan.ptrs, _scalar_array(scal), plan.threads)
     plan.t = t
     return True
 
