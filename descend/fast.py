@@ -140,16 +140,18 @@ def _fingerprint() -> str:
     return f"{platform.machine()} {platform.system()} {cpu}"
 
 
-def _compile(cc: str, src: str, out: Path) -> str | None:
+_KERNEL_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
+
+
+def _compile(cc: str, src: str, out: Path, flags=_KERNEL_FLAGS, suffix: str = ".c") -> str | None:
     """Compile ``src`` into the shared library ``out``; the error text if that failed."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            c_file = Path(tmp) / "step.c"
+            c_file = Path(tmp) / ("src" + suffix)
             c_file.write_text(src)
-            tmp_so = Path(tmp) / "step.so"
-            cmd = [cc, "-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC",
-                   "-o", str(tmp_so), str(c_file)]
+            tmp_so = Path(tmp) / "lib.so"
+            cmd = [cc, "-shared", "-fPIC", "-o", str(tmp_so), str(c_file), *flags]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 return res.stderr
@@ -217,14 +219,22 @@ class Plan:
 
     The generic path re-derives every pointer and per-parameter key on every step: about 3 µs a
     parameter, 0.6 ms a step for a 200-tensor model, which is 20% of a 10M-parameter GD step. A plan
-    keeps the pointer array and the sizes; each step only checks, in C-speed passes, that it still
-    describes the group (the same parameters with the same storage, the same state tensors, one step
-    count), writes the new gradient pointers in, and calls the kernel. Any doubt: drop the plan and
-    take the generic path, which builds a new one.
+    keeps the pointer array and the sizes. Each step then only proves that it still describes the
+    group (the same parameters with the same storage, the same state dicts and state tensors, one step
+    count, dense contiguous gradients of the right dtype), writes the new gradient pointers in,
+    advances the step counts, and calls the kernel. The proof runs in the compiled plan check
+    (``csrc/plan_check.cpp``, a few ns a parameter) once it is built, else in Python. Any doubt: the
+    step is not taken here, the plan is dropped, and the generic path builds a new one.
     """
 
-    __slots__ = ("params", "p_ptrs", "states", "bufs", "buffer_names", "dtype", "src_key",
-                 "fn", "ptrs", "sizes", "threads", "t", "scalar_keys")
+    __slots__ = ("members", "params", "states", "bufs", "switches", "dtype", "fn", "ptrs", "sizes",
+                 "threads", "keys", "old", "advancing", "c", "keep")
+
+
+def _switches(blocks, views, maximize) -> tuple:
+    """What decides the generated code beyond the dtype: a change (amsgrad, nesterov, ...) drops a plan."""
+    return (maximize, tuple(tuple(b.buffers(h)) for b, h in zip(blocks, views)),
+            tuple(b.c_code(h) for b, h in zip(blocks, views)))
 
 
 def _scalar_array(scal: list[dict]):
@@ -237,7 +247,7 @@ def _state_tensors(states, flat_names):
     return [st[n] for n in flat_names for st in states]
 
 
-def run_group(blocks, views, work, cache, maximize, plans=None, plan_key=None) -> list:
+def run_group(blocks, views, work, cache, maximize, plans=None, plan_key=None, group_params=None) -> list:
     """Run the fused kernel on the eligible parameters of one group; return the rest (for the reference).
 
     ``work`` holds (param, state, key) triples prepared by the façade; ``cache[key]`` the blocks'
@@ -269,8 +279,7 @@ def run_group(blocks, views, work, cache, maximize, plans=None, plan_key=None) -
         n = len(items)
         params = [p for p, _, _ in items]
         states = [st for _, st, _ in items]
-        p_ptrs = [p.data_ptr() for p in params]
-        ptrs = p_ptrs + [p.grad.data_ptr() for p in params]
+        ptrs = [p.data_ptr() for p in params] + [p.grad.data_ptr() for p in params]
         bufs = _state_tensors(states, flat_names)
         ptrs += [t.data_ptr() for t in bufs]
         mult = 2 if params[0].is_complex() else 1
@@ -279,54 +288,212 @@ def run_group(blocks, views, work, cache, maximize, plans=None, plan_key=None) -
         threads = max(1, min(nthreads, sum(sizes) // _MIN_PER_THREAD))
         ptr_array = (ctypes.c_void_p * len(ptrs))(*ptrs)
         fn(n, sizes, ptr_array, _scalar_array(scal), threads)
-        if plans is not None and len(buckets) == 1 and not rest and not key[1]:
+        if plans is not None and group_params is not None and len(buckets) == 1 and not rest and not key[1]:
             plan = Plan()
-            plan.params, plan.p_ptrs, plan.states, plan.bufs = params, p_ptrs, states, bufs
-            plan.buffer_names, plan.dtype, plan.src_key, plan.fn = buffer_names, dtype, src_key, fn
-            plan.ptrs, plan.sizes, plan.threads, plan.t = ptr_array, sizes, threads, key[0]
-            plan.scalar_keys = [n for b in blocks for n in b.scalar_state]
+            plan.members = list(group_params)
+            plan.params, plan.states, plan.bufs = params, states, bufs
+            plan.switches, plan.dtype, plan.fn = _switches(blocks, views, maximize), dtype, fn
+            plan.ptrs, plan.sizes, plan.threads = ptr_array, sizes, threads
+            plan.advancing = [i for i, b in enumerate(blocks) if b.scalar_state]
+            plan.keys = ("step", *[k for b in blocks for k in b.scalar_state])
+            plan.old = tuple(states[0][k] for k in plan.keys)  # the key says every state holds these
+            plan.c = plan.keep = None
             plans[plan_key] = plan
     return rest
 
 
-def run_planned(blocks, views, params, maximize, plan: Plan | None, state_map) -> bool:
+def run_planned(blocks, views, group_params, maximize, plan: Plan | None, state_map) -> bool:
     """Take the step with a stored :class:`Plan` if it still describes the group; False if not (nothing
     has changed then). Also advances each parameter's step count and plain-number state."""
-    if plan is None or _DISABLED or len(params) != len(plan.params):
-        return False
-    buffer_names = [tuple(b.buffers(h)) for b, h in zip(blocks, views)]
-    if (buffer_names != plan.buffer_names or maximize != plan.src_key[1]
-            or tuple(b.c_code(h) for b, h in zip(blocks, views)) != plan.src_key[3]):
+    if plan is None or _DISABLED or _switches(blocks, views, maximize) != plan.switches:
         return False  # a switch that changes the generated code (amsgrad, nesterov, ...) was flipped
+    # this step's step count and plain-number state, computed once: every parameter holds plan.old now
+    new = dict(zip(plan.keys, plan.old))
+    new["step"] += 1
+    for i in plan.advancing:
+        blocks[i].advance(views[i], new)
+    new_vals = tuple(new[k] for k in plan.keys)
+    check = plan_check()
+    if check is not None and plan.c is None:
+        _attach(plan, check)
+    if plan.c is not None:
+        if not check.step(plan.c, group_params, state_map, plan.keys, plan.old, new_vals):
+            return False
+    elif not _python_check(plan, group_params, state_map, new_vals):
+        return False
+    scal = [b.scalars(h, new, frozenset()) for b, h in zip(blocks, views)]
+    n = len(plan.params)
+    if plan.c is None:
+        plan.ptrs[n:2 * n] = [p.grad.data_ptr() for p in plan.params]
+    plan.fn(n, plan.sizes, plan.ptrs, _scalar_array(scal), plan.threads)
+    plan.old = new_vals
+    return True
+
+
+def _python_check(plan: Plan, group_params, state_map, new_vals) -> bool:
+    """The plan check in Python (until the compiled one is built, or where it cannot be): the same
+    conditions as ``csrc/plan_check.cpp``; on success the new step counts are written."""
+    params, dtype = plan.params, plan.dtype
+    if len(group_params) != len(plan.members) or not all(map(operator.is_, group_params, plan.members)):
+        return False
+    if sum(p.grad is not None for p in group_params) != len(params):
+        return False
     # one pass over the parameters, touching each object once: the kernel has just flushed the caches,
     # so every extra pass costs a cache miss per parameter
-    t0, dtype, states = plan.t, plan.dtype, plan.states
-    g_ptrs = []
-    for p, q, st, pp in zip(params, plan.params, states, plan.p_ptrs):
+    keys, old = plan.keys, plan.old
+    for i, (p, st) in enumerate(zip(params, plan.states)):
         g = p.grad
-        if (p is not q or state_map.get(p) is not st or st["step"] != t0 or p.data_ptr() != pp
-                or g.dtype is not dtype or g.layout is not torch.strided or not g.is_contiguous()):
+        if (g is None or state_map.get(p) is not st or any(st[k] != v for k, v in zip(keys, old))
+                or p.data_ptr() != plan.ptrs[i] or g.dtype is not dtype or g.layout is not torch.strided
+                or not g.is_contiguous()):
             return False  # another parameter, reset state, replaced storage (model.to()), odd gradient
-        g_ptrs.append(g.data_ptr())
-    flat_names = [n for names in buffer_names for n in names]
-    if not all(map(operator.is_, _state_tensors(states, flat_names), plan.bufs)):
+    flat_names = [n for names in plan.switches[1] for n in names]
+    if not all(map(operator.is_, _state_tensors(plan.states, flat_names), plan.bufs)):
         return False  # a state tensor was replaced
-    first = states[0]
-    if plan.scalar_keys and not all(st[k] == first[k] for k in plan.scalar_keys for st in states):
-        return False
-    # the step: advance the bookkeeping, compute this step's scalars once, call the kernel
-    advancing = [(b, h) for b, h in zip(blocks, views) if b.scalar_state]
-    t = t0 + 1
-    for st in states:
-        st["step"] = t
-        for b, h in advancing:
-            b.advance(h, st)
-    scal = [b.scalars(h, first, frozenset()) for b, h in zip(blocks, views)]
-    n = len(params)
-    plan.ptrs[n:2 * n] = g_ptrs
-    plan.fn(n, plan.sizes, plan.ptrs, _scalar_array(scal), plan.threads)
-    plan.t = t
+    for st in plan.states:
+        st.update(zip(keys, new_vals))
     return True
+
+
+# --------------------------------------------------------------------------- the compiled plan check
+
+_CHECK_SRC = Path(__file__).with_name("csrc") / "plan_check.cpp"
+
+
+class _PlanC(ctypes.Structure):
+    """Mirrors ``struct PlanC`` in csrc/plan_check.cpp."""
+
+    _fields_ = [("n_all", ctypes.c_int64), ("members", ctypes.c_void_p), ("impls", ctypes.c_void_p),
+                ("has_grad", ctypes.c_void_p), ("n", ctypes.c_int64), ("p_data", ctypes.c_void_p),
+                ("numel", ctypes.c_void_p), ("scalar_type", ctypes.c_int64), ("planned", ctypes.c_void_p),
+                ("states", ctypes.c_void_p), ("hashes", ctypes.c_void_p), ("n_bufs", ctypes.c_int64),
+                ("buf_names", ctypes.c_void_p), ("bufs", ctypes.c_void_p), ("buf_impls", ctypes.c_void_p),
+                ("buf_data", ctypes.c_void_p), ("grads_out", ctypes.c_void_p)]
+
+
+class _Check:
+    """The loaded plan-check library."""
+
+    def __init__(self, lib):
+        self.step = lib.descend_plan_step
+        self.step.argtypes = [ctypes.POINTER(_PlanC)] + [ctypes.py_object] * 5
+        self.step.restype = ctypes.c_int
+        self.scalar_type = lib.descend_scalar_type
+        self.scalar_type.argtypes = [ctypes.c_void_p]
+        self.scalar_type.restype = ctypes.c_int64
+
+
+def _attach(plan: Plan, check: _Check) -> None:
+    """Give a plan the arrays the compiled check reads. They hold raw addresses of the plan's own
+    objects (parameters, state dicts, state tensors), which the plan keeps alive. The data pointers
+    are the kernel's own (from when the plan was made), not today's: what changed since must fail."""
+    members, params, states, bufs = plan.members, plan.params, plan.states, plan.bufs
+    n = len(params)
+    mult = 2 if plan.dtype.is_complex else 1  # the kernel's sizes count real numbers
+    flat_names = [name for names in plan.switches[1] for name in names]
+
+    def arr(ctype, values):
+        return (ctype * max(1, len(values)))(*values)
+
+    planned = {id(p) for p in params}
+    keep = [
+        arr(ctypes.py_object, members), arr(ctypes.c_void_p, [p._cdata for p in members]),
+        arr(ctypes.c_int64, [id(p) in planned for p in members]),
+        arr(ctypes.c_void_p, plan.ptrs[:n]), arr(ctypes.c_int64, [k // mult for k in plan.sizes]),
+        arr(ctypes.py_object, params), arr(ctypes.py_object, states), arr(ctypes.c_int64, [hash(p) for p in params]),
+        arr(ctypes.py_object, flat_names), arr(ctypes.py_object, bufs),
+        arr(ctypes.c_void_p, [t._cdata for t in bufs]), arr(ctypes.c_void_p, plan.ptrs[2 * n:]),
+    ]
+    a = [ctypes.addressof(x) for x in keep]
+    scalar_type = check.scalar_type(torch.empty(0, dtype=plan.dtype)._cdata)
+    struct = _PlanC(len(members), a[0], a[1], a[2], n, a[3], a[4], scalar_type, a[5], a[6], a[7],
+                    len(flat_names), a[8], a[9], a[10], a[11],
+                    ctypes.addressof(plan.ptrs) + n * ctypes.sizeof(ctypes.c_void_p))
+    plan.c, plan.keep = ctypes.pointer(struct), keep + [struct]
+
+
+_check_lock = threading.Lock()
+_check: dict = {"lib": None, "thread": None, "status": "not built yet"}
+
+
+def plan_check(wait: bool = False) -> _Check | None:
+    """The compiled plan check, or None while it is being built (in a background thread, so no step
+    waits for the C++ compiler) or where it cannot be built. ``wait=True`` waits for the build."""
+    lib = _check["lib"]
+    if lib is not None or _check["status"] not in ("not built yet", "building"):
+        return lib
+    with _check_lock:
+        if _check["thread"] is None:
+            _check["status"] = "building"
+            _check["thread"] = threading.Thread(target=_build_check, name="descend-plan-check")
+            _check["thread"].start()
+    if wait:
+        _check["thread"].join()
+    return _check["lib"]
+
+
+def plan_check_status() -> str:
+    """How many-tensor steps are checked: 'compiled', 'building', or why they use the Python check."""
+    return _check["status"]
+
+
+def _build_check() -> None:
+    try:
+        lib = _load_check()
+        if lib is not None and not _self_test(lib):
+            lib, _check["status"] = None, "python (the compiled check failed its self-test)"
+        if lib is not None:
+            _check["lib"], _check["status"] = lib, "compiled"
+    except Exception as e:  # never let a speed-up break a training run
+        _check["status"] = f"python ({type(e).__name__}: {e})"
+
+
+def _load_check() -> _Check | None:
+    import sysconfig
+
+    src = _CHECK_SRC.read_text()
+    torch_dir = Path(torch.__file__).parent
+    abi = int(bool(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True)))
+    key = "\n".join([src, torch.__version__, str(torch_dir), sys.version, str(abi), _fingerprint()])
+    out = cache_dir() / f"plan_check_{hashlib.sha256(key.encode()).hexdigest()[:24]}.so"
+    if not out.exists():
+        cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+        if cxx is None:
+            _check["status"] = "python (no C++ compiler)"
+            return None
+        lib_dir = torch_dir / "lib"
+        flags = ["-O2", "-std=c++17", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{torch_dir / 'include'}",
+                 f"-I{sysconfig.get_paths()['include']}", f"-L{lib_dir}", "-lc10", f"-Wl,-rpath,{lib_dir}"]
+        err = _compile(cxx, src, out, flags, suffix=".cpp")
+        if err is not None:
+            first = next((line for line in err.splitlines() if "error" in line), err.strip()[:200])
+            _check["status"] = f"python (compiling the plan check failed: {first.strip()[:200]})"
+            return None
+    return _Check(ctypes.PyDLL(str(out)))
+
+
+def _self_test(check: _Check) -> bool:
+    """Run the compiled check on a small plan: it must find the gradient pointers Python sees, advance
+    the steps, and refuse a sparse gradient. A mismatch (an unexpected torch layout) disables it."""
+    ps = [torch.zeros(n, requires_grad=True) for n in (3, 5)]
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    states = {p: {"step": 1, "b": torch.zeros_like(p)} for p in ps}
+    plan = Plan()
+    plan.members, plan.params, plan.states = list(ps), ps, [states[p] for p in ps]
+    plan.bufs = [states[p]["b"] for p in ps]
+    plan.switches = (False, (("b",),), ("",))
+    plan.ptrs = (ctypes.c_void_p * 6)(*([p.data_ptr() for p in ps] + [0, 0] + [b.data_ptr() for b in plan.bufs]))
+    plan.keys, plan.old, plan.c = ("step",), (1,), None
+    plan.dtype, plan.sizes = torch.float32, (ctypes.c_int64 * 2)(3, 5)
+    _attach(plan, check)
+    if check.scalar_type(ps[0]._cdata) == check.scalar_type(torch.zeros(1, dtype=torch.float64)._cdata):
+        return False
+    ok = check.step(plan.c, ps, states, plan.keys, (1,), (2,)) == 1
+    ok = ok and list(plan.ptrs[2:4]) == [p.grad.data_ptr() for p in ps] and all(st["step"] == 2 for st in plan.states)
+    ps[1].grad = ps[1].grad.to_sparse()
+    bad = check.step(plan.c, ps, states, plan.keys, (2,), (3,)) == 0 and plan.states[0]["step"] == 2
+    return ok and bad
 
 
 if __name__ == "__main__":  # print the generated source of a named optimizer: python -m descend.fast adam

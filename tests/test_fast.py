@@ -162,9 +162,24 @@ def test_low_precision_takes_the_reference_path(dtype):
     assert p.dtype == dtype and torch.isfinite(p).all() and (p < 1).all()
 
 
+@pytest.fixture(params=["compiled", "python"])
+def check(request, monkeypatch):
+    """Run a planned-step test with the compiled plan check, then with the Python one."""
+    if request.param == "compiled":
+        assert fast.plan_check(wait=True) is not None, fast.plan_check_status()
+    else:
+        monkeypatch.setattr(fast, "plan_check", lambda wait=False: None)
+    return request.param
+
+
+def _assert_check_used(opt, check):
+    plans = list(opt._fast_plans.values())
+    assert plans and all((p.c is not None) == (check == "compiled") for p in plans)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name,cfg", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
-def test_planned_steps_equal_reference(name, cfg, dtype, monkeypatch):
+def test_planned_steps_equal_reference(name, cfg, dtype, monkeypatch, check):
     """When every parameter is eligible the group's kernel call is kept as a Plan between steps."""
     planned = []
     real = fast.run_planned
@@ -178,6 +193,8 @@ def test_planned_steps_equal_reference(name, cfg, dtype, monkeypatch):
     got, opt = _run(name, cfg, dtype, True, contiguous_only=True, skip=None)
     # the first step creates the state, the second (no new buffers) leaves a plan, the rest use it
     assert planned.count(True) >= STEPS - 2, planned
+    _assert_check_used(opt, check)
+    assert all(st["step"] == STEPS for st in opt.state.values())
     monkeypatch.setattr(fast, "run_planned", real)
     want, _ = _run(name, cfg, dtype, False, contiguous_only=True, skip=None)
     for a, b in zip(got, want):
@@ -212,7 +229,7 @@ def _step_both(ps, opt, qs, ref, grads):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
 
 
-def test_plan_follows_replaced_parameter_storage():
+def test_plan_follows_replaced_parameter_storage(check):
     ps, opt = _planned_adam()
     qs, ref = _reference_twin(ps, opt)
     for p, q in zip(ps, qs):  # what model.to() does: new storage under the same Parameter
@@ -221,7 +238,7 @@ def test_plan_follows_replaced_parameter_storage():
     _step_both(ps, opt, qs, ref, [torch.full((4,), 0.3, dtype=torch.float64)] * 3)
 
 
-def test_plan_follows_a_missing_gradient_and_replaced_state():
+def test_plan_follows_a_missing_gradient_and_replaced_state(check):
     ps, opt = _planned_adam()
     qs, ref = _reference_twin(ps, opt)
     g = torch.full((4,), -0.2, dtype=torch.float64)
@@ -233,7 +250,7 @@ def test_plan_follows_a_missing_gradient_and_replaced_state():
     _step_both(ps, opt, qs, ref, [g, g, g])
 
 
-def test_plan_follows_a_switch_that_changes_the_kernel():
+def test_plan_follows_a_switch_that_changes_the_kernel(check):
     ps, opt = _planned_adam()
     qs, ref = _reference_twin(ps, opt)
     opt.param_groups[0]["amsgrad"] = True
@@ -241,6 +258,63 @@ def test_plan_follows_a_switch_that_changes_the_kernel():
     g = torch.full((4,), 0.7, dtype=torch.float64)
     _step_both(ps, opt, qs, ref, [g, g, g])
     assert "max_exp_avg_sq" in opt.state[ps[0]]
+
+
+def _step_twice_planned(ps, opt, qs, ref, check):
+    g = torch.full((4,), 0.25, dtype=torch.float64)
+    _step_both(ps, opt, qs, ref, [g] * len(ps))
+    _step_both(ps, opt, qs, ref, [g] * len(ps))
+    _assert_check_used(opt, check)
+
+
+def test_plan_follows_a_replaced_state_dict(check):
+    ps, opt = _planned_adam()
+    qs, ref = _reference_twin(ps, opt)
+    _step_twice_planned(ps, opt, qs, ref, check)
+    opt.state[ps[1]] = {}  # a user resets one parameter's state
+    ref.state[qs[1]] = {}
+    g = torch.full((4,), 0.5, dtype=torch.float64)
+    _step_both(ps, opt, qs, ref, [g, g, g])
+    assert opt.state[ps[1]]["step"] == 1 and opt.state[ps[0]]["step"] == 5
+
+
+def test_plan_follows_an_odd_gradient(check):
+    ps = [torch.ones(3, 3, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    opt = descend.Adam(ps, lr=0.1)
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    ref = descend.Adam(qs, lr=0.1, fast=False)
+    for _ in range(3):
+        _step_both(ps, opt, qs, ref, [torch.full((3, 3), 0.5, dtype=torch.float64)] * 3)
+    _assert_check_used(opt, check)
+    odd = torch.arange(9.0, dtype=torch.float64).reshape(3, 3).t()  # non-contiguous
+    _step_both(ps, opt, qs, ref, [odd, odd, odd])
+    sparse = odd.to_sparse()  # Adam refuses sparse gradients, also after a planned step
+    ps[0].grad = sparse
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+
+
+@pytest.mark.parametrize("change", ["append", "swap"])
+def test_plan_follows_the_group_s_parameter_list(check, change):
+    f64 = dict(dtype=torch.float64)
+    ps = [torch.ones(4, **f64, requires_grad=True) for _ in range(3)]
+    frozen = torch.ones(4, **f64, requires_grad=True)  # in the group, never given a gradient
+    opt = descend.Adam(ps + [frozen], lr=0.1)
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    ref = descend.Adam(qs, lr=0.1, fast=False)
+    for _ in range(3):
+        _step_both(ps, opt, qs, ref, [torch.full((4,), 0.5, **f64)] * 3)
+    _assert_check_used(opt, check)
+    new, twin = torch.zeros(4, **f64, requires_grad=True), torch.zeros(4, **f64, requires_grad=True)
+    if change == "append":
+        opt.param_groups[0]["params"].append(new)  # the list grows in place
+    else:
+        opt.param_groups[0]["params"][3] = new  # same length, another parameter in the frozen one's place
+    ref.param_groups[0]["params"].append(twin)
+    new.grad, twin.grad = torch.ones(4, **f64), torch.ones(4, **f64)
+    _step_both(ps, opt, qs, ref, [torch.full((4,), 0.1, **f64)] * 3)
+    torch.testing.assert_close(new, twin, rtol=1e-12, atol=1e-12)
+    assert frozen not in opt.state and torch.equal(frozen, torch.ones(4, **f64))
 
 
 def test_plans_are_not_copied():
