@@ -434,15 +434,14 @@ class ChainOptimizer(torch.optim.Optimizer):
         if group["schedules"]:
             self._apply_schedules(group, check_overwrite=True)
             self._check_group(group)
-        views = [b.view(group) for b in self.blocks]
-        maximize = group["maximize"]
         plans = self.__dict__.setdefault("_fast_plans", {})  # not pickled: it holds raw pointers
         # the planned step runs no torch op (only the kernel), so it needs no torch.no_grad()
-        if self.fast and fast.run_planned(self.blocks, views, group["params"], maximize,
-                                          plans.get(id(group)), self.state):
+        if self.fast and fast.run_planned(self.blocks, group, plans.get(id(group)), self.state):
             self._finish_group(group)
             return
         plans.pop(id(group), None)
+        views = [b.view(group) for b in self.blocks]
+        maximize = group["maximize"]
         with torch.no_grad():
             self._step_group_generic(group, views, maximize, plans)
 
@@ -486,7 +485,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                 cache[key] = [b.scalars(h, st, frozenset(new)) for b, h in zip(self.blocks, views)]
             work.append((p, st, key))
         if self.fast and not sparse:  # returns what it can't run, and may store a plan for next time
-            work = fast.run_group(self.blocks, views, work, cache, maximize, plans, id(group), group["params"])
+            work = fast.run_group(self.blocks, views, work, cache, maximize, plans, id(group), group)
         for p, st, key in work:
             self._reference_step(p, st, cache[key], views, maximize)
         self._finish_group(group)

@@ -228,7 +228,8 @@ class Plan:
     """
 
     __slots__ = ("members", "params", "states", "bufs", "switches", "dtype", "fn", "ptrs", "sizes",
-                 "threads", "keys", "old", "advancing", "c", "keep")
+                 "threads", "keys", "old", "advancing", "c", "keep", "check_threads",
+                 "hyper", "snapshot", "views", "scal")
 
 
 def _switches(blocks, views, maximize) -> tuple:
@@ -247,7 +248,7 @@ def _state_tensors(states, flat_names):
     return [st[n] for n in flat_names for st in states]
 
 
-def run_group(blocks, views, work, cache, maximize, plans=None, plan_key=None, group_params=None) -> list:
+def run_group(blocks, views, work, cache, maximize, plans=None, plan_key=None, group=None) -> list:
     """Run the fused kernel on the eligible parameters of one group; return the rest (for the reference).
 
     ``work`` holds (param, state, key) triples prepared by the façade; ``cache[key]`` the blocks'
@@ -288,9 +289,9 @@ def run_group(blocks, views, work, cache, maximize, plans=None, plan_key=None, g
         threads = max(1, min(nthreads, sum(sizes) // _MIN_PER_THREAD))
         ptr_array = (ctypes.c_void_p * len(ptrs))(*ptrs)
         fn(n, sizes, ptr_array, _scalar_array(scal), threads)
-        if plans is not None and group_params is not None and len(buckets) == 1 and not rest and not key[1]:
+        if plans is not None and group is not None and len(buckets) == 1 and not rest and not key[1]:
             plan = Plan()
-            plan.members = list(group_params)
+            plan.members = list(group["params"])
             plan.params, plan.states, plan.bufs = params, states, bufs
             plan.switches, plan.dtype, plan.fn = _switches(blocks, views, maximize), dtype, fn
             plan.ptrs, plan.sizes, plan.threads = ptr_array, sizes, threads
@@ -298,15 +299,57 @@ def run_group(blocks, views, work, cache, maximize, plans=None, plan_key=None, g
             plan.keys = ("step", *[k for b in blocks for k in b.scalar_state])
             plan.old = tuple(states[0][k] for k in plan.keys)  # the key says every state holds these
             plan.c = plan.keep = None
+            # the group's values the chain reads (pinned ones live in the blocks' views); two at least,
+            # so the getter always returns a tuple
+            names = {"maximize", "skip_nonfinite"} | {hp.name for b in blocks for hp in b.hyper if hp.name in group}
+            plan.hyper = operator.itemgetter(*sorted(names))
+            _remember(plan, blocks, views, plan.hyper(group))
             plans[plan_key] = plan
     return rest
 
 
-def run_planned(blocks, views, group_params, maximize, plan: Plan | None, state_map) -> bool:
+class _Reads(dict):
+    """A state dict that notes whether anyone looked into it."""
+
+    read = False
+
+    def __getitem__(self, k):
+        self.read = True
+        return super().__getitem__(k)
+
+    def get(self, k, default=None):
+        self.read = True
+        return super().get(k, default)
+
+
+def _remember(plan: Plan, blocks, views, snapshot) -> None:
+    """Keep the group's hyperparameter values, its views, and the kernel's scalars if no block's
+    scalars depend on the step: while the values stay the same, a step re-derives nothing of these."""
+    # a value that can change in place (a tensor lr, a list of betas) is never trusted to stay the same
+    frozen = all(isinstance(v, (bool, int, float, str, type(None))) or
+                 (isinstance(v, tuple) and all(isinstance(x, (int, float)) for x in v)) for v in snapshot)
+    plan.snapshot = snapshot if frozen else None
+    plan.views = views
+    sample = _Reads(zip(plan.keys, plan.old))
+    scal = [b.scalars(h, sample, frozenset()) for b, h in zip(blocks, views)]
+    plan.scal = _scalar_array(scal) if frozen and not sample.read else None
+
+
+def run_planned(blocks, group, plan: Plan | None, state_map) -> bool:
     """Take the step with a stored :class:`Plan` if it still describes the group; False if not (nothing
     has changed then). Also advances each parameter's step count and plain-number state."""
-    if plan is None or _DISABLED or _switches(blocks, views, maximize) != plan.switches:
-        return False  # a switch that changes the generated code (amsgrad, nesterov, ...) was flipped
+    if plan is None or _DISABLED:
+        return False
+    try:
+        snapshot = plan.hyper(group)
+    except KeyError:  # a hyperparameter was deleted from the group: let the generic path say so
+        return False
+    if plan.snapshot is None or snapshot != plan.snapshot:  # a hyperparameter changed (or may have)
+        views = [b.view(group) for b in blocks]
+        if _switches(blocks, views, group["maximize"]) != plan.switches:
+            return False  # a switch that changes the generated code (amsgrad, nesterov, ...) was flipped
+        _remember(plan, blocks, views, snapshot)
+    views = plan.views
     # this step's step count and plain-number state, computed once: every parameter holds plan.old now
     new = dict(zip(plan.keys, plan.old))
     new["step"] += 1
@@ -316,16 +359,17 @@ def run_planned(blocks, views, group_params, maximize, plan: Plan | None, state_
     check = plan_check()
     if check is not None and plan.c is None:
         _attach(plan, check)
+    group_params = group["params"]
     if plan.c is not None:
-        if not check.step(plan.c, group_params, state_map, plan.keys, plan.old, new_vals):
+        if not check.step(plan.c, group_params, state_map, plan.keys, plan.old, new_vals, plan.check_threads):
             return False
     elif not _python_check(plan, group_params, state_map, new_vals):
         return False
-    scal = [b.scalars(h, new, frozenset()) for b, h in zip(blocks, views)]
+    scal = plan.scal or _scalar_array([b.scalars(h, new, frozenset()) for b, h in zip(blocks, views)])
     n = len(plan.params)
     if plan.c is None:
         plan.ptrs[n:2 * n] = [p.grad.data_ptr() for p in plan.params]
-    plan.fn(n, plan.sizes, plan.ptrs, _scalar_array(scal), plan.threads)
+    plan.fn(n, plan.sizes, plan.ptrs, scal, plan.threads)
     plan.old = new_vals
     return True
 
@@ -364,7 +408,7 @@ class _PlanC(ctypes.Structure):
     """Mirrors ``struct PlanC`` in csrc/plan_check.cpp."""
 
     _fields_ = [("n_all", ctypes.c_int64), ("members", ctypes.c_void_p), ("impls", ctypes.c_void_p),
-                ("has_grad", ctypes.c_void_p), ("n", ctypes.c_int64), ("p_data", ctypes.c_void_p),
+                ("slot", ctypes.c_void_p), ("n", ctypes.c_int64), ("p_data", ctypes.c_void_p),
                 ("numel", ctypes.c_void_p), ("scalar_type", ctypes.c_int64), ("planned", ctypes.c_void_p),
                 ("states", ctypes.c_void_p), ("hashes", ctypes.c_void_p), ("n_bufs", ctypes.c_int64),
                 ("buf_names", ctypes.c_void_p), ("bufs", ctypes.c_void_p), ("buf_impls", ctypes.c_void_p),
@@ -376,7 +420,7 @@ class _Check:
 
     def __init__(self, lib):
         self.step = lib.descend_plan_step
-        self.step.argtypes = [ctypes.POINTER(_PlanC)] + [ctypes.py_object] * 5
+        self.step.argtypes = [ctypes.POINTER(_PlanC)] + [ctypes.py_object] * 5 + [ctypes.c_int]
         self.step.restype = ctypes.c_int
         self.scalar_type = lib.descend_scalar_type
         self.scalar_type.argtypes = [ctypes.c_void_p]
@@ -395,10 +439,10 @@ def _attach(plan: Plan, check: _Check) -> None:
     def arr(ctype, values):
         return (ctype * max(1, len(values)))(*values)
 
-    planned = {id(p) for p in params}
+    slot = {id(p): j for j, p in enumerate(params)}
     keep = [
         arr(ctypes.py_object, members), arr(ctypes.c_void_p, [p._cdata for p in members]),
-        arr(ctypes.c_int64, [id(p) in planned for p in members]),
+        arr(ctypes.c_int64, [slot.get(id(p), -1) for p in members]),
         arr(ctypes.c_void_p, plan.ptrs[:n]), arr(ctypes.c_int64, [k // mult for k in plan.sizes]),
         arr(ctypes.py_object, params), arr(ctypes.py_object, states), arr(ctypes.c_int64, [hash(p) for p in params]),
         arr(ctypes.py_object, flat_names), arr(ctypes.py_object, bufs),
@@ -410,6 +454,8 @@ def _attach(plan: Plan, check: _Check) -> None:
                     len(flat_names), a[8], a[9], a[10], a[11],
                     ctypes.addressof(plan.ptrs) + n * ctypes.sizeof(ctypes.c_void_p))
     plan.c, plan.keep = ctypes.pointer(struct), keep + [struct]
+    # a second thread pays off once there are enough parameters to chase (waking it costs ~10 µs)
+    plan.check_threads = min(torch.get_num_threads(), max(1, len(members) // 32))
 
 
 _check_lock = threading.Lock()
@@ -462,7 +508,7 @@ def _load_check() -> _Check | None:
             _check["status"] = "python (no C++ compiler)"
             return None
         lib_dir = torch_dir / "lib"
-        flags = ["-O2", "-std=c++17", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{torch_dir / 'include'}",
+        flags = ["-O2", "-std=c++17", "-fopenmp", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{torch_dir / 'include'}",
                  f"-I{sysconfig.get_paths()['include']}", f"-L{lib_dir}", "-lc10", f"-Wl,-rpath,{lib_dir}"]
         err = _compile(cxx, src, out, flags, suffix=".cpp")
         if err is not None:
@@ -489,10 +535,10 @@ def _self_test(check: _Check) -> bool:
     _attach(plan, check)
     if check.scalar_type(ps[0]._cdata) == check.scalar_type(torch.zeros(1, dtype=torch.float64)._cdata):
         return False
-    ok = check.step(plan.c, ps, states, plan.keys, (1,), (2,)) == 1
+    ok = check.step(plan.c, ps, states, plan.keys, (1,), (2,), 2) == 1
     ok = ok and list(plan.ptrs[2:4]) == [p.grad.data_ptr() for p in ps] and all(st["step"] == 2 for st in plan.states)
     ps[1].grad = ps[1].grad.to_sparse()
-    bad = check.step(plan.c, ps, states, plan.keys, (2,), (3,)) == 0 and plan.states[0]["step"] == 2
+    bad = check.step(plan.c, ps, states, plan.keys, (2,), (3,), 2) == 0 and plan.states[0]["step"] == 2
     return ok and bad
 
 

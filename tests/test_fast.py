@@ -317,6 +317,37 @@ def test_plan_follows_the_group_s_parameter_list(check, change):
     assert frozen not in opt.state and torch.equal(frozen, torch.ones(4, **f64))
 
 
+@pytest.mark.parametrize("how", ["float", "tensor in place", "betas list in place"])
+def test_plan_follows_changed_hyperparameters(check, how):
+    """A plan keeps the kernel's scalars while the group's values stay the same (GD's and Lion's do not
+    depend on the step); any change, also one made in place (a tensor lr, a list of betas), must reach
+    the kernel."""
+    f64 = dict(dtype=torch.float64)
+    lion = how == "betas list in place"
+    make = descend.Lion if lion else descend.GD
+    kw = dict(betas=[0.9, 0.99]) if lion else dict(lr=torch.tensor(0.1, **f64) if how == "tensor in place" else 0.1)
+    ref_kw = dict(betas=(0.9, 0.99)) if lion else dict(lr=0.1)
+    ps = [torch.ones(4, **f64, requires_grad=True) for _ in range(3)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    opt, ref = make(ps, **kw), make(qs, fast=False, **ref_kw)
+    grads = [torch.full((4,), 0.5, **f64)] * 3
+    for _ in range(3):
+        _step_both(ps, opt, qs, ref, grads)
+    _assert_check_used(opt, check)
+    for k in range(3):
+        grads = [torch.full((4,), 0.5 - 0.3 * k, **f64)] * 3
+        if how == "float":
+            opt.param_groups[0]["lr"] = ref.param_groups[0]["lr"] = 0.01 * (k + 2)
+        elif how == "tensor in place":
+            opt.param_groups[0]["lr"].fill_(0.01 * (k + 2))
+            ref.param_groups[0]["lr"] = 0.01 * (k + 2)
+        else:
+            opt.param_groups[0]["betas"][0] = 0.5 + 0.1 * k
+            ref.param_groups[0]["betas"] = (0.5 + 0.1 * k, 0.99)
+        _step_both(ps, opt, qs, ref, grads)
+    assert opt._fast_plans  # still planned: only the scalars changed
+
+
 def test_plans_are_not_copied():
     ps, opt = _planned_adam()
     twin = copy.deepcopy(opt)

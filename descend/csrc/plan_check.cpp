@@ -3,18 +3,29 @@
 // A planned step (descend/fast.py, class Plan) re-uses the kernel's pointer array between steps. Each
 // step it must still prove that the array describes the group: the same parameters with the same
 // storage, the same state dicts holding the same state tensors and the same step count, and a
-// gradient that is dense, contiguous and of the parameter's dtype; then it reads the 200 new gradient
+// gradient that is dense, contiguous and of the parameter's dtype; then it reads the new gradient
 // pointers and advances every parameter's step count. Done in Python that is about 1-3 µs a parameter
-// (0.2-0.6 ms a step on a 200-tensor model, 10-20% of a GD step); here it is a few ns a parameter.
+// (0.2-0.6 ms a step on a 200-tensor model, 10-20% of a GD step).
+//
+// It is bound by memory latency, not work: right after a step's kernel has streamed the model through
+// the caches, every TensorImpl, autograd meta, storage and dict here is a cache (and TLB) miss, and
+// each parameter is a chain of dependent ones (impl -> autograd meta -> grad impl -> grad storage).
+// So the tensor checks run on the OpenMP threads (each core misses in parallel) as a software
+// pipeline that prefetches the next links for parameters further on; the dict checks, which call the
+// Python C API, run on the calling thread (it holds the GIL; the workers touch no Python object
+// beyond reading the group's list).
 //
 // Only torch's public c10 headers are used (TensorImpl), so this compiles in about a second. Every
 // check either passes for all parameters or the function returns 0 having changed nothing, and the
-// caller takes the generic path, which builds a new plan. Called through ctypes.PyDLL: the GIL is held.
+// caller takes the generic path, which builds a new plan. Called through ctypes.PyDLL.
 
 #include <Python.h>
 #include <c10/core/TensorImpl.h>
 #include <c10/core/UndefinedTensorImpl.h>
 
+#include <omp.h>
+
+#include <atomic>
 #include <cstdint>
 
 using c10::TensorImpl;
@@ -24,7 +35,7 @@ struct PlanC {
   int64_t n_all;          // len(group["params"])
   PyObject** members;     // [n_all] the group's parameters, in order
   TensorImpl** impls;     // [n_all] their TensorImpls (t._cdata)
-  int64_t* has_grad;      // [n_all] 1 if the parameter is in the plan (it had a gradient)
+  int64_t* slot;          // [n_all] its index among the planned parameters, -1 if not planned (no gradient)
   int64_t n;              // planned parameters
   void** p_data;          // [n] their data pointers
   int64_t* numel;         // [n]
@@ -60,41 +71,103 @@ inline PyObject* state_of(PyObject* state_map, PyObject* p, int64_t hash) {
 #endif
 }
 
-int check(const PlanC* pl, PyObject* group_params, PyObject* state_map, PyObject* keys, PyObject* old_vals) {
-  if (!PyList_CheckExact(group_params) || PyList_GET_SIZE(group_params) != pl->n_all) return 0;
-  TensorImpl* undefined = c10::UndefinedTensorImpl::singleton();
-  int64_t j = 0;
-  for (int64_t i = 0; i < pl->n_all; i++) {
-    if (PyList_GET_ITEM(group_params, i) != pl->members[i]) return 0;
-    TensorImpl* p = pl->impls[i];
+#ifndef DESCEND_PREFETCH_D
+#define DESCEND_PREFETCH_D 4
+#endif
+constexpr int64_t D = DESCEND_PREFETCH_D;  // prefetch distance per pipeline stage, in parameters
+
+inline void warm(const void* p, size_t bytes) {
+  for (size_t k = 0; k < bytes; k += 64) __builtin_prefetch(static_cast<const char*>(p) + k);
+}
+inline const void* storage_of(TensorImpl* t) { return t->unsafe_storage().unsafeGetStorageImpl(); }
+
+// stage `stage` of the pipeline for member i: 0 its TensorImpl, 1 its autograd meta and storage (and
+// its state tensors' impls), 2 its gradient's impl (and the state tensors' storages), 3 the
+// gradient's storage
+void warm_member(const PlanC* pl, int64_t i, int64_t hi, int stage, TensorImpl* undefined) {
+  if (i >= hi) return;
+  TensorImpl* p = pl->impls[i];
+  int64_t j = pl->slot[i];
+  if (stage == 0) {
+    warm(p, sizeof(TensorImpl));
+  } else if (stage == 1) {
+    if (auto* meta = p->autograd_meta()) warm(meta, 128);
+    if (j >= 0) {
+      warm(storage_of(p), 64);
+      for (int64_t b = 0; b < pl->n_bufs; b++) warm(pl->buf_impls[b * pl->n + j], sizeof(TensorImpl));
+    }
+  } else {
     TensorImpl* g = impl_of(p->grad());
-    if ((g != undefined) != (pl->has_grad[i] != 0)) return 0;
-    if (g == undefined) continue;
-    if (!same_dense(p, pl->scalar_type, pl->numel[j]) || p->data() != pl->p_data[j] ||
-        !same_dense(g, pl->scalar_type, pl->numel[j]))
-      return 0;
-    pl->grads_out[j] = const_cast<void*>(g->data());  // the kernel's array: harmless if we fail later
-    j++;
+    if (stage == 2) {
+      if (g != undefined) warm(g, sizeof(TensorImpl));
+      if (j >= 0)
+        for (int64_t b = 0; b < pl->n_bufs; b++) warm(storage_of(pl->buf_impls[b * pl->n + j]), 64);
+    } else if (g != undefined) {
+      warm(storage_of(g), 64);
+    }
   }
+}
+
+// the tensor checks of member i; writes its gradient pointer into the kernel's array
+bool check_member(const PlanC* pl, PyObject* group_params, int64_t i, TensorImpl* undefined) {
+  if (PyList_GET_ITEM(group_params, i) != pl->members[i]) return false;
+  TensorImpl* p = pl->impls[i];
+  TensorImpl* g = impl_of(p->grad());
+  int64_t j = pl->slot[i];
+  if ((g != undefined) != (j >= 0)) return false;
+  if (j < 0) return true;
+  int64_t numel = pl->numel[j];
+  if (!same_dense(p, pl->scalar_type, numel) || p->data() != pl->p_data[j] ||
+      !same_dense(g, pl->scalar_type, numel))
+    return false;
+  for (int64_t b = 0; b < pl->n_bufs; b++) {
+    int64_t at = b * pl->n + j;
+    TensorImpl* t = pl->buf_impls[at];
+    if (!same_dense(t, pl->scalar_type, numel) || t->data() != pl->buf_data[at]) return false;
+  }
+  pl->grads_out[j] = const_cast<void*>(g->data());  // the kernel's array: harmless if we fail later
+  return true;
+}
+
+bool check_tensors(const PlanC* pl, PyObject* group_params, int nthreads) {
+  TensorImpl* undefined = c10::UndefinedTensorImpl::singleton();
+  std::atomic<bool> ok{true};
+  int64_t n_all = pl->n_all;
+#pragma omp parallel num_threads(nthreads)
+  {
+    int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    int64_t lo = n_all * id / nt, hi = n_all * (id + 1) / nt;
+    try {
+      for (int stage = 0; stage < 4; stage++)  // fill the pipeline
+        for (int64_t i = lo; i < lo + 4 * D; i++) warm_member(pl, i, hi, stage, undefined);
+      for (int64_t i = lo; i < hi && ok.load(std::memory_order_relaxed); i++) {
+        for (int stage = 0; stage < 4; stage++) warm_member(pl, i + (4 - stage) * D, hi, stage, undefined);
+        if (!check_member(pl, group_params, i, undefined)) ok.store(false, std::memory_order_relaxed);
+      }
+    } catch (...) {  // a torch accessor threw (a tensor without storage, ...): not plannable
+      ok.store(false, std::memory_order_relaxed);
+    }
+  }
+  return ok.load();
+}
+
+// the dict checks, on the calling thread: optimizer.state[p] is the plan's dict, which holds the
+// plan's state tensors and the step count (and plain-number state) the plan expects
+bool check_states(const PlanC* pl, PyObject* state_map, PyObject* keys, PyObject* old_vals) {
   Py_ssize_t nk = PyTuple_GET_SIZE(keys);
-  for (j = 0; j < pl->n; j++) {
+  for (int64_t j = 0; j < pl->n; j++) {
+    if (j + D < pl->n) warm(pl->states[j + D], sizeof(PyDictObject));
     PyObject* st = pl->states[j];
-    if (state_of(state_map, pl->planned[j], pl->hashes[j]) != st) { PyErr_Clear(); return 0; }
+    if (state_of(state_map, pl->planned[j], pl->hashes[j]) != st) return false;
     for (Py_ssize_t k = 0; k < nk; k++) {
       PyObject* v = PyDict_GetItemWithError(st, PyTuple_GET_ITEM(keys, k));
-      if (v == nullptr) { PyErr_Clear(); return 0; }
-      int eq = PyObject_RichCompareBool(v, PyTuple_GET_ITEM(old_vals, k), Py_EQ);
-      if (eq != 1) { PyErr_Clear(); return 0; }
+      PyObject* want = PyTuple_GET_ITEM(old_vals, k);
+      if (v == nullptr || (v != want && PyObject_RichCompareBool(v, want, Py_EQ) != 1)) return false;
     }
-    for (int64_t b = 0; b < pl->n_bufs; b++) {
-      int64_t at = b * pl->n + j;
-      PyObject* t = PyDict_GetItemWithError(st, pl->buf_names[b]);
-      if (t != pl->bufs[at]) { PyErr_Clear(); return 0; }
-      TensorImpl* ti = pl->buf_impls[at];
-      if (!same_dense(ti, pl->scalar_type, pl->numel[j]) || ti->data() != pl->buf_data[at]) return 0;
-    }
+    for (int64_t b = 0; b < pl->n_bufs; b++)
+      if (PyDict_GetItemWithError(st, pl->buf_names[b]) != pl->bufs[b * pl->n + j]) return false;
   }
-  return 1;
+  return true;
 }
 
 }  // namespace
@@ -102,14 +175,14 @@ int check(const PlanC* pl, PyObject* group_params, PyObject* state_map, PyObject
 // 1: the plan holds; every state's step count (and plain-number state) is now `new_vals` and the
 // gradient pointers are in the kernel's array. 0: it does not hold, and no state was changed.
 extern "C" int descend_plan_step(const PlanC* pl, PyObject* group_params, PyObject* state_map,
-                                 PyObject* keys, PyObject* old_vals, PyObject* new_vals) {
-  try {
-    if (!PyDict_Check(state_map) || !PyTuple_CheckExact(keys) || !PyTuple_CheckExact(old_vals) ||
-        !PyTuple_CheckExact(new_vals) || PyTuple_GET_SIZE(old_vals) != PyTuple_GET_SIZE(keys) ||
-        PyTuple_GET_SIZE(new_vals) != PyTuple_GET_SIZE(keys))
-      return 0;
-    if (!check(pl, group_params, state_map, keys, old_vals)) return 0;
-  } catch (...) {  // a torch accessor threw (a tensor without storage, ...): not plannable
+                                 PyObject* keys, PyObject* old_vals, PyObject* new_vals, int nthreads) {
+  if (!PyList_CheckExact(group_params) || PyList_GET_SIZE(group_params) != pl->n_all ||
+      !PyDict_Check(state_map) || !PyTuple_CheckExact(keys) || !PyTuple_CheckExact(old_vals) ||
+      !PyTuple_CheckExact(new_vals) || PyTuple_GET_SIZE(old_vals) != PyTuple_GET_SIZE(keys) ||
+      PyTuple_GET_SIZE(new_vals) != PyTuple_GET_SIZE(keys))
+    return 0;
+  if (!check_tensors(pl, group_params, nthreads < 1 ? 1 : nthreads)) return 0;
+  if (!check_states(pl, state_map, keys, old_vals)) {
     PyErr_Clear();
     return 0;
   }
