@@ -13,7 +13,8 @@ in rounds: one add_ over the 50M limit arrays, one add_ over the layout's own te
 (rule GB/s ÷ limit GB/s) within the round; "% layout" the same against the layout's own add_, which
 includes the per-tensor cost any step pays on a many-tensor model.
 
-Layouts: ``big`` one 50M-parameter tensor; ``model`` 200 tensors, 256 to ~500k elements, ~10M in all.
+Layouts: ``big`` one 50M-parameter tensor; ``model`` 200 tensors, 256 to ~500k elements, ~10M in all;
+the gradients come from a backward pass (see ``_make``).
 For rules torch.optim also has, its for-loop, foreach and fused (where it exists) steps are timed the
 same way. ms/step is the median of ``--repeat`` rounds after two warm-up steps.
 """
@@ -61,12 +62,12 @@ def layout(kind: str, quick: bool) -> list[int]:
 
 
 def _make(sizes, dtype=torch.float32):
+    """Parameters made one after another, as a model's ``__init__`` makes them, and gradients made by a
+    backward pass (of ½·10⁻³·Σθ², so g = 10⁻³·θ), as a training step makes them: where tensors sit in
+    memory changes the bandwidth a many-tensor step gets by several percent."""
     g = torch.Generator().manual_seed(0)
-    params = []
-    for n in sizes:
-        p = torch.randn(n, generator=g, dtype=dtype).requires_grad_()
-        p.grad = torch.randn(n, generator=g, dtype=dtype) * 1e-3
-        params.append(p)
+    params = [torch.randn(n, generator=g, dtype=dtype).requires_grad_() for n in sizes]
+    (0.5e-3 * sum((p * p).sum() for p in params)).backward()
     return params
 
 
@@ -165,11 +166,16 @@ def main(argv=None) -> None:
             ap.error(f"unknown optimizer {n!r}; valid: {', '.join(descend.available())}")
     repeat = 3 if args.quick else args.repeat
     limit = Limit(10_000_000 if args.quick else 50_000_000)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fast kernels: {descend.fast.available()}")
+    descend.fast.plan_check(wait=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fast kernels: {descend.fast.available()}, "
+          f"plan check: {descend.fast.plan_check_status()}")
     print(f"limit: in-place add_ over {limit.n / 1e6:.0f}M float32 = {limit.gbps():.1f} GB/s now "
           "(re-measured in every round of every row)\n")
     header = (f"{'optimizer':<10} {'layout':<6} {'ms/step':>8} {'GB/s':>6} {'% limit':>8} {'% layout':>8}  "
               f"{'torch for-loop':>15} {'foreach':>9} {'fused':>9}  (ms/step, % limit)")
+    # an untimed warm-up round: the first measurement of a process otherwise runs a few percent slow
+    # (kernels and the plan check loading, the machine's clocks settling)
+    measure(lambda ps: descend.create("gd", ps, lr=1e-3), layout("model", True), limit, 3)
     print(header)
     print("-" * len(header))
     for kind in args.layouts.split(","):

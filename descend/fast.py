@@ -359,17 +359,17 @@ def run_planned(blocks, group, plan: Plan | None, state_map) -> bool:
     check = plan_check()
     if check is not None and plan.c is None:
         _attach(plan, check)
-    group_params = group["params"]
-    if plan.c is not None:
-        if not check.step(plan.c, group_params, state_map, plan.keys, plan.old, new_vals, plan.check_threads):
-            return False
-    elif not _python_check(plan, group_params, state_map, new_vals):
-        return False
     scal = plan.scal or _scalar_array([b.scalars(h, new, frozenset()) for b, h in zip(blocks, views)])
-    n = len(plan.params)
-    if plan.c is None:
+    if plan.c is not None:  # the check, the step counts and the kernel in one call
+        if not check.step(plan.c, group["params"], state_map, plan.keys, plan.old, new_vals,
+                          plan.check_threads, scal):
+            return False
+    else:
+        if not _python_check(plan, group["params"], state_map, new_vals):
+            return False
+        n = len(plan.params)
         plan.ptrs[n:2 * n] = [p.grad.data_ptr() for p in plan.params]
-    plan.fn(n, plan.sizes, plan.ptrs, scal, plan.threads)
+        plan.fn(n, plan.sizes, plan.ptrs, scal, plan.threads)
     plan.old = new_vals
     return True
 
@@ -412,7 +412,8 @@ class _PlanC(ctypes.Structure):
                 ("numel", ctypes.c_void_p), ("scalar_type", ctypes.c_int64), ("planned", ctypes.c_void_p),
                 ("states", ctypes.c_void_p), ("hashes", ctypes.c_void_p), ("n_bufs", ctypes.c_int64),
                 ("buf_names", ctypes.c_void_p), ("bufs", ctypes.c_void_p), ("buf_impls", ctypes.c_void_p),
-                ("buf_data", ctypes.c_void_p), ("grads_out", ctypes.c_void_p)]
+                ("buf_data", ctypes.c_void_p), ("grads_out", ctypes.c_void_p), ("kernel", ctypes.c_void_p),
+                ("sizes", ctypes.c_void_p), ("ptrs", ctypes.c_void_p), ("kernel_threads", ctypes.c_int64)]
 
 
 class _Check:
@@ -420,7 +421,7 @@ class _Check:
 
     def __init__(self, lib):
         self.step = lib.descend_plan_step
-        self.step.argtypes = [ctypes.POINTER(_PlanC)] + [ctypes.py_object] * 5 + [ctypes.c_int]
+        self.step.argtypes = [ctypes.POINTER(_PlanC)] + [ctypes.py_object] * 5 + [ctypes.c_int, ctypes.c_void_p]
         self.step.restype = ctypes.c_int
         self.scalar_type = lib.descend_scalar_type
         self.scalar_type.argtypes = [ctypes.c_void_p]
@@ -452,11 +453,16 @@ def _attach(plan: Plan, check: _Check) -> None:
     scalar_type = check.scalar_type(torch.empty(0, dtype=plan.dtype)._cdata)
     struct = _PlanC(len(members), a[0], a[1], a[2], n, a[3], a[4], scalar_type, a[5], a[6], a[7],
                     len(flat_names), a[8], a[9], a[10], a[11],
-                    ctypes.addressof(plan.ptrs) + n * ctypes.sizeof(ctypes.c_void_p))
+                    ctypes.addressof(plan.ptrs) + n * ctypes.sizeof(ctypes.c_void_p),
+                    ctypes.cast(plan.fn, ctypes.c_void_p).value, ctypes.addressof(plan.sizes),
+                    ctypes.addressof(plan.ptrs), plan.threads)
     plan.c, plan.keep = ctypes.pointer(struct), keep + [struct]
     # a second thread pays off once there are enough parameters to chase (waking it costs ~10 µs)
     plan.check_threads = min(torch.get_num_threads(), max(1, len(members) // 32))
 
+
+_KERNEL_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+_NOOP_KERNEL = _KERNEL_TYPE(lambda *args: None)  # the self-test's kernel
 
 _check_lock = threading.Lock()
 _check: dict = {"lib": None, "thread": None, "status": "not built yet"}
@@ -531,14 +537,15 @@ def _self_test(check: _Check) -> bool:
     plan.switches = (False, (("b",),), ("",))
     plan.ptrs = (ctypes.c_void_p * 6)(*([p.data_ptr() for p in ps] + [0, 0] + [b.data_ptr() for b in plan.bufs]))
     plan.keys, plan.old, plan.c = ("step",), (1,), None
-    plan.dtype, plan.sizes = torch.float32, (ctypes.c_int64 * 2)(3, 5)
+    plan.dtype, plan.sizes, plan.threads = torch.float32, (ctypes.c_int64 * 2)(3, 5), 1
+    plan.fn = _NOOP_KERNEL
     _attach(plan, check)
     if check.scalar_type(ps[0]._cdata) == check.scalar_type(torch.zeros(1, dtype=torch.float64)._cdata):
         return False
-    ok = check.step(plan.c, ps, states, plan.keys, (1,), (2,), 2) == 1
+    ok = check.step(plan.c, ps, states, plan.keys, (1,), (2,), 2, None) == 1
     ok = ok and list(plan.ptrs[2:4]) == [p.grad.data_ptr() for p in ps] and all(st["step"] == 2 for st in plan.states)
     ps[1].grad = ps[1].grad.to_sparse()
-    bad = check.step(plan.c, ps, states, plan.keys, (2,), (3,), 2) == 0 and plan.states[0]["step"] == 2
+    bad = check.step(plan.c, ps, states, plan.keys, (2,), (3,), 2, None) == 0 and plan.states[0]["step"] == 2
     return ok and bad
 
 

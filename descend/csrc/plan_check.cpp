@@ -49,6 +49,11 @@ struct PlanC {
   TensorImpl** buf_impls; // [n_bufs * n]
   void** buf_data;        // [n_bufs * n]
   void** grads_out;       // [n] where the gradient pointers go (the kernel's pointer array)
+  // the group's kernel (descend/fast.py, kernel_source), called here once the plan holds
+  void (*kernel)(int64_t n, const int64_t* sizes, void** ptrs, const double* scalars, int nthreads);
+  int64_t* sizes;         // [n] its sizes
+  void** ptrs;            // its pointer array (grads_out points into it)
+  int64_t kernel_threads;
 };
 
 namespace {
@@ -172,10 +177,11 @@ bool check_states(const PlanC* pl, PyObject* state_map, PyObject* keys, PyObject
 
 }  // namespace
 
-// 1: the plan holds; every state's step count (and plain-number state) is now `new_vals` and the
-// gradient pointers are in the kernel's array. 0: it does not hold, and no state was changed.
+// 1: the plan held and the step is taken: every state's step count (and plain-number state) is now
+// `new_vals`, and the kernel has run with `scalars`. 0: it does not hold, and nothing was changed.
 extern "C" int descend_plan_step(const PlanC* pl, PyObject* group_params, PyObject* state_map,
-                                 PyObject* keys, PyObject* old_vals, PyObject* new_vals, int nthreads) {
+                                 PyObject* keys, PyObject* old_vals, PyObject* new_vals, int nthreads,
+                                 const double* scalars) {
   if (!PyList_CheckExact(group_params) || PyList_GET_SIZE(group_params) != pl->n_all ||
       !PyDict_Check(state_map) || !PyTuple_CheckExact(keys) || !PyTuple_CheckExact(old_vals) ||
       !PyTuple_CheckExact(new_vals) || PyTuple_GET_SIZE(old_vals) != PyTuple_GET_SIZE(keys) ||
@@ -191,6 +197,9 @@ extern "C" int descend_plan_step(const PlanC* pl, PyObject* group_params, PyObje
     for (Py_ssize_t k = 0; k < nk; k++)
       if (PyDict_SetItem(pl->states[j], PyTuple_GET_ITEM(keys, k), PyTuple_GET_ITEM(new_vals, k)) != 0)
         return -1;  // out of memory while writing: the Python error propagates
+  Py_BEGIN_ALLOW_THREADS  // the kernel touches no Python object: other threads may run meanwhile
+  pl->kernel(pl->n, pl->sizes, pl->ptrs, scalars, static_cast<int>(pl->kernel_threads));
+  Py_END_ALLOW_THREADS
   return 1;
 }
 
