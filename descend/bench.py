@@ -9,8 +9,9 @@ element). A rule's bandwidth counts the bytes it must move at least: θ and g re
 state tensor read and written — 4·(3 + 2·k) bytes per float32 parameter with k state tensors (Adam: 28).
 This machine is shared and its bandwidth drifts by ±30% within minutes, so every measurement is taken
 in rounds: one add_ over the 50M limit arrays, one add_ over the layout's own tensors
-(``torch._foreach_add_``), one optimizer step. "% limit" is the median over rounds of
-(rule GB/s ÷ limit GB/s) within the round; "% layout" the same against the layout's own add_, which
+(``torch._foreach_add_``), one optimizer step, the limit's add_ again. "% limit" is the median over
+rounds of (rule GB/s ÷ limit GB/s, the limit's time being the mean of the add_ just before and just
+after the step); "% layout" the same against the layout's own add_, which
 includes the per-tensor cost any step pays on a many-tensor model.
 
 Layouts: ``big`` one 50M-parameter tensor; ``model`` 200 tensors, 256 to ~500k elements, ~10M in all;
@@ -124,6 +125,7 @@ def measure(make_opt, sizes, limit: Limit, repeat: int, nbytes: int | None = Non
         t_lim = _once(limit.add)
         t_lay = _once(layout_add)
         t = _once(opt.step)
+        t_lim = (t_lim + _once(limit.add)) / 2  # the limit just before and just after the step
         steps.append(t)
         ratios.append((nbytes / t) / (12 * limit.n / t_lim))
         layout_ratios.append((nbytes / t) / (12 * sum(sizes) / t_lay))
@@ -132,8 +134,9 @@ def measure(make_opt, sizes, limit: Limit, repeat: int, nbytes: int | None = Non
             "layout_pct": 100 * statistics.median(layout_ratios), "bytes": nbytes}
 
 
-def first_step_costs(names) -> dict[str, tuple[float, float]]:
-    """(cold, warm) extra seconds of the first step in a fresh process: empty kernel cache, then cached."""
+def first_step_costs(names) -> dict[str, tuple]:
+    """(cold, warm) extra seconds of the first step in a fresh process: empty kernel cache, then cached;
+    and under "plan check", the seconds the compiled plan check takes to build (and its status)."""
     code = (
         "import time, torch, descend\n"
         "p = torch.randn(1000, requires_grad=True); p.grad = torch.randn(1000)\n"
@@ -142,8 +145,13 @@ def first_step_costs(names) -> dict[str, tuple[float, float]]:
         "print((t1 - t0) - (t2 - t1))\n"
     )
     out = {}
+    check = ("import time, descend\nt0 = time.perf_counter(); descend.fast.plan_check(wait=True)\n"
+             "print(time.perf_counter() - t0, descend.fast.plan_check_status())\n")
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "DESCEND_CACHE_DIR": cache}
+        seconds, status = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True,
+                                         check=True).stdout.split(maxsplit=1)
+        out["plan check"] = (float(seconds), status.strip())
         for name in names:
             src = code.format(name=name, hp=REQUIRED.get(name, {}))
             runs = [float(subprocess.run([sys.executable, "-c", src], env=env, capture_output=True,
@@ -156,7 +164,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m descend.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--optimizers", default=",".join(descend.available()))
     ap.add_argument("--layouts", default="big,model")
-    ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="10M / 2M parameters and 3 repeats")
     ap.add_argument("--no-torch", action="store_true", help="skip torch.optim's for-loop/foreach/fused timings")
     args = ap.parse_args(argv)
@@ -200,8 +208,12 @@ def main(argv=None) -> None:
                   f"{cols[0]:>15} {cols[1]:>9} {cols[2]:>9}", flush=True)
     print("\nfirst step in a fresh process, beyond the steady-state step (s): cold = empty kernel cache "
           "(includes compiling), warm = cached")
-    for name, (cold, warm) in first_step_costs(names).items():
+    costs = first_step_costs(names)
+    seconds, status = costs.pop("plan check")
+    for name, (cold, warm) in costs.items():
         print(f"  {name:<10} cold {cold:6.2f}   warm {warm:6.3f}")
+    print(f"the plan check (many-tensor steps) compiles once per machine in {seconds:.1f} s, in a background "
+          f"thread: no step waits for it ({status})")
 
 
 if __name__ == "__main__":

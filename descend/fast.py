@@ -413,7 +413,8 @@ class _PlanC(ctypes.Structure):
                 ("states", ctypes.c_void_p), ("hashes", ctypes.c_void_p), ("n_bufs", ctypes.c_int64),
                 ("buf_names", ctypes.c_void_p), ("bufs", ctypes.c_void_p), ("buf_impls", ctypes.c_void_p),
                 ("buf_data", ctypes.c_void_p), ("grads_out", ctypes.c_void_p), ("kernel", ctypes.c_void_p),
-                ("sizes", ctypes.c_void_p), ("ptrs", ctypes.c_void_p), ("kernel_threads", ctypes.c_int64)]
+                ("sizes", ctypes.c_void_p), ("ptrs", ctypes.c_void_p), ("kernel_threads", ctypes.c_int64),
+                ("tags", ctypes.c_void_p), ("map_tag", ctypes.c_uint64)]
 
 
 class _Check:
@@ -448,6 +449,7 @@ def _attach(plan: Plan, check: _Check) -> None:
         arr(ctypes.py_object, params), arr(ctypes.py_object, states), arr(ctypes.c_int64, [hash(p) for p in params]),
         arr(ctypes.py_object, flat_names), arr(ctypes.py_object, bufs),
         arr(ctypes.c_void_p, [t._cdata for t in bufs]), arr(ctypes.c_void_p, plan.ptrs[2 * n:]),
+        arr(ctypes.c_uint64, [0] * n),  # the state dicts' version tags: unknown until the first check
     ]
     a = [ctypes.addressof(x) for x in keep]
     scalar_type = check.scalar_type(torch.empty(0, dtype=plan.dtype)._cdata)
@@ -455,7 +457,7 @@ def _attach(plan: Plan, check: _Check) -> None:
                     len(flat_names), a[8], a[9], a[10], a[11],
                     ctypes.addressof(plan.ptrs) + n * ctypes.sizeof(ctypes.c_void_p),
                     ctypes.cast(plan.fn, ctypes.c_void_p).value, ctypes.addressof(plan.sizes),
-                    ctypes.addressof(plan.ptrs), plan.threads)
+                    ctypes.addressof(plan.ptrs), plan.threads, a[12], 0)
     plan.c, plan.keep = ctypes.pointer(struct), keep + [struct]
     # a second thread pays off once there are enough parameters to chase (waking it costs ~10 µs)
     plan.check_threads = min(torch.get_num_threads(), max(1, len(members) // 32))

@@ -278,6 +278,21 @@ def test_plan_follows_a_replaced_state_dict(check):
     assert opt.state[ps[1]]["step"] == 1 and opt.state[ps[0]]["step"] == 5
 
 
+@pytest.mark.parametrize("what", ["buffer", "step"])
+def test_plan_follows_a_changed_state_entry(check, what):
+    ps, opt = _planned_adam()
+    qs, ref = _reference_twin(ps, opt)
+    _step_twice_planned(ps, opt, qs, ref, check)
+    for o, p in ((opt, ps[0]), (ref, qs[0])):
+        if what == "buffer":
+            o.state[p]["exp_avg"] = torch.full((4,), 0.3, dtype=torch.float64)  # a user edits the state
+        else:
+            o.state[p]["step"] = 1  # restarts this parameter's bias corrections
+    g = torch.full((4,), 0.5, dtype=torch.float64)
+    _step_both(ps, opt, qs, ref, [g, g, g])
+    _step_both(ps, opt, qs, ref, [g, g, g])
+
+
 def test_plan_follows_an_odd_gradient(check):
     ps = [torch.ones(3, 3, dtype=torch.float64, requires_grad=True) for _ in range(3)]
     opt = descend.Adam(ps, lr=0.1)

@@ -54,6 +54,8 @@ struct PlanC {
   int64_t* sizes;         // [n] its sizes
   void** ptrs;            // its pointer array (grads_out points into it)
   int64_t kernel_threads;
+  uint64_t* tags;         // [n] each state dict's version tag after our last write (0: unknown)
+  uint64_t map_tag;       // the state map's version tag when it was last verified (0: unknown)
 };
 
 namespace {
@@ -156,13 +158,26 @@ bool check_tensors(const PlanC* pl, PyObject* group_params, int nthreads) {
   return ok.load();
 }
 
+// CPython gives every dict a version tag that changes with each modification (a global counter, so
+// no two states share one). A state dict whose tag is still the one it had right after our last
+// write holds what we wrote and checked then, and an unchanged state map still maps each parameter
+// to its dict: then the dict lookups below can be skipped. (The tag is deprecated from Python 3.12
+// and may go; without it every lookup is done.)
+#if PY_VERSION_HEX < 0x030E0000
+inline uint64_t tag_of(PyObject* d) { return reinterpret_cast<PyDictObject*>(d)->ma_version_tag; }
+#else
+inline uint64_t tag_of(PyObject*) { return 0; }
+#endif
+
 // the dict checks, on the calling thread: optimizer.state[p] is the plan's dict, which holds the
 // plan's state tensors and the step count (and plain-number state) the plan expects
 bool check_states(const PlanC* pl, PyObject* state_map, PyObject* keys, PyObject* old_vals) {
   Py_ssize_t nk = PyTuple_GET_SIZE(keys);
+  bool map_same = pl->map_tag != 0 && tag_of(state_map) == pl->map_tag;
   for (int64_t j = 0; j < pl->n; j++) {
     if (j + D < pl->n) warm(pl->states[j + D], sizeof(PyDictObject));
     PyObject* st = pl->states[j];
+    if (map_same && pl->tags[j] != 0 && tag_of(st) == pl->tags[j]) continue;  // untouched since our write
     if (state_of(state_map, pl->planned[j], pl->hashes[j]) != st) return false;
     for (Py_ssize_t k = 0; k < nk; k++) {
       PyObject* v = PyDict_GetItemWithError(st, PyTuple_GET_ITEM(keys, k));
@@ -179,7 +194,7 @@ bool check_states(const PlanC* pl, PyObject* state_map, PyObject* keys, PyObject
 
 // 1: the plan held and the step is taken: every state's step count (and plain-number state) is now
 // `new_vals`, and the kernel has run with `scalars`. 0: it does not hold, and nothing was changed.
-extern "C" int descend_plan_step(const PlanC* pl, PyObject* group_params, PyObject* state_map,
+extern "C" int descend_plan_step(PlanC* pl, PyObject* group_params, PyObject* state_map,
                                  PyObject* keys, PyObject* old_vals, PyObject* new_vals, int nthreads,
                                  const double* scalars) {
   if (!PyList_CheckExact(group_params) || PyList_GET_SIZE(group_params) != pl->n_all ||
@@ -193,10 +208,14 @@ extern "C" int descend_plan_step(const PlanC* pl, PyObject* group_params, PyObje
     return 0;
   }
   Py_ssize_t nk = PyTuple_GET_SIZE(keys);
-  for (int64_t j = 0; j < pl->n; j++)
+  for (int64_t j = 0; j < pl->n; j++) {
+    if (j + D < pl->n) warm(reinterpret_cast<PyDictObject*>(pl->states[j + D])->ma_keys, 128);
     for (Py_ssize_t k = 0; k < nk; k++)
       if (PyDict_SetItem(pl->states[j], PyTuple_GET_ITEM(keys, k), PyTuple_GET_ITEM(new_vals, k)) != 0)
         return -1;  // out of memory while writing: the Python error propagates
+    pl->tags[j] = tag_of(pl->states[j]);
+  }
+  pl->map_tag = tag_of(state_map);
   Py_BEGIN_ALLOW_THREADS  // the kernel touches no Python object: other threads may run meanwhile
   pl->kernel(pl->n, pl->sizes, pl->ptrs, scalars, static_cast<int>(pl->kernel_threads));
   Py_END_ALLOW_THREADS
