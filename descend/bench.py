@@ -100,35 +100,42 @@ def state_tensors(opt) -> int:
     return sum(isinstance(v, torch.Tensor) and v.dim() > 0 for v in st.values())
 
 
-def measure(make_opt, sizes, limit: Limit, repeat: int, nbytes: int | None = None):
+def measure(make_opt, sizes, limit: Limit, repeat: int, nbytes: int | None = None, allocations: int = 1):
     """Time ``make_opt(params).step()`` in rounds interleaved with the limit's add_ and with add_ over
     the layout's own tensors; each ratio is taken within a round and the medians are reported, so a
     drift of the machine's bandwidth during the run cancels out. Bytes default to the minimum the
-    optimizer's own rule moves."""
-    params = _make(sizes)
-    opt = make_opt(params)
-    opt.step()
-    opt.step()
-    if nbytes is None:
-        nbytes = 4 * (3 + 2 * state_tensors(opt)) * sum(sizes)
-    xs = [p.detach().clone() for p in params]
-    ys = [p.grad for p in params]
+    optimizer's own rule moves.
 
-    def layout_add():
-        if len(xs) == 1:
-            xs[0].add_(ys[0])
-        else:
-            torch._foreach_add_(xs, ys)  # torch's fastest many-tensor add_
-
+    Where a many-tensor layout's tensors happen to sit in memory moves its bandwidth by several
+    percent from one allocation to the next, so ``allocations`` fresh copies of the layout (new
+    parameters, gradients and optimizer) are measured ``repeat`` rounds each, and the medians are
+    taken over all rounds."""
     steps, ratios, layout_ratios = [], [], []
-    for _ in range(repeat):
-        t_lim = _once(limit.add)
-        t_lay = _once(layout_add)
-        t = _once(opt.step)
-        t_lim = (t_lim + _once(limit.add)) / 2  # the limit just before and just after the step
-        steps.append(t)
-        ratios.append((nbytes / t) / (12 * limit.n / t_lim))
-        layout_ratios.append((nbytes / t) / (12 * sum(sizes) / t_lay))
+    for _ in range(allocations):
+        params = _make(sizes)
+        opt = make_opt(params)
+        opt.step()
+        opt.step()
+        if nbytes is None:
+            nbytes = 4 * (3 + 2 * state_tensors(opt)) * sum(sizes)
+        xs = [p.detach().clone() for p in params]
+        ys = [p.grad for p in params]
+
+        def layout_add():
+            if len(xs) == 1:
+                xs[0].add_(ys[0])
+            else:
+                torch._foreach_add_(xs, ys)  # torch's fastest many-tensor add_
+
+        for _ in range(repeat):
+            t_lim = _once(limit.add)
+            t_lay = _once(layout_add)
+            t = _once(opt.step)
+            t_lim = (t_lim + _once(limit.add)) / 2  # the limit just before and just after the step
+            steps.append(t)
+            ratios.append((nbytes / t) / (12 * limit.n / t_lim))
+            layout_ratios.append((nbytes / t) / (12 * sum(sizes) / t_lay))
+        del params, opt, xs, ys
     t = statistics.median(steps)
     return {"ms": 1e3 * t, "gbps": nbytes / t / 1e9, "pct": 100 * statistics.median(ratios),
             "layout_pct": 100 * statistics.median(layout_ratios), "bytes": nbytes}
@@ -164,7 +171,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m descend.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--optimizers", default=",".join(descend.available()))
     ap.add_argument("--layouts", default="big,model")
-    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--repeat", type=int, default=15, help="rounds per measurement (default 15)")
+    ap.add_argument("--allocations", type=int, default=3,
+                    help="fresh copies of the model layout measured per row (default 3)")
     ap.add_argument("--quick", action="store_true", help="10M / 2M parameters and 3 repeats")
     ap.add_argument("--no-torch", action="store_true", help="skip torch.optim's for-loop/foreach/fused timings")
     args = ap.parse_args(argv)
@@ -190,7 +199,8 @@ def main(argv=None) -> None:
         sizes = layout(kind, args.quick)
         for name in names:
             hp = REQUIRED.get(name, {})
-            r = measure(lambda ps: descend.create(name, ps, **hp), sizes, limit, repeat)
+            allocations = 1 if kind == "big" else args.allocations
+            r = measure(lambda ps: descend.create(name, ps, **hp), sizes, limit, repeat, allocations=allocations)
             cols = []
             spec = TORCH_COUNTERPART.get(name)
             for mode in ("foreach=False", "foreach=True", "fused=True"):
@@ -201,7 +211,7 @@ def main(argv=None) -> None:
                 kw = {**spec[1], mode.split("=")[0]: True if mode.endswith("True") else False}
                 if spec[0] in ("SGD",):
                     kw.setdefault("lr", 1e-3)
-                t = measure(lambda ps: cls(ps, **kw), sizes, limit, repeat, r["bytes"])  # same rule, same bytes
+                t = measure(lambda ps: cls(ps, **kw), sizes, limit, repeat, r["bytes"], allocations)  # same rule, bytes
                 cols.append(f"{t['ms']:6.1f} {t['pct']:3.0f}%".rjust(9 if mode != 'foreach=False' else 15))
             print(f"{name:<10} {kind:<6} {r['ms']:8.2f} {r['gbps']:6.1f} {r['pct']:7.0f}% "
                   f"{r['layout_pct']:7.0f}%  "
