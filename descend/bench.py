@@ -1,6 +1,6 @@
 """Benchmark: every optimizer's step against the machine's memory-bandwidth limit.
 
-    python -m descend.bench                 # everything (about 3 minutes on 2 cores)
+    python -m descend.bench                 # everything (about 10 minutes on 2 cores)
     python -m descend.bench --quick         # smaller sizes, fewer repeats
     python -m descend.bench --optimizers adam,lion --layouts big
 
@@ -8,10 +8,11 @@ The limit is an in-place ``a.add_(b)`` over 50M float32 values (reads 8 and writ
 element). A rule's bandwidth counts the bytes it must move at least: θ and g read, θ written, each
 state tensor read and written — 4·(3 + 2·k) bytes per float32 parameter with k state tensors (Adam: 28).
 This machine is shared and its bandwidth drifts by ±30% within minutes, so every measurement is taken
-in rounds: one add_ over the 50M limit arrays, one add_ over the layout's own tensors
-(``torch._foreach_add_``), one optimizer step, the limit's add_ again. "% limit" is the median over
-rounds of (rule GB/s ÷ limit GB/s, the limit's time being the mean of the add_ just before and just
-after the step); "% layout" the same against the layout's own add_, which
+in rounds: one add_ over the 50M limit arrays, add_ over the layout's own tensors
+(``torch._foreach_add_``), optimizer steps, the limit's add_ again. A step shorter than the limit's
+add_ is taken k times in a row (k = the ratio of the two times), so both samples are equally long.
+"% limit" is the median over rounds of (rule GB/s ÷ limit GB/s, the limit's time being the mean of
+the add_ just before and just after the steps); "% layout" the same against the layout's own add_, which
 includes the per-tensor cost any step pays on a many-tensor model.
 
 Layouts: ``big`` one 50M-parameter tensor; ``model`` 200 tensors, 256 to ~500k elements, ~10M in all;
@@ -127,11 +128,24 @@ def measure(make_opt, sizes, limit: Limit, repeat: int, nbytes: int | None = Non
             else:
                 torch._foreach_add_(xs, ys)  # torch's fastest many-tensor add_
 
+        # a short step is timed k times in a row (each streams the whole layout, so each starts as
+        # cold as the first), making a sample as long as the limit's add_: bursts of a neighbour's
+        # traffic then weigh on both alike
+        k = max(1, round(_once(limit.add) / _once(opt.step)))
+
+        def steps_k():
+            for _ in range(k):
+                opt.step()
+
+        def layout_k():
+            for _ in range(k):
+                layout_add()
+
         for _ in range(repeat):
             t_lim = _once(limit.add)
-            t_lay = _once(layout_add)
-            t = _once(opt.step)
-            t_lim = (t_lim + _once(limit.add)) / 2  # the limit just before and just after the step
+            t_lay = _once(layout_k) / k
+            t = _once(steps_k) / k
+            t_lim = (t_lim + _once(limit.add)) / 2  # the limit just before and just after the steps
             steps.append(t)
             ratios.append((nbytes / t) / (12 * limit.n / t_lim))
             layout_ratios.append((nbytes / t) / (12 * sum(sizes) / t_lay))

@@ -9,7 +9,9 @@ parameter that misses its gradient on one step, and a non-contiguous one (which 
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -379,3 +381,30 @@ def test_an_unwritable_cache_folder_falls_back_to_the_reference(tmp_path, monkey
     with pytest.warns(RuntimeWarning, match="compiling a fast kernel failed"):
         descend.GD([p], lr=0.1).step()
     torch.testing.assert_close(p.detach(), torch.tensor([0.95, -2.05], dtype=torch.float64))
+
+
+def test_without_a_cxx_compiler_the_python_plan_check_runs(tmp_path):
+    """The compiled plan check is only a speed-up: where it cannot be built, planned steps use the
+    Python check and stay equal to the reference (in a fresh process: the check is built once per process)."""
+    code = """
+import torch, descend
+from descend import fast
+assert fast.plan_check(wait=True) is None
+print(fast.plan_check_status())
+ps = [torch.ones(5, dtype=torch.float64, requires_grad=True) for _ in range(40)]
+qs = [p.detach().clone().requires_grad_() for p in ps]
+opt, ref = descend.Adam(ps, lr=0.1), descend.Adam(qs, lr=0.1, fast=False)
+for k in range(5):
+    for p, q in zip(ps, qs):
+        p.grad = torch.full_like(p, 0.1 * k - 0.2)
+        q.grad = p.grad.clone()
+    opt.step()
+    ref.step()
+assert opt._fast_plans and all(plan.c is None for plan in opt._fast_plans.values())
+for p, q in zip(ps, qs):
+    torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+"""
+    env = {**os.environ, "DESCEND_CACHE_DIR": str(tmp_path), "CXX": str(tmp_path / "no-such-compiler")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("python (compiling the plan check failed")
