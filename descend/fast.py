@@ -407,12 +407,14 @@ def _python_check(plan: Plan, group_params, state_map, new_vals) -> bool:
     for i, (p, st) in enumerate(zip(params, plan.states)):
         g = p.grad
         if (g is None or state_map.get(p) is not st or any(st[k] != v for k, v in zip(keys, old))
-                or p.data_ptr() != plan.ptrs[i] or g.dtype is not dtype or g.layout is not torch.strided
-                or not g.is_contiguous()):
+                or p.data_ptr() != plan.ptrs[i] or not p.is_contiguous() or g.dtype is not dtype
+                or g.layout is not torch.strided or not g.is_contiguous()):
             return False  # another parameter, reset state, replaced storage (model.to()), odd gradient
     flat_names = [n for names in plan.switches[1] for n in names]
     if not all(map(operator.is_, _state_tensors(plan.states, flat_names), plan.bufs)):
         return False  # a state tensor was replaced
+    if [t.data_ptr() for t in plan.bufs] != plan.ptrs[2 * len(params):]:
+        return False  # ... or given other storage in place (set_, resize_)
     for st in plan.states:
         st.update(zip(keys, new_vals))
     return True

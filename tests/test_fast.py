@@ -280,7 +280,7 @@ def test_plan_follows_a_replaced_state_dict(check):
     assert opt.state[ps[1]]["step"] == 1 and opt.state[ps[0]]["step"] == 5
 
 
-@pytest.mark.parametrize("what", ["buffer", "step"])
+@pytest.mark.parametrize("what", ["buffer", "buffer storage", "step"])
 def test_plan_follows_a_changed_state_entry(check, what):
     ps, opt = _planned_adam()
     qs, ref = _reference_twin(ps, opt)
@@ -288,6 +288,8 @@ def test_plan_follows_a_changed_state_entry(check, what):
     for o, p in ((opt, ps[0]), (ref, qs[0])):
         if what == "buffer":
             o.state[p]["exp_avg"] = torch.full((4,), 0.3, dtype=torch.float64)  # a user edits the state
+        elif what == "buffer storage":  # the same tensor object, other memory under it
+            o.state[p]["exp_avg_sq"].set_(torch.full((4,), 0.2, dtype=torch.float64))
         else:
             o.state[p]["step"] = 1  # restarts this parameter's bias corrections
     g = torch.full((4,), 0.5, dtype=torch.float64)
