@@ -13,10 +13,12 @@ in rounds: one add_ over the 50M limit arrays, add_ over the layout's own tensor
 add_ is taken k times in a row (k = the ratio of the two times), so both samples are equally long.
 "% limit" is the median over rounds of (rule GB/s ÷ limit GB/s, the limit's time being the mean of
 the add_ just before and just after the steps); "% layout" the same against the layout's own add_, which
-includes the per-tensor cost any step pays on a many-tensor model.
+includes the per-tensor cost any step pays on a many-tensor model. On the model layout the rounds of
+all rows (descend's and torch's) are interleaved, so a slow stretch of the machine falls on every row
+alike; the big layout's rows (each ~1 GB) run one after another.
 
-Layouts: ``big`` one 50M-parameter tensor; ``model`` 200 tensors, 256 to ~500k elements, ~10M in all;
-the gradients come from a backward pass (see ``_make``).
+Layouts: ``big`` one 50M-parameter tensor; ``model`` 200 tensors, 256 to ~500k elements, ~10M in all,
+made one after another with gradients from a backward pass (see ``_make``).
 For rules torch.optim also has, its for-loop, foreach and fused (where it exists) steps are timed the
 same way. ms/step is the median of ``--repeat`` rounds after two warm-up steps.
 """
@@ -101,58 +103,64 @@ def state_tensors(opt) -> int:
     return sum(isinstance(v, torch.Tensor) and v.dim() > 0 for v in st.values())
 
 
-def measure(make_opt, sizes, limit: Limit, repeat: int, nbytes: int | None = None, allocations: int = 1):
-    """Time ``make_opt(params).step()`` in rounds interleaved with the limit's add_ and with add_ over
-    the layout's own tensors; each ratio is taken within a round and the medians are reported, so a
-    drift of the machine's bandwidth during the run cancels out. Bytes default to the minimum the
-    optimizer's own rule moves.
+class Case:
+    """One row's measurement: a fresh copy of the layout, an optimizer over it, and its rounds.
 
-    Where a many-tensor layout's tensors happen to sit in memory moves its bandwidth by several
-    percent from one allocation to the next, so ``allocations`` fresh copies of the layout (new
-    parameters, gradients and optimizer) are measured ``repeat`` rounds each, and the medians are
-    taken over all rounds."""
-    steps, ratios, layout_ratios = [], [], []
-    for _ in range(allocations):
-        params = _make(sizes)
-        opt = make_opt(params)
-        opt.step()
-        opt.step()
-        if nbytes is None:
-            nbytes = 4 * (3 + 2 * state_tensors(opt)) * sum(sizes)
-        xs = [p.detach().clone() for p in params]
-        ys = [p.grad for p in params]
+    A round is: the limit's add_, add_ over the layout's own tensors (``torch._foreach_add_``), the
+    step, the limit's add_ again. A step shorter than the limit's add_ is taken k times in a row (each
+    streams the whole layout, so each starts as cold as the first), making both samples equally long:
+    bursts of a neighbour's traffic then weigh on both alike. Bytes default to the minimum the
+    optimizer's own rule moves."""
 
-        def layout_add():
-            if len(xs) == 1:
-                xs[0].add_(ys[0])
+    def __init__(self, make_opt, sizes, limit: Limit, nbytes: int | None = None):
+        self.params = _make(sizes)
+        self.opt = make_opt(self.params)
+        self.opt.step()
+        self.opt.step()
+        self.nbytes = nbytes or 4 * (3 + 2 * state_tensors(self.opt)) * sum(sizes)
+        self.layout_bytes, self.limit = 12 * sum(sizes), limit
+        self.xs = [p.detach().clone() for p in self.params]
+        self.ys = [p.grad for p in self.params]
+        self.k = max(1, round(_once(limit.add) / _once(self.opt.step)))
+        self.steps, self.ratios, self.layout_ratios = [], [], []
+
+    def _layout_add(self):
+        for _ in range(self.k):
+            if len(self.xs) == 1:
+                self.xs[0].add_(self.ys[0])
             else:
-                torch._foreach_add_(xs, ys)  # torch's fastest many-tensor add_
+                torch._foreach_add_(self.xs, self.ys)  # torch's fastest many-tensor add_
 
-        # a short step is timed k times in a row (each streams the whole layout, so each starts as
-        # cold as the first), making a sample as long as the limit's add_: bursts of a neighbour's
-        # traffic then weigh on both alike
-        k = max(1, round(_once(limit.add) / _once(opt.step)))
+    def _steps(self):
+        for _ in range(self.k):
+            self.opt.step()
 
-        def steps_k():
-            for _ in range(k):
-                opt.step()
+    def round(self) -> None:
+        lim = self.limit
+        t_lim = _once(lim.add)
+        t_lay = _once(self._layout_add) / self.k
+        t = _once(self._steps) / self.k
+        t_lim = (t_lim + _once(lim.add)) / 2  # the limit just before and just after the steps
+        self.steps.append(t)
+        self.ratios.append((self.nbytes / t) / (12 * lim.n / t_lim))
+        self.layout_ratios.append((self.nbytes / t) / (self.layout_bytes / t_lay))
 
-        def layout_k():
-            for _ in range(k):
-                layout_add()
+    def result(self) -> dict:
+        t = statistics.median(self.steps)
+        return {"ms": 1e3 * t, "gbps": self.nbytes / t / 1e9, "pct": 100 * statistics.median(self.ratios),
+                "layout_pct": 100 * statistics.median(self.layout_ratios), "bytes": self.nbytes}
 
-        for _ in range(repeat):
-            t_lim = _once(limit.add)
-            t_lay = _once(layout_k) / k
-            t = _once(steps_k) / k
-            t_lim = (t_lim + _once(limit.add)) / 2  # the limit just before and just after the steps
-            steps.append(t)
-            ratios.append((nbytes / t) / (12 * limit.n / t_lim))
-            layout_ratios.append((nbytes / t) / (12 * sum(sizes) / t_lay))
-        del params, opt, xs, ys
-    t = statistics.median(steps)
-    return {"ms": 1e3 * t, "gbps": nbytes / t / 1e9, "pct": 100 * statistics.median(ratios),
-            "layout_pct": 100 * statistics.median(layout_ratios), "bytes": nbytes}
+    def free(self) -> None:
+        del self.params, self.opt, self.xs, self.ys
+
+
+def measure(make_opt, sizes, limit: Limit, repeat: int, nbytes: int | None = None) -> dict:
+    """``repeat`` rounds of one :class:`Case`, taken one after another."""
+    case = Case(make_opt, sizes, limit, nbytes)
+    for _ in range(repeat):
+        case.round()
+    case.free()
+    return case.result()
 
 
 def first_step_costs(names) -> dict[str, tuple]:
@@ -186,8 +194,6 @@ def main(argv=None) -> None:
     ap.add_argument("--optimizers", default=",".join(descend.available()))
     ap.add_argument("--layouts", default="big,model")
     ap.add_argument("--repeat", type=int, default=15, help="rounds per measurement (default 15)")
-    ap.add_argument("--allocations", type=int, default=3,
-                    help="fresh copies of the model layout measured per row (default 3)")
     ap.add_argument("--quick", action="store_true", help="10M / 2M parameters and 3 repeats")
     ap.add_argument("--no-torch", action="store_true", help="skip torch.optim's for-loop/foreach/fused timings")
     args = ap.parse_args(argv)
@@ -211,25 +217,47 @@ def main(argv=None) -> None:
     print("-" * len(header))
     for kind in args.layouts.split(","):
         sizes = layout(kind, args.quick)
+        # rows: (name, [make_opt for descend, then torch's for-loop / foreach / fused or None])
+        rows = []
         for name in names:
-            hp = REQUIRED.get(name, {})
-            allocations = 1 if kind == "big" else args.allocations
-            r = measure(lambda ps: descend.create(name, ps, **hp), sizes, limit, repeat, allocations=allocations)
-            cols = []
+            makers = [lambda ps, name=name: descend.create(name, ps, **REQUIRED.get(name, {}))]
             spec = TORCH_COUNTERPART.get(name)
-            for mode in ("foreach=False", "foreach=True", "fused=True"):
-                if args.no_torch or spec is None or (mode == "fused=True" and not spec[2]):
-                    cols.append(f"{'—':>9}")
+            for mode in ("foreach", "foreach", "fused"):
+                on = len(makers) != 1  # for-loop: foreach=False; then foreach=True; then fused=True
+                if args.no_torch or spec is None or (mode == "fused" and not spec[2]):
+                    makers.append(None)
                     continue
-                cls = getattr(torch.optim, spec[0])
-                kw = {**spec[1], mode.split("=")[0]: True if mode.endswith("True") else False}
-                if spec[0] in ("SGD",):
+                kw = {**spec[1], mode: on}
+                if spec[0] == "SGD":
                     kw.setdefault("lr", 1e-3)
-                t = measure(lambda ps: cls(ps, **kw), sizes, limit, repeat, r["bytes"], allocations)  # same rule, bytes
-                cols.append(f"{t['ms']:6.1f} {t['pct']:3.0f}%".rjust(9 if mode != 'foreach=False' else 15))
+                makers.append(lambda ps, cls=getattr(torch.optim, spec[0]), kw=kw: cls(ps, **kw))
+            rows.append((name, makers))
+        if kind == "model":
+            # every row's rounds interleaved: a slow minute of the machine then falls on all rows alike
+            # instead of on whichever row happened to run in it
+            cases = {}
+            for name, makers in rows:
+                first = Case(makers[0], sizes, limit)
+                cases[name] = [first] + [m and Case(m, sizes, limit, first.nbytes) for m in makers[1:]]
+            for _ in range(repeat):
+                for row in cases.values():
+                    for c in row:
+                        if c is not None:
+                            c.round()
+            results = {name: [c and c.result() for c in row] for name, row in cases.items()}
+            for row in cases.values():
+                for c in row:
+                    if c is not None:
+                        c.free()
+        else:
+            results = {}
+            for name, makers in rows:
+                r = measure(makers[0], sizes, limit, repeat)
+                results[name] = [r] + [m and measure(m, sizes, limit, repeat, r["bytes"]) for m in makers[1:]]
+        for name, (r, *torch_rows) in results.items():
+            cols = [f"{'—':>9}" if t is None else f"{t['ms']:6.1f} {t['pct']:3.0f}%" for t in torch_rows]
             print(f"{name:<10} {kind:<6} {r['ms']:8.2f} {r['gbps']:6.1f} {r['pct']:7.0f}% "
-                  f"{r['layout_pct']:7.0f}%  "
-                  f"{cols[0]:>15} {cols[1]:>9} {cols[2]:>9}", flush=True)
+                  f"{r['layout_pct']:7.0f}%  {cols[0]:>15} {cols[1]:>9} {cols[2]:>9}", flush=True)
     print("\nfirst step in a fresh process, beyond the steady-state step (s): cold = empty kernel cache "
           "(includes compiling), warm = cached")
     costs = first_step_costs(names)
