@@ -359,6 +359,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         if len(saved) != len(self.param_groups):
             raise ValueError(f"{name}.load_state_dict: the state has {len(saved)} parameter group(s), "
                              f"this optimizer has {len(self.param_groups)}")
+        saved = [self._drop_foreign_keys(i, sg) for i, sg in enumerate(saved)]
         params = []
         for i, (g, sg) in enumerate(zip(self.param_groups, saved)):
             if len(g["params"]) != len(sg["params"]):
@@ -399,6 +400,31 @@ class ChainOptimizer(torch.optim.Optimizer):
         self.__dict__.pop("_fast_plans", None)
         for g in self.param_groups:
             g["schedules"] = copy.deepcopy(g["schedules"])
+
+    # torch.optim group keys that only choose how torch runs a step: dropped on load
+    _TORCH_EXECUTION_KEYS = frozenset({"foreach", "fused", "capturable", "differentiable"})
+    # torch.optim group keys that change the rule, with the value an optimizer without the key acts
+    # as; an optimizer class overrides the ones its rule implies (AdamW: decoupled weight decay)
+    _RULE_KEYS = {"decoupled_weight_decay": False, "nesterov": False, "amsgrad": False, "centered": False,
+                  "momentum": 0, "dampening": 0, "weight_decay": 0, "maximize": False}
+    implied: Mapping[str, Any] = {}
+
+    def _drop_foreign_keys(self, i: int, sg: Mapping[str, Any]) -> dict[str, Any]:
+        """A saved group without the keys this optimizer has no use for. A torch.optim state may carry a
+        rule switch this chain does not implement (Adam's ``decoupled_weight_decay=True`` loaded into
+        descend's Adam): that is an error, not a silently different optimizer."""
+        name, out = self._name(), {}
+        for k, v in sg.items():
+            if k in self.defaults or k not in self._RULE_KEYS and k not in self._TORCH_EXECUTION_KEYS:
+                out[k] = v  # ours, or another key (a scheduler's initial_lr, a user's own): kept
+            elif k in self._RULE_KEYS:
+                acts_as = self.implied.get(k, self._RULE_KEYS[k])
+                if v != acts_as:
+                    raise ValueError(
+                        f"{name}.load_state_dict: group {i} was saved with {k}={v!r}; {name} has no {k!r} "
+                        f"and always acts as {k}={acts_as!r}. Load it into the optimizer with that rule"
+                        + (" (descend.AdamW)" if k == "decoupled_weight_decay" and v else ""))
+        return out
 
     # -- the step ----------------------------------------------------------------------------
 

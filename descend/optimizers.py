@@ -179,6 +179,7 @@ class AdamW(ChainOptimizer):
     θ ← θ − ηλθ − η · (m̂ / (√v̂ + ε)).   Source: Loshchilov & Hutter (2019)."""
 
     blocks = (ScaleByAdam(), AddDecayedWeights(), ScaleByLearningRate())
+    implied = {"decoupled_weight_decay": True}  # what torch.optim.AdamW's state says
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
                  *, maximize=False, skip_nonfinite=False, fast=True):

@@ -135,6 +135,8 @@ def _bad_state_dicts():
     sd["state"][0]["bogus"] = torch.zeros(1)
     yield "unknown state", sd
     yield "not a state_dict", {"foo": 1}
+    yield "torch's Adam with decoupled weight decay", _stepped(
+        torch.optim.Adam, make_params(), lr=0.01, weight_decay=0.1, decoupled_weight_decay=True).state_dict()
 
 
 @pytest.mark.parametrize("what,sd", list(_bad_state_dicts()), ids=lambda x: x if isinstance(x, str) else "")
@@ -153,6 +155,28 @@ def test_load_state_dict_mismatch_changes_nothing(what, sd):
         o.step()
     assert not torch.equal(params[0], make_params()[0])
     assert_bitwise([params], [params2])
+
+
+def test_a_torch_rule_switch_this_optimizer_lacks_is_named():
+    opt = _stepped(descend.Adam, make_params(), lr=0.01)
+    sd = _stepped(torch.optim.Adam, make_params(), lr=0.01, decoupled_weight_decay=True).state_dict()
+    with pytest.raises(ValueError, match=r"decoupled_weight_decay=True.*descend\.AdamW"):
+        opt.load_state_dict(sd)
+    gd = _stepped(descend.GD, make_params(), lr=0.01)
+    with pytest.raises(ValueError, match="momentum=0.9"):
+        gd.load_state_dict(_stepped(torch.optim.SGD, make_params(), lr=0.01, momentum=0.9).state_dict())
+
+
+@pytest.mark.parametrize("ours,theirs,kw", [(descend.AdamW, torch.optim.AdamW, {}),
+                                            (descend.Adam, torch.optim.Adam, {}),
+                                            (descend.GD, torch.optim.SGD, {})])
+def test_torch_state_loads_without_torch_s_execution_switches(ours, theirs, kw):
+    """torch.optim's foreach/fused/capturable/differentiable say how torch runs a step: dropped; a rule
+    switch at the value this optimizer implies (AdamW's decoupled weight decay) loads."""
+    opt = _stepped(ours, make_params(), lr=0.01)
+    opt.load_state_dict(_stepped(theirs, make_params(), lr=0.01, **kw).state_dict())
+    keys = set(opt.param_groups[0])
+    assert not keys & {"foreach", "fused", "capturable", "differentiable", "decoupled_weight_decay"}
 
 
 # ------------------------------------------------------------------ non-finite gradients
