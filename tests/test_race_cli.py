@@ -78,6 +78,22 @@ def test_hyperparameters_from_the_command_line_and_their_precedence(tmp_path):
     assert rows(r.output)["gd"][0] == f"lr={prob.lr_gd:g}" and rows(r.output)["adam"][0] == f"lr={prob.lr_adaptive:g}"
 
 
+def test_a_schedule_drives_every_optimizer_s_lr(tmp_path):
+    from descend.lab.train import make_schedule
+
+    args = ("--function", "quadratic", "--optimizers", "gd,adam", "--steps", "30", "--lr", "0.05",
+            "--out", str(tmp_path / "r.png"))
+    plain = rows(race(*args).output)
+    r = race(*args, "--schedule", "warmup_cosine:warmup_steps=10")
+    assert r.exit_code == 0, r.output
+    table = rows(r.output)
+    for name in ("gd", "adam"):
+        assert table[name][0].startswith("lr=warmup_cosine(peak=0.05, warmup_steps=10, total_steps=30")
+        t = lab.trajectory("quadratic", name, 30, lr=make_schedule("warmup_cosine:warmup_steps=10", 0.05, 30))
+        assert float(table[name][1]) == pytest.approx(t.final_loss, rel=1e-3)
+        assert table[name][1] != plain[name][1]
+
+
 def test_a_diverging_run_is_marked_and_the_others_finish(tmp_path):
     r = race("--function", "rosenbrock", "--optimizers", "gd,adam", "--steps", "50", "--set", "gd.lr=1",
              "--out", str(tmp_path / "r.png"))
@@ -116,6 +132,8 @@ def test_parse_value_and_assignment():
     (["--start", "a,b"], 2, ["--start", "a,b"]),
     (["--steps", "-3"], 2, ["--steps"]),
     (["--out", "race.txt"], 2, ["--out", ".png or .gif"]),
+    (["--schedule", "nope"], 2, ["--schedule", "nope", "warmup_cosine"]),
+    (["--schedule", "cosine:bogus=1"], 2, ["--schedule", "bogus"]),
     (["--out", "/no/such/folder/r.png"], 2, ["--out", "does not exist"]),
 ])
 def test_bad_input_is_one_clear_error_without_traceback(args, code, words, tmp_path, monkeypatch):

@@ -56,6 +56,9 @@ def _fmt_hp(hp: dict[str, Any]) -> str:
               help="A hyperparameter for one optimizer (momentum.lr=0.002, adam.betas=0.9,0.99, "
                    "adagrad.eps_in_sqrt=false) or, without OPT., for all. Repeatable; "
                    "OPT.KEY beats KEY beats --lr.")
+@click.option("--schedule", default=None, metavar="NAME[:K=V,...]",
+              help="A learning-rate schedule from descend.schedules for every optimizer, peaking at its lr and "
+                   "lasting the run's --steps, e.g. cosine, warmup_cosine:warmup_steps=20, one_cycle.")
 @click.option("--tol", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True,
               help="The table's last column counts steps until f(θ) − f* ≤ TOL.")
 @click.option("--frames", type=click.IntRange(min=1), default=60, show_default=True,
@@ -63,7 +66,7 @@ def _fmt_hp(hp: dict[str, Any]) -> str:
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default="race.png", show_default=True,
               help="The picture: .png (paths and f − f* over steps) or .gif (the race, animated).")
 def race_command(function: str, optimizers: str, steps: int, start: str | None, lr: float | None,
-                 assignments: tuple[str, ...], tol: float, frames: int, out: str) -> None:
+                 assignments: tuple[str, ...], schedule: str | None, tol: float, frames: int, out: str) -> None:
     """Race optimizers on a test problem with a known minimum.
 
     Prints, per optimizer: the hyperparameters used, the final loss f(θ), the distance to the
@@ -71,9 +74,10 @@ def race_command(function: str, optimizers: str, steps: int, start: str | None, 
     marked diverged. Writes the race to --out.
 
     \b
-    Example:
+    Examples:
       descend race --function rosenbrock --optimizers gd,momentum,adagrad,adam \\
           --steps 300 --start -1.5,2 --lr 1e-3 --set adam.lr=0.1 --out race.png
+      descend race --function double_well --start 2 --schedule warmup_cosine:warmup_steps=20
     """
     names = [n.strip().lower() for n in optimizers.split(",") if n.strip()]
     valid = descend.available()
@@ -104,6 +108,13 @@ def race_command(function: str, optimizers: str, steps: int, start: str | None, 
     runs = []
     for n in names:
         hp = {**prob.default_hyperparameters(n), **({"lr": lr} if lr is not None else {}), **per_opt[n]}
+        if schedule is not None:
+            from descend.lab.train import make_schedule
+
+            try:  # the same NAME:K=V parsing as compare's --schedule, peaking at this optimizer's lr
+                hp["lr"] = make_schedule(schedule, hp["lr"], steps)
+            except ValueError as e:
+                raise click.BadParameter(str(e), param_hint="'--schedule'") from None
         try:
             runs.append(trajectory(prob, n, steps, start=x0, **hp))
         except TypeError as e:  # an unknown keyword: say which ones this optimizer takes
