@@ -482,32 +482,25 @@ def test_step_hooks_run(info):
     assert torch.equal(seen[0][1], make_params()[0]) and torch.equal(seen[1][1], params[0].detach())
 
 
-def _grads(params, k):
-    for p in params:
-        p.grad = torch.full_like(p, 0.1 * (k + 1))
-
-
 def test_global_step_hooks_and_the_profiler_see_every_step():
     """descend's step wraps itself in torch's hooks and profiler region only when something listens;
     global hooks and a running profiler must still see every step, planned or not."""
     from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-    params = [torch.ones(3, requires_grad=True) for _ in range(2)]
+    params = make_params()
     opt = descend.Adam(params, lr=0.1)
     seen = []
     handles = [register_optimizer_step_pre_hook(lambda o, a, k: seen.append("pre")),
                register_optimizer_step_post_hook(lambda o, a, k: seen.append("post"))]
     try:
-        for k in range(4):
-            _grads(params, k)
-            opt.step()
+        for t in range(4):
+            _step(opt, params, t)
     finally:
         for h in handles:
             h.remove()
     assert seen == ["pre", "post"] * 4
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        _grads(params, 5)
-        opt.step()
+        _step(opt, params, 5)
     assert "Optimizer.step#Adam.step" in {e.name for e in prof.events()}
 
 
@@ -516,11 +509,10 @@ def test_a_subclass_overriding_step_runs_its_hooks_once():
         def step(self, closure=None):
             return super().step(closure)
 
-    params = [torch.ones(3, requires_grad=True)]
+    params = make_params()
     opt = Mine(params, lr=0.1)
     seen = []
     opt.register_step_pre_hook(lambda o, a, k: seen.append("pre"))
-    for k in range(3):
-        _grads(params, k)
-        opt.step()
+    for t in range(3):
+        _step(opt, params, t)
     assert seen == ["pre"] * 3
