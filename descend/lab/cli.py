@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from descend.lab.options import hyperparameters_from_sets, parse_value
+from descend.lab.options import hyperparameters_from_sets, parse_value, schedule_option
 
 __all__ = ["compare_command", "lr_find_command"]
 
@@ -96,9 +96,7 @@ def _hidden(text: str) -> tuple[int, ...]:
               help="A hyperparameter of one optimizer, e.g. --set adam.lr=3e-4 --set adam.betas=0.9,0.99 "
                    "--set momentum.momentum=0.95, or of all without the prefix (--set weight_decay=1e-4); "
                    "repeatable; OPT.KEY wins over KEY, which wins over --lr.")
-@click.option("--schedule", default=None, metavar="NAME[:K=V,...]",
-              help="A learning-rate schedule from descend.schedules for every optimizer, peaking at its lr and "
-                   "lasting the whole run, e.g. cosine, warmup_cosine:warmup_steps=50, one_cycle.")
+@schedule_option("the whole run", "warmup_cosine:warmup_steps=50")
 @click.option("--goal", type=float, default=None,
               help="Validation metric for 'epochs to goal' (default: 98% of the best value any run reached).")
 @click.option("--out", "out_dir", default="descend-report", show_default=True, type=click.Path(file_okay=False),

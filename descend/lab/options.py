@@ -1,5 +1,8 @@
 """Hyperparameters from the command line, shared by ``descend race``, ``compare`` and ``lr-find``.
 
+``--schedule NAME[:K=V,...]`` (``compare`` and ``race``) names a schedule of :mod:`descend.schedules`
+for every optimizer's lr; :func:`descend.lab.train.make_schedule` builds it.
+
 ``--set OPT.KEY=VALUE`` sets one optimizer's hyperparameter, ``--set KEY=VALUE`` every optimizer's;
 ``OPT.KEY`` wins over ``KEY`` whatever the order. A value is ``true``/``false``, an int, a float or a
 comma-separated tuple of those (``0.9,0.999``).
@@ -13,7 +16,7 @@ from typing import Any
 
 import click
 
-__all__ = ["parse_value", "parse_assignment", "hyperparameters_from_sets"]
+__all__ = ["parse_value", "parse_assignment", "hyperparameters_from_sets", "schedule_option"]
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -60,3 +63,10 @@ def hyperparameters_from_sets(items: Iterable[str], names: list[str], hint: str 
         else:
             own[opt][key] = value
     return {n: {**common, **own[n]} for n in names}
+
+
+def schedule_option(lasting: str, example: str):
+    """The ``--schedule`` option: one schedule for every optimizer, peaking at its lr, lasting ``lasting``."""
+    return click.option("--schedule", default=None, metavar="NAME[:K=V,...]",
+                        help="A learning-rate schedule from descend.schedules for every optimizer, peaking at its "
+                             f"lr and lasting {lasting}, e.g. cosine, {example}, one_cycle.")

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 import descend
-from descend.lab.options import hyperparameters_from_sets
+from descend.lab.options import hyperparameters_from_sets, schedule_option
 from descend.lab.problems import problems
 
 __all__ = ["race_command"]
@@ -56,9 +56,7 @@ def _fmt_hp(hp: dict[str, Any]) -> str:
               help="A hyperparameter for one optimizer (momentum.lr=0.002, adam.betas=0.9,0.99, "
                    "adagrad.eps_in_sqrt=false) or, without OPT., for all. Repeatable; "
                    "OPT.KEY beats KEY beats --lr.")
-@click.option("--schedule", default=None, metavar="NAME[:K=V,...]",
-              help="A learning-rate schedule from descend.schedules for every optimizer, peaking at its lr and "
-                   "lasting the run's --steps, e.g. cosine, warmup_cosine:warmup_steps=20, one_cycle.")
+@schedule_option("the run's --steps", "warmup_cosine:warmup_steps=20")
 @click.option("--tol", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True,
               help="The table's last column counts steps until f(θ) − f* ≤ TOL.")
 @click.option("--frames", type=click.IntRange(min=1), default=60, show_default=True,
