@@ -248,7 +248,7 @@ class Plan:
 
     __slots__ = ("members", "params", "states", "bufs", "switches", "dtype", "fn", "ptrs", "sizes",
                  "threads", "keys", "old", "advancing", "c", "keep", "check_threads",
-                 "hyper", "snapshot", "views", "scal")
+                 "hyper", "snapshot", "views", "scal", "buf_names")
 
 
 def _switches(blocks, views, maximize) -> tuple:
@@ -311,7 +311,7 @@ def run_group(blocks, views, work, cache, maximize, plans=None, plan_key=None, g
         if plans is not None and group is not None and len(buckets) == 1 and not rest and not key[1]:
             plan = Plan()
             plan.members = list(group["params"])
-            plan.params, plan.states, plan.bufs = params, states, bufs
+            plan.params, plan.states, plan.bufs, plan.buf_names = params, states, bufs, flat_names
             plan.switches, plan.dtype, plan.fn = _switches(blocks, views, maximize), dtype, fn
             plan.ptrs, plan.sizes, plan.threads = ptr_array, sizes, threads
             plan.advancing = [i for i, b in enumerate(blocks) if b.scalar_state]
@@ -410,8 +410,7 @@ def _python_check(plan: Plan, group_params, state_map, new_vals) -> bool:
                 or p.data_ptr() != plan.ptrs[i] or not p.is_contiguous() or g.dtype is not dtype
                 or g.layout is not torch.strided or not g.is_contiguous()):
             return False  # another parameter, reset state, replaced storage (model.to()), odd gradient
-    flat_names = [n for names in plan.switches[1] for n in names]
-    if not all(map(operator.is_, _state_tensors(plan.states, flat_names), plan.bufs)):
+    if not all(map(operator.is_, _state_tensors(plan.states, plan.buf_names), plan.bufs)):
         return False  # a state tensor was replaced
     if [t.data_ptr() for t in plan.bufs] != plan.ptrs[2 * len(params):]:
         return False  # ... or given other storage in place (set_, resize_)
@@ -457,7 +456,6 @@ def _attach(plan: Plan, check: _Check) -> None:
     members, params, states, bufs = plan.members, plan.params, plan.states, plan.bufs
     n = len(params)
     mult = 2 if plan.dtype.is_complex else 1  # the kernel's sizes count real numbers
-    flat_names = [name for names in plan.switches[1] for name in names]
 
     def arr(ctype, values):
         return (ctype * max(1, len(values)))(*values)
@@ -468,14 +466,14 @@ def _attach(plan: Plan, check: _Check) -> None:
         arr(ctypes.c_int64, [slot.get(id(p), -1) for p in members]),
         arr(ctypes.c_void_p, plan.ptrs[:n]), arr(ctypes.c_int64, [k // mult for k in plan.sizes]),
         arr(ctypes.py_object, params), arr(ctypes.py_object, states), arr(ctypes.c_int64, [hash(p) for p in params]),
-        arr(ctypes.py_object, flat_names), arr(ctypes.py_object, bufs),
+        arr(ctypes.py_object, plan.buf_names), arr(ctypes.py_object, bufs),
         arr(ctypes.c_void_p, [t._cdata for t in bufs]), arr(ctypes.c_void_p, plan.ptrs[2 * n:]),
         arr(ctypes.c_uint64, [0] * n),  # the state dicts' version tags: unknown until the first check
     ]
     a = [ctypes.addressof(x) for x in keep]
     scalar_type = check.scalar_type(torch.empty(0, dtype=plan.dtype)._cdata)
     struct = _PlanC(len(members), a[0], a[1], a[2], n, a[3], a[4], scalar_type, a[5], a[6], a[7],
-                    len(flat_names), a[8], a[9], a[10], a[11],
+                    len(plan.buf_names), a[8], a[9], a[10], a[11],
                     ctypes.addressof(plan.ptrs) + n * ctypes.sizeof(ctypes.c_void_p),
                     ctypes.cast(plan.fn, ctypes.c_void_p).value, ctypes.addressof(plan.sizes),
                     ctypes.addressof(plan.ptrs), plan.threads, a[12], 0)
@@ -556,8 +554,7 @@ def _self_test(check: _Check) -> bool:
     states = {p: {"step": 1, "b": torch.zeros_like(p)} for p in ps}
     plan = Plan()
     plan.members, plan.params, plan.states = list(ps), ps, [states[p] for p in ps]
-    plan.bufs = [states[p]["b"] for p in ps]
-    plan.switches = (False, (("b",),), ("",))
+    plan.bufs, plan.buf_names = [states[p]["b"] for p in ps], ("b",)
     plan.ptrs = (ctypes.c_void_p * 6)(*([p.data_ptr() for p in ps] + [0, 0] + [b.data_ptr() for b in plan.bufs]))
     plan.keys, plan.old, plan.c = ("step",), (1,), None
     plan.dtype, plan.sizes, plan.threads = torch.float32, (ctypes.c_int64 * 2)(3, 5), 1
