@@ -415,7 +415,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         descend's Adam): that is an error, not a silently different optimizer."""
         name, out = self._name(), {}
         for k, v in sg.items():
-            if k in self.defaults or k not in self._RULE_KEYS and k not in self._TORCH_EXECUTION_KEYS:
+            if k in self.defaults or (k not in self._RULE_KEYS and k not in self._TORCH_EXECUTION_KEYS):
                 out[k] = v  # ours, or another key (a scheduler's initial_lr, a user's own): kept
             elif k in self._RULE_KEYS:
                 acts_as = self.implied.get(k, self._RULE_KEYS[k])
