@@ -174,8 +174,8 @@ def first_step_costs(names) -> dict[str, tuple]:
         "print((t1 - t0) - (t2 - t1))\n"
     )
     out = {}
-    check = ("import time, descend\nt0 = time.perf_counter(); descend.fast.plan_check(wait=True)\n"
-             "print(time.perf_counter() - t0, descend.fast.plan_check_status())\n")
+    check = ("import time, descend\nt0 = time.perf_counter(); descend.kernels.plan_check(wait=True)\n"
+             "print(time.perf_counter() - t0, descend.kernels.plan_check_status())\n")
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "DESCEND_CACHE_DIR": cache}
         seconds, status = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True,
@@ -203,9 +203,9 @@ def main(argv=None) -> None:
             ap.error(f"unknown optimizer {n!r}; valid: {', '.join(descend.available())}")
     repeat = 3 if args.quick else args.repeat
     limit = Limit(10_000_000 if args.quick else 50_000_000)
-    descend.fast.plan_check(wait=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fast kernels: {descend.fast.available()}, "
-          f"plan check: {descend.fast.plan_check_status()}")
+    descend.kernels.plan_check(wait=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fast kernels: {descend.kernels.available()}, "
+          f"plan check: {descend.kernels.plan_check_status()}")
     print(f"limit: in-place add_ over {limit.n / 1e6:.0f}M float32 = {limit.gbps():.1f} GB/s now "
           "(re-measured in every round of every row)\n")
     header = (f"{'optimizer':<10} {'layout':<6} {'ms/step':>8} {'GB/s':>6} {'% limit':>8} {'% layout':>8}  "

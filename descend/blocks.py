@@ -2,7 +2,7 @@ r"""The blocks optimizers are chained from.
 
 Each block is one gradient transformation ``u ↦ u'`` with its own per-parameter state. ``apply``
 is the readable reference (torch ops on one tensor); ``c_code`` is the same rule for one element in
-C, used by :mod:`descend.fast`. In C snippets ``u`` is the update, ``p`` the parameter value,
+C, used by :mod:`descend.kernels`. In C snippets ``u`` is the update, ``p`` the parameter value,
 ``s_NAME`` the state tensor NAME and ``c_NAME`` the scalar NAME from ``scalars``;
 ``SQRT``, ``ABS``, ``MAX`` and ``SIGN`` work in the parameter's precision.
 

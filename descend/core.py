@@ -21,7 +21,7 @@ makes a ``state_dict`` round trip bitwise exact.
 
 Execution: a block has two equivalent forms. ``apply`` is the readable torch reference for one
 tensor, and is the specification. ``c_code`` is the same rule as a C expression over one element;
-:mod:`descend.fast` joins the snippets of a chain into one elementwise kernel that streams every
+:mod:`descend.kernels` joins the snippets of a chain into one elementwise kernel that streams every
 tensor of a group once (see there for why). The façade uses the kernel when it can (CPU, dense,
 contiguous float32/float64) and the reference otherwise; the tests prove the two equal.
 """
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch.optim import optimizer as _torch_optimizer
 
-from descend import fast  # the fused kernels; part of the core, imports nothing else of descend
+from descend import kernels  # the execution layer (fused kernels); imports nothing else of descend
 
 __all__ = ["Hyper", "Block", "ChainOptimizer", "is_schedule", "resolve"]
 
@@ -154,7 +154,7 @@ class Block:
     - ``apply(u, p, s, c)``: the readable reference on one tensor: ``s`` are the state tensors
       (update them in place), ``c`` the scalars; return the new update (never modify ``u`` in place:
       the first block's ``u`` is the parameter's ``.grad``);
-    - ``c_code(h)``: the same rule as C statements over one element (see :mod:`descend.fast`),
+    - ``c_code(h)``: the same rule as C statements over one element (see :mod:`descend.kernels`),
       or None if the block has no fast form.
 
     Hyperparameters passed to the constructor are pinned: the block uses them instead of the group's.
@@ -220,7 +220,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             (parameters, state and the step counter stay as they were) and
             ``group["skipped_steps"]`` counts it. If False (the default, as torch.optim),
             non-finite gradients flow into the state and the parameters.
-        fast: use the fused kernel of :mod:`descend.fast` where possible (default True).
+        fast: use the fused kernel of :mod:`descend.kernels` where possible (default True).
         **hyperparameters: values for the blocks' hyperparameters; the blocks' defaults fill the rest.
             Any of them may be a schedule ``f(step) -> value`` (or a tuple holding one).
 
@@ -462,7 +462,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             self._check_group(group)
         plans = self.__dict__.setdefault("_fast_plans", {})  # not pickled: it holds raw pointers
         # the planned step runs no torch op (only the kernel), so it needs no torch.no_grad()
-        if self.fast and fast.run_planned(self.blocks, group, plans.get(id(group)), self.state):
+        if self.fast and kernels.run_planned(self.blocks, group, plans.get(id(group)), self.state):
             self._finish_group(group)
             return
         plans.pop(id(group), None)
@@ -511,7 +511,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                 cache[key] = [b.scalars(h, st, frozenset(new)) for b, h in zip(self.blocks, views)]
             work.append((p, st, key))
         if self.fast and not sparse:  # returns what it can't run, and may store a plan for next time
-            work = fast.run_group(self.blocks, views, work, cache, maximize, plans, id(group), group)
+            work = kernels.run_group(self.blocks, views, work, cache, maximize, plans, id(group), group)
         for p, st, key in work:
             self._reference_step(p, st, cache[key], views, maximize)
         self._finish_group(group)

@@ -20,7 +20,7 @@ import torch
 import descend
 from descend.lab import data as D
 from descend.lab import train as T
-from descend.lab.cli import _batch_stream
+from descend.cli.options import batch_stream as _batch_stream
 
 GRID = [10 ** (e / 2) for e in range(-10, 1)]  # 1e-5 … 1
 EPOCHS = {"digits": 20, "diabetes": 40}

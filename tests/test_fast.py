@@ -1,4 +1,4 @@
-"""The fused C kernels (descend.fast) equal the readable reference (each block's ``apply``).
+"""The fused C kernels (descend.kernels) equal the readable reference (each block's ``apply``).
 
 Every optimizer, under every switch that changes the generated code, runs the same steps twice —
 ``fast=True`` and ``fast=False`` — on a layout that exercises the kernel's edge cases: tensors of odd
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import descend
-from descend import fast
+from descend.kernels import cpu as fast
 from descend.optimizers import REGISTRY
 
 # name -> configurations covering each switch its chain reads (every static flag both ways)
@@ -390,7 +390,7 @@ def test_without_a_cxx_compiler_the_python_plan_check_runs(tmp_path):
     Python check and stay equal to the reference (in a fresh process: the check is built once per process)."""
     code = """
 import torch, descend
-from descend import fast
+from descend.kernels import cpu as fast
 assert fast.plan_check(wait=True) is None
 print(fast.plan_check_status())
 ps = [torch.ones(5, dtype=torch.float64, requires_grad=True) for _ in range(40)]

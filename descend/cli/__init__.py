@@ -1,4 +1,5 @@
-"""The ``descend`` command line. Each command lives beside the code it drives and is added here."""
+"""The ``descend`` command line: one module per command (compare, lr-find, race, schedule) beside the
+options they share (:mod:`descend.cli.options`). The core never imports this package."""
 
 from __future__ import annotations
 
@@ -31,11 +32,11 @@ def main() -> None:
 
 
 # commands (one line each; keep imports light: heavy modules are imported inside the commands)
-from descend.schedule_cli import schedule_command  # noqa: E402
+from descend.cli.schedule import schedule_command  # noqa: E402
 main.add_command(schedule_command)
-from descend.lab.race_cli import race_command  # noqa: E402
+from descend.cli.race import race_command  # noqa: E402
 main.add_command(race_command)
-from descend.lab.cli import compare_command  # noqa: E402
+from descend.cli.compare import compare_command  # noqa: E402
 main.add_command(compare_command)
-from descend.lab.cli import lr_find_command  # noqa: E402
+from descend.cli.lr_find import lr_find_command  # noqa: E402
 main.add_command(lr_find_command)

@@ -1,0 +1,72 @@
+"""``descend compare``: train the same model with several optimizers on real data and write a report."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from descend.cli.options import (command_line, data_options, load_data, optimizer_names, parse_hidden, parse_sets,
+                                   schedule_option)
+
+__all__ = ["compare_command"]
+
+
+
+@click.command("compare")
+@data_options
+@click.option("--optimizers", default="gd,momentum,adagrad,rmsprop,adam", show_default=True,
+              help="Comma-separated descend optimizer names (see `python -c 'import descend; print(descend.available())'`).")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Number of seeds (0..K-1); each seed: one initialisation and batch order shared by all optimizers.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--hidden", default="64", show_default=True, help="Hidden layer widths of the MLP, e.g. 128,64.")
+@click.option("--lr", type=float, default=None, help="Learning rate for every optimizer (replaces the defaults).")
+@click.option("--set", "sets", multiple=True, metavar="OPT.HP=VALUE",
+              help="A hyperparameter of one optimizer, e.g. --set adam.lr=3e-4 --set adam.betas=0.9,0.99 "
+                   "--set momentum.momentum=0.95, or of all without the prefix (--set weight_decay=1e-4); "
+                   "repeatable; OPT.KEY wins over KEY, which wins over --lr.")
+@schedule_option("the whole run", "warmup_cosine:warmup_steps=50")
+@click.option("--goal", type=float, default=None,
+              help="Validation metric for 'epochs to goal' (default: 98% of the best value any run reached).")
+@click.option("--out", "out_dir", default="descend-report", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for report.html, metrics.csv and the figures.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def compare_command(task, data_file, target, kind, val_fraction, subsample, optimizers, epochs, seeds, batch_size,
+                    hidden, lr, sets, schedule, goal, out_dir, progress):
+    """Train the same MLP with several optimizers on a real data set and write a report.
+
+    Every optimizer starts, per seed, from the same weights and sees the same mini-batches. Prints a
+    results table and writes OUT/report.html (self-contained), OUT/metrics.csv (one row per optimizer,
+    seed and epoch: optimizer, seed, epoch, train_loss, val_loss, val_metric, lr, seconds) and the
+    figures val_metric.png, train_loss.png, compare.png.
+
+    \b
+    Examples:
+      descend compare
+      descend compare --task diabetes --epochs 40
+      descend compare --data my.csv --target label --optimizers adam,rmsprop --set adam.lr=3e-4
+      descend compare --schedule warmup_cosine:warmup_steps=50 --seeds 5
+    """
+    from descend.lab import report, train
+
+    names = optimizer_names(optimizers)
+    per = parse_sets(sets, names)
+    widths = parse_hidden(hidden)
+    data = load_data(task, data_file, target, kind, val_fraction, subsample)
+    click.echo(f"{data.describe()}; {len(names)} optimizer(s) × {seeds} seed(s) × {epochs} epoch(s)", err=True)
+    t0 = time.perf_counter()
+    try:
+        comp = train.compare(data, names, hyperparameters=per, lr=lr, seeds=seeds, epochs=epochs,
+                             batch_size=batch_size, hidden=widths, schedule=schedule, goal=goal, progress=progress)
+    except (ValueError, TypeError) as e:  # a bad hyperparameter or schedule, found before any training
+        raise click.ClickException(str(e)) from None
+    paths = report.write_report(comp, out_dir, command=command_line())
+    click.echo("")
+    click.echo(report.table_text(comp))
+    click.echo("")
+    for sentence in report.reading(comp):
+        click.echo(sentence)
+    click.echo(f"\nwrote {paths['report.html']}, {paths['metrics.csv']} and figures "
+               f"({time.perf_counter() - t0:.1f} s)")
