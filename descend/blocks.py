@@ -13,6 +13,7 @@ chapter and the papers: η learning rate, γ momentum, β₁/β₂ moment decays
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -30,6 +31,11 @@ __all__ = [
     "ScaleByRadam",
     "ScaleByAdamax",
     "ScaleByLion",
+    "ZeroNonfinite",
+    "ScaleByAutoLearningRate",
+    "AverageIterates",
+    "Auto",
+    "auto",
 ]
 
 _LR = Hyper("lr", 1e-3, "nonneg", "learning rate η")
@@ -414,3 +420,232 @@ class ScaleByLion(Block):
     def c_code(self, h):
         return ("T dir = SIGN(s_exp_avg + c_one_m_b1 * (u - s_exp_avg));\n"
                 + _lerp_c("exp_avg", "c_one_m_b2") + "\nu = dir;")
+
+
+# --------------------------------------------------------------------------- lr="auto"
+# The learning rate estimated during training (see ScaleByAutoLearningRate). These blocks use the
+# two extensions of the block contract that the estimator needs: per-group *sums* (``sums``: the
+# reference adds into ``c.acc``, the C kernel into ``r_NAME``), folded once per group step by
+# ``finish``, and per-group plain-number state kept in the group (``group_state``).
+
+
+class ZeroNonfinite(Block):
+    r"""u ← u where finite, 0 where u is NaN or ±inf.
+
+    lr="auto" puts it first in the chain: a non-finite gradient element then never reaches a state
+    tensor (Adam's m and v would stay NaN for ever) nor θ; the rest of the step goes on. It only
+    guards the chain; ``skip_nonfinite=True`` skips such steps whole instead.
+    """
+
+    def apply(self, u, p, s, c):
+        return torch.where(torch.isfinite(u), u, torch.zeros((), dtype=u.dtype))
+
+    def c_code(self, h):
+        return "if (!isfinite(u)) u = (T)0;"
+
+
+def _check_number(h, name, owner, ok, expected):
+    v = h[name]
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        x = math.nan
+    if isinstance(v, bool) or not ok(x):
+        raise ValueError(f"{owner}: invalid {name}={v!r}; expected {expected}")
+
+
+class ScaleByAutoLearningRate(Block):
+    r"""u ← −η̂_t · s_t · u with the learning rate η̂_t estimated from the chain's own updates
+    (``lr="auto"``: it takes :class:`ScaleByLearningRate`'s place in any chain).
+
+    The estimate is distance over updates (DoG, Ivgi, Hinder & Carmon 2023), measured per parameter
+    group on the direction ``d`` this block receives (the gradient for GD and Momentum, Adam's
+    m̂/(√v̂ + ε) for Adam, ...):
+
+        r̄_t = max(r_ε, max_{i≤t} ‖θ_i − θ_0‖),   G_t = Σ_{i≤t} ‖d_i‖²,
+        η̂_{t+1} = min(r̄_t / √G_t,  ρ · η̂_t),         r_ε = α (1 + ‖θ_0‖),
+
+    with θ_i the group's parameters *before* step i and ‖·‖ over the whole group. Step t uses the
+    estimate made from steps 1..t−1 (a one-step lag: the sums are gathered while step t runs, in the
+    same pass over memory, so the fused kernel needs no second pass). The first step has η̂_1 = 0: it
+    only measures (the blocks before this one still update their state from the gradient).
+    ``s_t = lr_scale`` (default 1; a schedule gives warm-up/decay shapes) multiplies the estimate;
+    ``lr_decay`` (AdaGrad) divides it by 1 + (t − 1)·lr_decay as in ScaleByLearningRate.
+    ``group["lr"]`` shows η̂·s, the learning rate in use.
+
+    Invariant. r̄ and G only grow, so the estimate grows only while θ keeps moving away from θ_0
+    faster than the updates accumulate — at most by the factor ρ = ``lr_growth`` (default 2) per
+    step — and it comes down whenever the updates' norms add up faster than the distance (near a
+    minimum, after a gradient spike: G jumps, η̂ drops at once). Rationale: if η were too large θ
+    oscillates, r̄ stops growing while G grows, and η̂ ∝ 1/√G decreases; if it were too small θ moves
+    coherently, r̄ grows about like η̂ Σ‖d‖ > η̂ √G, and η̂ increases.
+
+    Failure modes. A step whose d holds a non-finite element changes no statistic (it counts in
+    ``skipped``) and that element moves nothing; with :class:`ZeroNonfinite` first (lr="auto" does
+    that) no NaN reaches any state. A finite spike on a rule without normalisation (GD) is taken
+    with the previous η̂ (the lag) before G absorbs it; afterwards η̂ is small and regrows by at most
+    ρ per step as θ moves. α too small costs a warm-up of about log_ρ(r*/r_ε) steps (r* the useful
+    distance); the estimate is one per group, so very different layers in one group share it.
+
+    State: the per-parameter tensor ``x0`` (θ_0; the one extra tensor) and, per group, the numbers in
+    ``group["lr_estimate"]`` (eta, r, g2, steps, skipped), saved by ``state_dict``.
+    """
+
+    lr_hyper = Hyper("lr", "auto", "auto_lr", "η: 'auto' (group['lr'] then shows the estimate in use)")
+    hyper = (lr_hyper,
+             Hyper("lr_scale", 1.0, "nonneg", "s_t, multiplies the estimate (a schedule gives its shape)"),
+             Hyper("lr_init", 1e-6, "pos", "α: the initial distance r_ε = α(1 + ‖θ₀‖)"),
+             Hyper("lr_growth", 2.0, "pos", "ρ ≥ 1: the most η̂ grows in one step"))
+    all_buffers = ("x0",)
+    sums = ("d2", "r2", "p2", "bad")
+    group_state = ("lr_estimate",)
+
+    def __init__(self, decay: bool = False, **pinned):
+        self.decay = decay
+        if decay:
+            self.hyper = self.hyper + (Hyper("lr_decay", 0.0, "nonneg", "inverse-time decay of η"),)
+        super().__init__(**pinned)
+
+    def validate(self, h, owner):
+        super().validate(h, owner)
+        _check_number(h, "lr_growth", owner, lambda x: 1.0 <= x < math.inf, "a finite number >= 1")
+        _check_number(h, "lr_init", owner, lambda x: 0.0 < x < math.inf, "a finite number > 0")
+
+    def init_buffer(self, name, p, h):
+        return p.detach().clone(memory_format=torch.preserve_format)
+
+    def init_group_state(self, group):
+        group["lr_estimate"] = {"eta": 0.0, "r": 0.0, "g2": 0.0, "steps": 0, "skipped": 0}
+
+    def scalars(self, h, st, new):
+        lr = h["lr_estimate"]["eta"] * float(h["lr_scale"])
+        if self.decay:
+            lr = lr / (1 + (st["step"] - 1) * float(h["lr_decay"]))
+        return {"neg_lr": -lr}
+
+    def apply(self, u, p, s, c):
+        d2 = u.double().square()
+        ok = torch.isfinite(d2)
+        c.acc["d2"] += float(torch.where(ok, d2, 0).sum())
+        c.acc["bad"] += float((~ok).sum())
+        c.acc["r2"] += float((p.double() - s["x0"].double()).square().sum())
+        c.acc["p2"] += float(p.double().square().sum())
+        return torch.where(torch.isfinite(u), u * c.neg_lr, torch.zeros((), dtype=u.dtype))
+
+    def c_code(self, h):
+        return ("{ double dd = (double)u * (double)u, dx = (double)p - (double)s_x0;\n"
+                "  if (isfinite(dd)) r_d2 += dd; else r_bad += 1.0;\n"
+                "  r_r2 += dx * dx; r_p2 += (double)p * (double)p; }\n"
+                "u = isfinite(u) ? c_neg_lr * u : (T)0;")
+
+    def finish(self, h, group, acc):
+        """Fold one step's sums into the group's estimate (called once per group step)."""
+        est = dict(group["lr_estimate"])  # a new dict: a state_dict taken earlier keeps its own
+        d2, r2, p2 = acc["d2"], acc["r2"], acc["p2"]
+        if acc["bad"] or not all(math.isfinite(x) for x in (d2, r2, p2)):
+            est["skipped"] += 1
+        else:
+            if est["steps"] == 0:
+                est["r"] = float(h["lr_init"]) * (1.0 + math.sqrt(p2))
+            est["r"] = max(est["r"], math.sqrt(r2))
+            est["g2"] += d2
+            est["steps"] += 1
+            if est["g2"] > 0:
+                eta = est["r"] / math.sqrt(est["g2"])
+                if est["eta"] > 0:
+                    eta = min(eta, float(h["lr_growth"]) * est["eta"])
+                est["eta"] = eta
+        group["lr_estimate"] = est
+
+    def lr_in_use(self, h, group) -> float:
+        """What ``group["lr"]`` shows: the estimate times the scale (and AdaGrad's decay) of the next step."""
+        lr = group["lr_estimate"]["eta"] * float(h["lr_scale"])
+        if self.decay:
+            lr = lr / (1 + group["step"] * float(h["lr_decay"]))
+        return lr
+
+    def __repr__(self):
+        return "ScaleByAutoLearningRate(decay=True)" if self.decay else super().__repr__()
+
+
+class AverageIterates(Block):
+    r"""Keeps a polynomial-decay average of the iterates for evaluation (Shamir & Zhang 2013):
+    θ̄_t = θ̄_{t−1} + w_t (θ_{t+1} − θ̄_{t−1}),  w_t = (1 + γ)/(t + γ)  (θ̄ = θ after the first step).
+
+    The update passes through unchanged (this block goes last, where ``p + u`` is the new θ).
+    ``with opt.averaged(): evaluate(model)`` swaps θ̄ in and θ back (bitwise). γ = ``avg_gamma``
+    (default 8, as the DoG paper): γ = 0 is the uniform average, larger γ forgets the start faster.
+    """
+
+    hyper = (Hyper("avg_gamma", 8.0, "nonneg", "γ of the polynomial-decay average"),)
+    all_buffers = ("avg",)
+
+    def scalars(self, h, st, new):
+        g = float(h["avg_gamma"])
+        return {"w": (1.0 + g) / (st["step"] + g)}
+
+    def apply(self, u, p, s, c):
+        a = s["avg"]
+        a.add_((p + u - a) * c.w)
+        return u
+
+    def c_code(self, h):
+        return "s_avg += c_w * ((p + u) - s_avg);"
+
+
+class Auto:
+    """``lr=descend.auto(...)``: the learning rate estimated during training, with options;
+    ``lr="auto"`` is ``descend.auto()``.
+
+    Args:
+        scale: s_t, a number or a schedule (warm-up, decay...) that multiplies the estimate;
+            its peak should be 1 (e.g. ``schedules.warmup_cosine(1.0, 100, T)``).
+        init: α, the initial distance r_ε = α(1 + ‖θ₀‖) (default 1e-6).
+        growth: ρ ≥ 1, the most the estimate grows in one step (default 2).
+        average: keep a polynomial average of the iterates for ``opt.averaged()`` (default True;
+            one more state tensor per parameter).
+        avg_gamma: γ of that average (default 8).
+
+    See :class:`~descend.blocks.ScaleByAutoLearningRate` for the estimator.
+    """
+
+    def __init__(self, scale: Any = 1.0, *, init: float = 1e-6, growth: float = 2.0, average: bool = True,
+                 avg_gamma: float = 8.0):
+        if not isinstance(average, bool):
+            raise ValueError(f"auto: invalid average={average!r}; expected True or False")
+        self.scale, self.init, self.growth, self.average, self.avg_gamma = scale, init, growth, average, avg_gamma
+
+    def hyperparameters(self) -> dict:
+        hp = {"lr_scale": self.scale, "lr_init": self.init, "lr_growth": self.growth}
+        if self.average:
+            hp["avg_gamma"] = self.avg_gamma
+        return hp
+
+    def chain(self, blocks) -> tuple:
+        """``blocks`` with every ScaleByLearningRate replaced by the estimator, a ZeroNonfinite guard
+        first and, with ``average``, AverageIterates last. ValueError if there is no learning rate."""
+        out = []
+        for b in blocks:
+            if type(b) is ScaleByLearningRate:
+                if "lr" in b.pinned:
+                    raise ValueError(f"lr='auto': the chain's {b!r} pins lr={b.pinned['lr']!r}")
+                out.append(ScaleByAutoLearningRate(decay=b.decay, **b.pinned))
+            else:
+                out.append(b)
+        if not any(isinstance(b, ScaleByAutoLearningRate) for b in out):
+            raise ValueError("lr='auto' needs a learning rate to estimate: the chain "
+                             f"{[repr(b) for b in blocks]} has no ScaleByLearningRate block")
+        if not isinstance(out[0], ZeroNonfinite):
+            out.insert(0, ZeroNonfinite())
+        if self.average and not any(isinstance(b, AverageIterates) for b in out):
+            out.append(AverageIterates())
+        return tuple(out)
+
+    def __repr__(self):
+        return (f"auto(scale={self.scale!r}, init={self.init!r}, growth={self.growth!r}, "
+                f"average={self.average!r}, avg_gamma={self.avg_gamma!r})")
+
+
+def auto(scale: Any = 1.0, **options) -> Auto:
+    """``lr=descend.auto(scale=..., init=..., growth=..., average=...)``; see :class:`Auto`."""
+    return Auto(scale, **options)
