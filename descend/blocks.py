@@ -458,47 +458,18 @@ class ScaleByAutoLearningRate(Block):
     r"""u ← −η̂_t · s_t · u with the learning rate η̂_t estimated from the chain's own updates
     (``lr="auto"``: it takes :class:`ScaleByLearningRate`'s place in any chain).
 
-    The estimate is distance over updates (DoG, Ivgi, Hinder & Carmon 2023), measured per parameter
-    group on the direction ``d`` this block receives (the gradient for GD and Momentum, Adam's
-    m̂/(√v̂ + ε) for Adam, ...):
-
-        r̄_t = max(r_ε, max_{i≤t} ‖θ_i − θ_0‖),   G_t = Σ_{i≤t} ‖d_i‖²,
-        η̂_{t+1} = min(r̄_t / √G_t,  ρ · η̂_t),         r_ε = α (1 + ‖θ_0‖),
-
-    with θ_i the group's parameters *before* step i and ‖·‖ over the whole group. Step t uses the
-    estimate made from steps 1..t−1 (a one-step lag: the sums are gathered while step t runs, in the
-    same pass over memory, so the fused kernel needs no second pass). The first step has η̂_1 = 0: it
-    only measures (the blocks before this one still update their state from the gradient).
-    ``s_t = lr_scale`` (default 1; a schedule gives warm-up/decay shapes) multiplies the estimate;
-    ``lr_decay`` (AdaGrad) divides it by 1 + (t − 1)·lr_decay as in ScaleByLearningRate.
-    ``group["lr"]`` shows η̂·s, the learning rate in use.
-
-    Invariant. r̄ and G only grow, so the estimate grows only while θ keeps moving away from θ_0
-    faster than the updates accumulate — at most by the factor ρ = ``lr_growth`` (default 2) per
-    step — and it comes down whenever the updates' norms add up faster than the distance (near a
-    minimum, after a gradient spike: G jumps, η̂ drops at once). Rationale: if η were too large θ
-    oscillates, r̄ stops growing while G grows, and η̂ ∝ 1/√G decreases; if it were too small θ moves
-    coherently, r̄ grows about like η̂ Σ‖d‖ > η̂ √G, and η̂ increases.
-
-    Failure modes. A step whose d holds a non-finite element changes no statistic (it counts in
-    ``skipped``) and that element moves nothing; with :class:`ZeroNonfinite` first (lr="auto" does
-    that) no NaN reaches any state. A finite spike on a rule without normalisation (GD) is taken
-    with the previous η̂ (the lag) before G absorbs it; afterwards η̂ is small and regrows by at most
-    ρ per step as θ moves. α too small costs a warm-up of about log_ρ(r*/r_ε) steps (r* the useful
-    distance); the estimate is one per group, so very different layers in one group share it.
-
-    State: the per-parameter tensor ``x0`` (θ_0; the one extra tensor) and, per group, the numbers in
-    ``group["lr_estimate"]`` (eta, r, g2, steps, skipped), saved by ``state_dict``.
+    DOCSTRING
     """
 
     lr_hyper = Hyper("lr", "auto", "auto_lr", "η: 'auto' (group['lr'] then shows the estimate in use)")
     hyper = (lr_hyper,
              Hyper("lr_scale", 1.0, "nonneg", "s_t, multiplies the estimate (a schedule gives its shape)"),
-             Hyper("lr_init", 1e-6, "pos", "α: the initial distance r_ε = α(1 + ‖θ₀‖)"),
-             Hyper("lr_growth", 2.0, "pos", "ρ ≥ 1: the most η̂ grows in one step"))
-    all_buffers = ("x0",)
-    sums = ("d2", "r2", "p2", "bad")
+             Hyper("lr_init", 1e-3, "pos", "α: the first step moves θ by α(1 + ‖θ₀‖)"),
+             Hyper("lr_adapt", 0.1, "pos", "β: η̂ changes by at most e^±β in one step"))
+    all_buffers = ("prev",)
+    sums = ("gx", "g2", "x2", "d2", "p2", "bad")
     group_state = ("lr_estimate",)
+    reads_grad = True
 
     def __init__(self, decay: bool = False, **pinned):
         self.decay = decay
@@ -508,14 +479,14 @@ class ScaleByAutoLearningRate(Block):
 
     def validate(self, h, owner):
         super().validate(h, owner)
-        _check_number(h, "lr_growth", owner, lambda x: 1.0 <= x < math.inf, "a finite number >= 1")
+        _check_number(h, "lr_adapt", owner, lambda x: 0.0 < x <= 1.0, "a number in (0, 1]")
         _check_number(h, "lr_init", owner, lambda x: 0.0 < x < math.inf, "a finite number > 0")
 
     def init_buffer(self, name, p, h):
         return p.detach().clone(memory_format=torch.preserve_format)
 
     def init_group_state(self, group):
-        group["lr_estimate"] = {"eta": 0.0, "r": 0.0, "g2": 0.0, "steps": 0, "skipped": 0}
+        group["lr_estimate"] = {"eta": 0.0, "steps": 0, "skipped": 0, "cos": 0.0}
 
     def scalars(self, h, st, new):
         lr = h["lr_estimate"]["eta"] * float(h["lr_scale"])
@@ -524,37 +495,41 @@ class ScaleByAutoLearningRate(Block):
         return {"neg_lr": -lr}
 
     def apply(self, u, p, s, c):
+        g, dx = c.g.double(), p.double() - s["prev"].double()
         d2 = u.double().square()
-        ok = torch.isfinite(d2)
-        c.acc["d2"] += float(torch.where(ok, d2, 0).sum())
-        c.acc["bad"] += float((~ok).sum())
-        c.acc["r2"] += float((p.double() - s["x0"].double()).square().sum())
-        c.acc["p2"] += float(p.double().square().sum())
+        ok = torch.isfinite(d2) & torch.isfinite(g)
+        a = c.acc
+        a["bad"] += float((~ok).sum())
+        a["gx"] += float(torch.where(ok, g * dx, 0).sum())
+        a["g2"] += float(torch.where(ok, g * g, 0).sum())
+        a["x2"] += float(dx.square().sum())
+        a["d2"] += float(torch.where(ok, d2, 0).sum())
+        a["p2"] += float(p.double().square().sum())
+        s["prev"].copy_(p)
         return torch.where(torch.isfinite(u), u * c.neg_lr, torch.zeros((), dtype=u.dtype))
 
     def c_code(self, h):
-        return ("{ double dd = (double)u * (double)u, dx = (double)p - (double)s_x0;\n"
-                "  if (isfinite(dd)) r_d2 += dd; else r_bad += 1.0;\n"
-                "  r_r2 += dx * dx; r_p2 += (double)p * (double)p; }\n"
+        return ("{ double gg = (double)g, dd = (double)u * (double)u, dx = (double)p - (double)s_prev;\n"
+                "  if (isfinite(dd) && isfinite(gg)) { r_gx += gg * dx; r_g2 += gg * gg; r_d2 += dd; }\n"
+                "  else r_bad += 1.0;\n"
+                "  r_x2 += dx * dx; r_p2 += (double)p * (double)p; s_prev = p; }\n"
                 "u = isfinite(u) ? c_neg_lr * u : (T)0;")
 
     def finish(self, h, group, acc):
         """Fold one step's sums into the group's estimate (called once per group step)."""
         est = dict(group["lr_estimate"])  # a new dict: a state_dict taken earlier keeps its own
-        d2, r2, p2 = acc["d2"], acc["r2"], acc["p2"]
-        if acc["bad"] or not all(math.isfinite(x) for x in (d2, r2, p2)):
+        if acc["bad"] or not all(math.isfinite(x) for x in acc.values()):
             est["skipped"] += 1
+        elif est["eta"] == 0.0:  # nothing moved yet: the first step moves θ by α(1 + ‖θ₀‖)
+            if acc["d2"] > 0:
+                est["eta"] = float(h["lr_init"]) * (1.0 + math.sqrt(acc["p2"])) / math.sqrt(acc["d2"])
+                est["steps"] += 1
         else:
-            if est["steps"] == 0:
-                est["r"] = float(h["lr_init"]) * (1.0 + math.sqrt(p2))
-            est["r"] = max(est["r"], math.sqrt(r2))
-            est["g2"] += d2
+            n = math.sqrt(acc["g2"] * acc["x2"])
+            cos = -acc["gx"] / n if n > 0 else 0.0
+            est["cos"] = cos
+            est["eta"] *= math.exp(float(h["lr_adapt"]) * cos)
             est["steps"] += 1
-            if est["g2"] > 0:
-                eta = est["r"] / math.sqrt(est["g2"])
-                if est["eta"] > 0:
-                    eta = min(eta, float(h["lr_growth"]) * est["eta"])
-                est["eta"] = eta
         group["lr_estimate"] = est
 
     def lr_in_use(self, h, group) -> float:
@@ -609,14 +584,14 @@ class Auto:
     See :class:`~descend.blocks.ScaleByAutoLearningRate` for the estimator.
     """
 
-    def __init__(self, scale: Any = 1.0, *, init: float = 1e-6, growth: float = 2.0, average: bool = True,
+    def __init__(self, scale: Any = 1.0, *, init: float = 1e-3, adapt: float = 0.1, average: bool = True,
                  avg_gamma: float = 8.0):
         if not isinstance(average, bool):
             raise ValueError(f"auto: invalid average={average!r}; expected True or False")
-        self.scale, self.init, self.growth, self.average, self.avg_gamma = scale, init, growth, average, avg_gamma
+        self.scale, self.init, self.adapt, self.average, self.avg_gamma = scale, init, adapt, average, avg_gamma
 
     def hyperparameters(self) -> dict:
-        hp = {"lr_scale": self.scale, "lr_init": self.init, "lr_growth": self.growth}
+        hp = {"lr_scale": self.scale, "lr_init": self.init, "lr_adapt": self.adapt}
         if self.average:
             hp["avg_gamma"] = self.avg_gamma
         return hp
@@ -642,7 +617,7 @@ class Auto:
         return tuple(out)
 
     def __repr__(self):
-        return (f"auto(scale={self.scale!r}, init={self.init!r}, growth={self.growth!r}, "
+        return (f"auto(scale={self.scale!r}, init={self.init!r}, adapt={self.adapt!r}, "
                 f"average={self.average!r}, avg_gamma={self.avg_gamma!r})")
 
 

@@ -663,6 +663,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             c = SimpleNamespace(**c)
             if b.sums:
                 c.acc = acc[i]  # the group's sums for this step: apply adds into them
+            if getattr(b, "reads_grad", False):
+                c.g = -g if maximize else g  # the gradient as the chain received it (C: ``g``)
             u = b.apply(u, pv, s, c)
         pv.add_(u)
 
