@@ -21,14 +21,15 @@ from descend.kernels.codegen import kernel_source
 from descend.kernels.cpu import available, plan_check, plan_check_status
 
 
-def run_planned(blocks, group, plan, state_map) -> bool:
-    """Take a group's step with its stored plan if the plan still holds; False (nothing changed) if not."""
-    return cpu.run_planned(blocks, group, plan, state_map)
+def run_planned(blocks, group, plan, state_map, acc=None) -> bool:
+    """Take a group's step with its stored plan if the plan still holds; False (nothing changed) if not.
+    ``acc``: the per-block accumulators the blocks' ``sums`` are added into (chains with sums only)."""
+    return cpu.run_planned(blocks, group, plan, state_map, acc)
 
 
-def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, group=None) -> list:
+def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, group=None, acc=None) -> list:
     """Run what a backend can of one group's step; return the (param, state, key) items it did not run."""
-    return cpu.run_group(blocks, views, work, cache_, maximize, plans, plan_key, group)
+    return cpu.run_group(blocks, views, work, cache_, maximize, plans, plan_key, group, acc)
 
 
 __all__ = ["run_group", "run_planned", "kernel_source", "available", "cache_dir", "plan_check", "plan_check_status",

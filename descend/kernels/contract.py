@@ -119,7 +119,7 @@ class Plan:
 
     __slots__ = ("members", "params", "states", "bufs", "buf_names", "dtype", "device", "numels", "data", "buf_data",
                  "keys", "old", "switches", "fn", "ptrs", "sizes", "threads", "advancing", "c", "keep",
-                 "check_threads", "hyper", "snapshot", "views", "scal")
+                 "check_threads", "hyper", "snapshot", "views", "scal", "n_sums")
 
 
 def state_tensors(states, flat_names) -> list:

@@ -49,7 +49,7 @@ import torch
 
 from descend.kernels import cache, contract
 from descend.kernels.cache import cache_dir
-from descend.kernels.codegen import CTYPES, kernel_source, src_key, switches
+from descend.kernels.codegen import CTYPES, kernel_source, src_key, sum_names, switches
 from descend.kernels.contract import Plan, state_tensors
 
 __all__ = ["run_group", "run_planned", "kernel_source", "available", "cache_dir", "plan_check", "plan_check_status"]
@@ -110,13 +110,23 @@ _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 _OK = frozenset({torch.float32, torch.float64, torch.complex64, torch.complex128})
 
 
-def _scalar_array(scal: list[dict]):
-    """The blocks' scalars for one call, flattened in block order (the order kernel_source reads them)."""
+def _scalar_array(scal: list[dict], n_sums: int = 0):
+    """The blocks' scalars for one call, flattened in block order (the order kernel_source reads them),
+    then ``n_sums`` slots the kernel writes its per-group sums into."""
     flat = [float(v) for c in scal for v in c.values()]
-    return (ctypes.c_double * max(1, len(flat)))(*flat)
+    return (ctypes.c_double * max(1, len(flat) + n_sums))(*flat)
 
 
-def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, group=None) -> list:
+def _add_sums(blocks, arr, acc) -> None:
+    """Add the sums a kernel call wrote after its scalars into the façade's per-block accumulators."""
+    k = len(arr) - sum(len(b.sums) for b in blocks)
+    for b, a in zip(blocks, acc):
+        for name in b.sums:
+            a[name] += arr[k]
+            k += 1
+
+
+def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, group=None, acc=None) -> list:
     """Run the fused kernel on the eligible parameters of one group; return the rest (for the reference).
 
     ``work`` holds (param, state, key) triples prepared by the façade; ``cache_[key]`` the blocks'
@@ -125,7 +135,8 @@ def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, 
     whole group went in one call and holds only plain tensors, a :class:`Plan` for it is stored in
     ``plans[plan_key]``.
     """
-    if _compiler_missing or _DISABLED:
+    n_sums = sum(len(names) for names in sum_names(blocks))
+    if _compiler_missing or _DISABLED or (n_sums and acc is None):
         return work
     buffer_names = [tuple(b.buffers(h)) for b, h in zip(blocks, views)]
     flat_names = [n for names in buffer_names for n in names]
@@ -161,7 +172,10 @@ def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, 
         # threads only pay off on enough work: waking a second thread costs more than a small step
         threads = max(1, min(nthreads, sum(sizes) // _MIN_PER_THREAD))
         ptr_array = (ctypes.c_void_p * len(ptrs))(*ptrs)
-        fn(n, sizes, ptr_array, _scalar_array(scal), threads)
+        arr = _scalar_array(scal, n_sums)
+        fn(n, sizes, ptr_array, arr, threads)
+        if n_sums:
+            _add_sums(blocks, arr, acc)
         plain = all(seen[0] is item[0] for item, seen in entries)
         if plans is not None and group is not None and len(buckets) == 1 and not rest and not key[1] and plain:
             plan = Plan()
@@ -177,9 +191,12 @@ def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, 
             plan.keys = ("step", *[k for b in blocks for k in b.scalar_state])
             plan.old = tuple(states[0][k] for k in plan.keys)  # the key says every state holds these
             plan.c = plan.keep = None
+            plan.n_sums = n_sums
             # the group's values the chain reads (pinned ones live in the blocks' views); two at least,
             # so the getter always returns a tuple
-            names = {"maximize", "skip_nonfinite"} | {hp.name for b in blocks for hp in b.hyper if hp.name in group}
+            # (lr="auto"'s lr only shows the estimate, which the scalars read from the group each step)
+            names = {"maximize", "skip_nonfinite"} | {hp.name for b in blocks for hp in b.hyper
+                                                      if hp.name in group and hp.kind != "auto_lr"}
             plan.hyper = operator.itemgetter(*sorted(names))
             _remember(plan, blocks, views, plan.hyper(group))
             plans[plan_key] = plan
@@ -210,13 +227,14 @@ def _remember(plan: Plan, blocks, views, snapshot) -> None:
     plan.views = views
     sample = _Reads(zip(plan.keys, plan.old))
     scal = [b.scalars(h, sample, frozenset()) for b, h in zip(blocks, views)]
-    plan.scal = _scalar_array(scal) if frozen and not sample.read else None
+    # a chain with sums reads its scalars from state the sums change, and gets its sums back in the array
+    plan.scal = _scalar_array(scal) if frozen and not sample.read and not plan.n_sums else None
 
 
-def run_planned(blocks, group, plan: Plan | None, state_map) -> bool:
+def run_planned(blocks, group, plan: Plan | None, state_map, acc=None) -> bool:
     """Take the step with a stored :class:`Plan` if it still describes the group; False if not (nothing
     has changed then). Also advances each parameter's step count and plain-number state."""
-    if plan is None or _DISABLED:
+    if plan is None or _DISABLED or (plan.n_sums and acc is None):
         return False
     try:
         snapshot = plan.hyper(group)
@@ -237,7 +255,7 @@ def run_planned(blocks, group, plan: Plan | None, state_map) -> bool:
     check = plan_check()
     if check is not None and plan.c is None:
         _attach(plan, check)
-    scal = plan.scal or _scalar_array([b.scalars(h, new, frozenset()) for b, h in zip(blocks, views)])
+    scal = plan.scal or _scalar_array([b.scalars(h, new, frozenset()) for b, h in zip(blocks, views)], plan.n_sums)
     if plan.c is not None:  # the check, the step counts and the kernel in one call
         if not check.step(plan.c, group["params"], state_map, plan.keys, plan.old, new_vals,
                           plan.check_threads, scal):
@@ -251,6 +269,8 @@ def run_planned(blocks, group, plan: Plan | None, state_map) -> bool:
         n = len(plan.params)
         plan.ptrs[n:2 * n] = [p.grad.data_ptr() for p in plan.params]
         plan.fn(n, plan.sizes, plan.ptrs, scal, plan.threads)
+    if plan.n_sums:
+        _add_sums(blocks, scal, acc)
     plan.old = new_vals
     return True
 
