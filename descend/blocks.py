@@ -467,7 +467,7 @@ class ScaleByAutoLearningRate(Block):
              Hyper("lr_init", 1e-3, "pos", "α: the first step moves θ by α(1 + ‖θ₀‖)"),
              Hyper("lr_adapt", 0.1, "pos", "β: η̂ changes by at most e^±β in one step"))
     all_buffers = ("prev",)
-    sums = ("gx", "g2", "x2", "d2", "p2", "bad")
+    sums = ("gx", "g2", "x2", "d2")
     group_state = ("lr_estimate",)
     reads_grad = True
 
@@ -482,9 +482,6 @@ class ScaleByAutoLearningRate(Block):
         _check_number(h, "lr_adapt", owner, lambda x: 0.0 < x <= 1.0, "a number in (0, 1]")
         _check_number(h, "lr_init", owner, lambda x: 0.0 < x < math.inf, "a finite number > 0")
 
-    def init_buffer(self, name, p, h):
-        return p.detach().clone(memory_format=torch.preserve_format)
-
     def init_group_state(self, group):
         group["lr_estimate"] = {"eta": 0.0, "steps": 0, "skipped": 0, "cos": 0.0}
 
@@ -495,34 +492,29 @@ class ScaleByAutoLearningRate(Block):
         return {"neg_lr": -lr}
 
     def apply(self, u, p, s, c):
-        g, dx = c.g.double(), p.double() - s["prev"].double()
-        d2 = u.double().square()
-        ok = torch.isfinite(d2) & torch.isfinite(g)
+        # in float64; a non-finite g or u makes its sums non-finite, and ``finish`` then skips the step
+        g, dx, d = c.g.double(), p.double() - s["prev"].double(), u.double()
         a = c.acc
-        a["bad"] += float((~ok).sum())
-        a["gx"] += float(torch.where(ok, g * dx, 0).sum())
-        a["g2"] += float(torch.where(ok, g * g, 0).sum())
-        a["x2"] += float(dx.square().sum())
-        a["d2"] += float(torch.where(ok, d2, 0).sum())
-        a["p2"] += float(p.double().square().sum())
+        a["gx"] += float((g * dx).sum())
+        a["g2"] += float((g * g).sum())
+        a["x2"] += float((dx * dx).sum())
+        a["d2"] += float((d * d).sum())
         s["prev"].copy_(p)
         return torch.where(torch.isfinite(u), u * c.neg_lr, torch.zeros((), dtype=u.dtype))
 
     def c_code(self, h):
-        return ("{ double gg = (double)g, dd = (double)u * (double)u, dx = (double)p - (double)s_prev;\n"
-                "  if (isfinite(dd) && isfinite(gg)) { r_gx += gg * dx; r_g2 += gg * gg; r_d2 += dd; }\n"
-                "  else r_bad += 1.0;\n"
-                "  r_x2 += dx * dx; r_p2 += (double)p * (double)p; s_prev = p; }\n"
+        return ("{ double gg = (double)g, dd = (double)u, dx = (double)p - (double)s_prev;\n"
+                "  r_gx += gg * dx; r_g2 += gg * gg; r_x2 += dx * dx; r_d2 += dd * dd; s_prev = p; }\n"
                 "u = isfinite(u) ? c_neg_lr * u : (T)0;")
 
     def finish(self, h, group, acc):
         """Fold one step's sums into the group's estimate (called once per group step)."""
         est = dict(group["lr_estimate"])  # a new dict: a state_dict taken earlier keeps its own
-        if acc["bad"] or not all(math.isfinite(x) for x in acc.values()):
+        if not all(math.isfinite(x) for x in acc.values()):
             est["skipped"] += 1
-        elif est["eta"] == 0.0:  # nothing moved yet: the first step moves θ by α(1 + ‖θ₀‖)
+        elif est["eta"] == 0.0:  # nothing moved yet (x2 = ‖θ − 0‖²): the next step moves θ by α(1 + ‖θ‖)
             if acc["d2"] > 0:
-                est["eta"] = float(h["lr_init"]) * (1.0 + math.sqrt(acc["p2"])) / math.sqrt(acc["d2"])
+                est["eta"] = float(h["lr_init"]) * (1.0 + math.sqrt(acc["x2"])) / math.sqrt(acc["d2"])
                 est["steps"] += 1
         else:
             n = math.sqrt(acc["g2"] * acc["x2"])

@@ -88,6 +88,13 @@ def kernel_source(blocks, views, ctype: str, maximize: bool, scalar_names, buffe
         ((double*)sc)[{k} + j] = tot;
     }}
     if (part && part != stack_part) free(part);""" if nsum else "")
+    # the sums vectorise as a reduction (a fixed order for a given layout: chunk bounds and torch's
+    # 64-byte aligned storage decide it, not the threads)
+    simd = f"        #pragma omp simd reduction(+: {', '.join(f'r{i}_{name}' for i, name in sums)})" if nsum else ""
+    # GCC keeps a loop with a select (lr="auto"'s finiteness guards) scalar unless it may assume no
+    # floating-point traps; that changes no value (only when exception flags could be raised)
+    no_trap = ('#if defined(__GNUC__) && !defined(__clang__)\n#pragma GCC optimize("no-trapping-math")\n#endif\n'
+               if nsum else "")
     grad = "            const T g = u;" if any(getattr(b, "reads_grad", False) for b in blocks) else ""
     bufs = [(i, name) for i, names in enumerate(buffer_names) for name in names]
     load = [f"            T s{i}_{name} = S{j}[e];" for j, (i, name) in enumerate(bufs)]
@@ -104,7 +111,7 @@ def kernel_source(blocks, views, ctype: str, maximize: bool, scalar_names, buffe
 #include <stdlib.h>
 #include <omp.h>
 typedef {ctype} T;
-{_MATH[ctype]}{_MACROS}
+{_MATH[ctype]}{_MACROS}{no_trap}
 void step(int64_t n, const int64_t* sizes, void** ptrs, const double* sc, int nthreads) {{
 {chr(10).join(decls)}
     int64_t total = 0;
@@ -129,6 +136,7 @@ void step(int64_t n, const int64_t* sizes, void** ptrs, const double* sc, int nt
         T* restrict P = (T*)ptrs[tt];
         const T* restrict G = (const T*)ptrs[n + tt];
 {chr(10).join(ptrs)}
+{simd}
         for (int64_t e = a; e < b; e++) {{
             const T p = P[e];
             T u = {'-' if maximize else ''}G[e];
