@@ -458,14 +458,45 @@ class ScaleByAutoLearningRate(Block):
     r"""u ← −η̂_t · s_t · u with the learning rate η̂_t estimated from the chain's own updates
     (``lr="auto"``: it takes :class:`ScaleByLearningRate`'s place in any chain).
 
-    DOCSTRING
+    The estimate is a multiplicative hypergradient (after Baydin et al. 2018, normalised): per
+    parameter group, from the gradient g_t this step receives and the group's last move
+    Δ_{t−1} = θ_t − θ_{t−1} (the chain's whole update, whatever the rule),
+
+        cos_t = −⟨g_t, Δ_{t−1}⟩ / (‖g_t‖ ‖Δ_{t−1}‖),    η̂_{t+1} = max(η̂_t · e^{β cos_t},  κ · max_{i≤t} η̂_i),
+
+    ‖·‖ over the whole group. cos_t > 0: the loss still falls along the last step at the new point,
+    the step was short, η̂ grows; cos_t < 0: it overshot, η̂ shrinks. The first step only measures
+    (η̂_1 = 0; the blocks before this one still update their state) and sets η̂_2 so that the next
+    step moves θ by α(1 + ‖θ_0‖). Step t uses the estimate made after step t − 1: the sums are
+    gathered while step t runs, in the same pass over memory (the fused kernel needs no second
+    pass). ``s_t = lr_scale`` (default 1; a schedule gives warm-up/decay shapes) multiplies the
+    estimate; ``lr_decay`` (AdaGrad) divides it by 1 + (t − 1)·lr_decay as in ScaleByLearningRate.
+    ``group["lr"]`` shows η̂·s_t, the learning rate in use. α = ``lr_init`` (1e-3),
+    β = ``lr_adapt`` (0.1), κ = ``lr_floor`` (0.01).
+
+    Invariant. |cos_t| ≤ 1, so η̂ grows by at most e^β (×1.105) and falls by at most e^−β per step,
+    and never below κ × its highest value so far: it can come down (a factor 1/κ), it cannot run
+    away in one step, and it cannot decay to nothing. Whatever the gradient's scale (a spike), the
+    change is bounded: only the gradient's direction enters.
+
+    Failure modes. A step whose gradient or update holds a NaN or ±inf changes nothing in the
+    estimate (``skipped`` counts it) and that element moves nothing; with :class:`ZeroNonfinite`
+    first (lr="auto" puts it there) no NaN reaches any state. The equilibrium (E cos = 0) is the
+    greedy one-step-optimal rate, which under minibatch noise sits below the best rate for a long
+    run (short-horizon bias, Wu et al. 2018): on MNIST-1D it settles ~5× below a grid-tuned Adam.
+    Growth is at most e^β per step, so a task of few steps (iris: 80) may end before η̂ has grown
+    from its start. One estimate per group: very different layers in one group share it.
+
+    State: the per-parameter tensor ``prev`` (θ_{t−1}, the one extra tensor) and, per group, the
+    numbers in ``group["lr_estimate"]`` (eta, peak, steps, skipped, cos), saved by ``state_dict``.
     """
 
     lr_hyper = Hyper("lr", "auto", "auto_lr", "η: 'auto' (group['lr'] then shows the estimate in use)")
     hyper = (lr_hyper,
              Hyper("lr_scale", 1.0, "nonneg", "s_t, multiplies the estimate (a schedule gives its shape)"),
              Hyper("lr_init", 1e-3, "pos", "α: the first step moves θ by α(1 + ‖θ₀‖)"),
-             Hyper("lr_adapt", 0.1, "pos", "β: η̂ changes by at most e^±β in one step"))
+             Hyper("lr_adapt", 0.1, "pos", "β: η̂ changes by at most e^±β in one step"),
+             Hyper("lr_floor", 0.01, "pos", "κ: η̂ stays ≥ κ × its highest value so far"))
     all_buffers = ("prev",)
     sums = ("gx", "g2", "x2", "d2")
     group_state = ("lr_estimate",)
@@ -481,9 +512,10 @@ class ScaleByAutoLearningRate(Block):
         super().validate(h, owner)
         _check_number(h, "lr_adapt", owner, lambda x: 0.0 < x <= 1.0, "a number in (0, 1]")
         _check_number(h, "lr_init", owner, lambda x: 0.0 < x < math.inf, "a finite number > 0")
+        _check_number(h, "lr_floor", owner, lambda x: 0.0 < x <= 1.0, "a number in (0, 1]")
 
     def init_group_state(self, group):
-        group["lr_estimate"] = {"eta": 0.0, "steps": 0, "skipped": 0, "cos": 0.0}
+        group["lr_estimate"] = {"eta": 0.0, "peak": 0.0, "steps": 0, "skipped": 0, "cos": 0.0}
 
     def scalars(self, h, st, new):
         lr = h["lr_estimate"]["eta"] * float(h["lr_scale"])
@@ -520,8 +552,9 @@ class ScaleByAutoLearningRate(Block):
             n = math.sqrt(acc["g2"] * acc["x2"])
             cos = -acc["gx"] / n if n > 0 else 0.0
             est["cos"] = cos
-            est["eta"] *= math.exp(float(h["lr_adapt"]) * cos)
+            est["eta"] = max(est["eta"] * math.exp(float(h["lr_adapt"]) * cos), float(h["lr_floor"]) * est["peak"])
             est["steps"] += 1
+        est["peak"] = max(est["peak"], est["eta"])
         group["lr_estimate"] = est
 
     def lr_in_use(self, h, group) -> float:
@@ -567,8 +600,9 @@ class Auto:
     Args:
         scale: s_t, a number or a schedule (warm-up, decay...) that multiplies the estimate;
             its peak should be 1 (e.g. ``schedules.warmup_cosine(1.0, 100, T)``).
-        init: α, the initial distance r_ε = α(1 + ‖θ₀‖) (default 1e-6).
-        growth: ρ ≥ 1, the most the estimate grows in one step (default 2).
+        init: α, the first step moves θ by α(1 + ‖θ₀‖) (default 1e-3).
+        adapt: β in (0, 1], the estimate changes by at most e^±β per step (default 0.1).
+        floor: κ in (0, 1], the estimate stays ≥ κ × its highest value so far (default 0.01).
         average: keep a polynomial average of the iterates for ``opt.averaged()`` (default True;
             one more state tensor per parameter).
         avg_gamma: γ of that average (default 8).
@@ -576,14 +610,15 @@ class Auto:
     See :class:`~descend.blocks.ScaleByAutoLearningRate` for the estimator.
     """
 
-    def __init__(self, scale: Any = 1.0, *, init: float = 1e-3, adapt: float = 0.1, average: bool = True,
-                 avg_gamma: float = 8.0):
+    def __init__(self, scale: Any = 1.0, *, init: float = 1e-3, adapt: float = 0.1, floor: float = 0.01,
+                 average: bool = True, avg_gamma: float = 8.0):
         if not isinstance(average, bool):
             raise ValueError(f"auto: invalid average={average!r}; expected True or False")
-        self.scale, self.init, self.adapt, self.average, self.avg_gamma = scale, init, adapt, average, avg_gamma
+        self.scale, self.init, self.adapt, self.floor = scale, init, adapt, floor
+        self.average, self.avg_gamma = average, avg_gamma
 
     def hyperparameters(self) -> dict:
-        hp = {"lr_scale": self.scale, "lr_init": self.init, "lr_adapt": self.adapt}
+        hp = {"lr_scale": self.scale, "lr_init": self.init, "lr_adapt": self.adapt, "lr_floor": self.floor}
         if self.average:
             hp["avg_gamma"] = self.avg_gamma
         return hp
@@ -609,10 +644,10 @@ class Auto:
         return tuple(out)
 
     def __repr__(self):
-        return (f"auto(scale={self.scale!r}, init={self.init!r}, adapt={self.adapt!r}, "
+        return (f"auto(scale={self.scale!r}, init={self.init!r}, adapt={self.adapt!r}, floor={self.floor!r}, "
                 f"average={self.average!r}, avg_gamma={self.avg_gamma!r})")
 
 
 def auto(scale: Any = 1.0, **options) -> Auto:
-    """``lr=descend.auto(scale=..., init=..., growth=..., average=...)``; see :class:`Auto`."""
+    """``lr=descend.auto(scale=..., init=..., adapt=..., floor=..., average=...)``; see :class:`Auto`."""
     return Auto(scale, **options)
