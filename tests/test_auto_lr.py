@@ -30,10 +30,10 @@ def _params(dtype=torch.float64, big=False):
     return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shapes]
 
 
-def _run(name, steps, fast=True, dtype=torch.float64, big=False, opt_kw=None, seed=1):
+def _run(name, steps, fast=True, dtype=torch.float64, big=False, opt_kw=None, seed=1, auto=None):
     ps = _params(dtype, big)
     kw = {"momentum": 0.9} if name in ("momentum", "nesterov") else {}
-    opt = descend.create(name, ps, lr="auto", fast=fast, **kw, **(opt_kw or {}))
+    opt = descend.create(name, ps, fast=fast, **(auto or {"lr": "auto"}), **kw, **(opt_kw or {}))
     gen = torch.Generator().manual_seed(seed)
     lrs = []
     for _ in range(steps):
@@ -149,10 +149,11 @@ def test_fast_equals_reference(name, monkeypatch):
         return rest
 
     monkeypatch.setattr(cpu, "run_group", spy)
-    a, oa, la = _run(name, 15, fast=True, big=True)
+    avg = {"lr": descend.auto(average=True)}
+    a, oa, la = _run(name, 15, fast=True, big=True, opt_kw=None, auto=avg)
     assert calls and all(r == 0 for _, r in calls)  # the kernel ran every parameter
     assert oa.__dict__.get("_fast_plans")  # ... and later steps ran on its plan
-    b, ob, lb = _run(name, 15, fast=False, big=True)
+    b, ob, lb = _run(name, 15, fast=False, big=True, auto=avg)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
     assert la == pytest.approx(lb, rel=1e-9)
@@ -226,7 +227,7 @@ def test_quadratic_and_rosenbrock_reached_without_tuning():
     for name in ("gd", "adam", "momentum"):
         w = torch.zeros(10, dtype=torch.float64, requires_grad=True)
         kw = {"momentum": 0.9} if name == "momentum" else {}
-        opt = descend.create(name, [w], lr="auto", **kw)
+        opt = descend.create(name, [w], lr=descend.auto(average=True), **kw)
         for _ in range(2000):
             opt.zero_grad()
             (0.5 * w @ a @ w - b @ w).backward()
@@ -234,7 +235,7 @@ def test_quadratic_and_rosenbrock_reached_without_tuning():
         with opt.averaged():  # the average of the last iterates: Adam's constant-size steps average out
             assert (w.detach() - star).abs().max() < 1e-3, name
     xy = torch.tensor([-1.5, 2.0], dtype=torch.float64, requires_grad=True)
-    opt = descend.Adam([xy], lr="auto")
+    opt = descend.Adam([xy], lr=descend.auto(average=True))
     for _ in range(4000):
         opt.zero_grad()
         ((1 - xy[0]) ** 2 + 100 * (xy[1] - xy[0] ** 2) ** 2).backward()
@@ -244,7 +245,7 @@ def test_quadratic_and_rosenbrock_reached_without_tuning():
 
 
 def test_averaged_swaps_in_the_average_and_back_bitwise():
-    ps, opt, _ = _run("adam", 12, dtype=torch.float32)
+    ps, opt, _ = _run("adam", 12, dtype=torch.float32, auto={"lr": descend.auto(average=True)})
     own = [p.detach().clone() for p in ps]
     with opt.averaged():
         for p in ps:
@@ -256,7 +257,7 @@ def test_averaged_swaps_in_the_average_and_back_bitwise():
     assert all("avg" in st for st in sd["state"].values())
     # the average by hand: θ̄ = θ₁, then θ̄ += w_t (θ_{t+1} − θ̄), w_t = 9/(t + 8)
     w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    opt = descend.GD([w], lr="auto", fast=False)
+    opt = descend.GD([w], lr=descend.auto(average=True), fast=False)
     avg = None
     for t in range(1, 6):
         w.grad = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) * t
@@ -267,7 +268,7 @@ def test_averaged_swaps_in_the_average_and_back_bitwise():
 
 def test_averaged_needs_averaging():
     ps = _params()
-    for opt in (descend.Adam(ps, lr=1e-3), descend.Adam(ps, lr=descend.auto(average=False))):
+    for opt in (descend.Adam(ps, lr=1e-3), descend.Adam(ps, lr="auto")):
         with pytest.raises(RuntimeError, match="average"):
             with opt.averaged():
                 pass
@@ -287,7 +288,8 @@ def test_every_optimizer_takes_auto(name):
 
 def test_custom_chain_gets_auto():
     ps = _params()
-    opt = descend.ChainOptimizer(ps, [B.ScaleByRms(), B.Trace(), B.ScaleByLearningRate()], lr="auto", momentum=0.5)
+    opt = descend.ChainOptimizer(ps, [B.ScaleByRms(), B.Trace(), B.ScaleByLearningRate()],
+                                 lr=descend.auto(average=True), momentum=0.5)
     assert [type(b).__name__ for b in opt.blocks] == ["ZeroNonfinite", "ScaleByRms", "Trace",
                                                       "ScaleByAutoLearningRate", "AverageIterates"]
     gen = torch.Generator().manual_seed(0)
