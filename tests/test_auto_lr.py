@@ -43,10 +43,11 @@ def _run(name, steps, fast=True, dtype=torch.float64, big=False, opt_kw=None, se
     return ps, opt, lrs
 
 
-def test_gd_auto_first_steps_by_hand():
+@pytest.mark.parametrize("doubling", [0.5, 1.0])
+def test_gd_auto_first_steps_by_hand(doubling):
     # θ₀ = (3, 4): ‖θ₀‖ = 5; α = 1e-3, β = 0.1
     w = torch.tensor([3.0, 4.0], dtype=torch.float64, requires_grad=True)
-    opt = descend.GD([w], lr="auto", fast=False)
+    opt = descend.GD([w], lr=descend.auto(doubling=doubling), fast=False)
     assert opt.param_groups[0]["lr"] == 0.0
     g1, g2, g3 = (torch.tensor(v, dtype=torch.float64) for v in ([1.0, 2.0], [2.0, -1.0], [1.0, 1.0]))
     w.grad = g1.clone()
@@ -59,22 +60,41 @@ def test_gd_auto_first_steps_by_hand():
     torch.testing.assert_close(w.detach(), torch.tensor([3.0, 4.0], dtype=torch.float64) - eta * g2)
     assert opt.param_groups[0]["lr"] == pytest.approx(eta, rel=1e-15)
     w.grad = g3.clone()
-    opt.step()  # cos(−g₃, θ₂ − θ₁) = cos(g₃, g₂) = 1/√10: η ← η·exp(0.1/√10)
+    opt.step()  # cos(−g₃, θ₂ − θ₁) = cos(g₃, g₂) = 1/√10
     cos = float(g3 @ g2) / (g3.norm() * g2.norm()).item()
     assert opt.param_groups[0]["lr_estimate"]["cos"] == pytest.approx(cos, rel=1e-12)
-    assert opt.param_groups[0]["lr"] == pytest.approx(eta * math.exp(0.1 * cos), rel=1e-12)
+    if doubling < 1:  # the doubling start ends at the first cos ≤ δ: η halves once
+        assert opt.param_groups[0]["lr"] == pytest.approx(eta / 2, rel=1e-15)
+    else:  # η ← η·exp(β cos)
+        assert opt.param_groups[0]["lr"] == pytest.approx(eta * math.exp(0.1 * cos), rel=1e-12)
+    w.grad = -g2.clone()  # a second doubling-start check: cos(g₂, θ₃ − θ₂ = −η₃g₃)
+    eta3 = opt.param_groups[0]["lr"]
+    opt.step()
+    cos = -float(g2 @ g3) / (g2.norm() * g3.norm()).item()
+    assert opt.param_groups[0]["lr"] == pytest.approx(eta3 * math.exp(0.1 * cos), rel=1e-12)
+
+
+def test_doubling_start_doubles_while_steps_are_short():
+    w = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    opt = descend.GD([w], lr="auto", fast=False)
+    lrs = []
+    for _ in range(6):  # a gentle linear slope: every step is short, cos = 1
+        w.grad = torch.tensor([1.0, 0.5], dtype=torch.float64)
+        opt.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert [b / a for a, b in zip(lrs[2:], lrs[3:])] == pytest.approx([2.0] * 3)
 
 
 @pytest.mark.parametrize("name", ["gd", "adam", "momentum", "adagrad", "rmsprop"])
 def test_estimate_changes_at_most_by_its_bound_and_never_below_its_floor(name):
-    _, opt, lrs = _run(name, 60, fast=False)
+    _, opt, lrs = _run(name, 60, fast=False, auto={"lr": descend.auto(doubling=1.0)})
     g = opt.param_groups[0]
     beta, floor = g["lr_adapt"], g["lr_floor"]
     peak = 0.0
     for a, b in zip(lrs[1:], lrs[2:]):
         assert b <= a * math.exp(beta) * (1 + 1e-12)  # bounded growth
         peak = max(peak, a)
-        assert b >= min(a * math.exp(-beta), floor * peak) * (1 - 1e-12)  # bounded fall, the floor
+        assert b >= max(a * math.exp(-beta), floor * peak) * (1 - 1e-12)  # bounded fall, the floor
     assert all(math.isfinite(x) and x > 0 for x in lrs[1:])
 
 
