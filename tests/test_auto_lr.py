@@ -70,13 +70,13 @@ def test_gd_auto_first_steps_by_hand(doubling):
     w.grad = -g2.clone()  # a second doubling-start check: cos(g₂, θ₃ − θ₂ = −η₃g₃)
     eta3 = opt.param_groups[0]["lr"]
     opt.step()
-    cos = -float(g2 @ g3) / (g2.norm() * g3.norm()).item()
-    assert opt.param_groups[0]["lr"] == pytest.approx(eta3 * math.exp(0.1 * cos), rel=1e-12)
+    cos = -float(g2 @ g3) / (g2.norm() * g3.norm()).item()  # < 0: η falls at ρβ = 0.07
+    assert cos < 0 and opt.param_groups[0]["lr"] == pytest.approx(eta3 * math.exp(0.07 * cos), rel=1e-12)
 
 
 def test_doubling_start_doubles_while_steps_are_short():
     w = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
-    opt = descend.GD([w], lr="auto", fast=False)
+    opt = descend.GD([w], lr=descend.auto(doubling=0.5), fast=False)
     lrs = []
     for _ in range(6):  # a gentle linear slope: every step is short, cos = 1
         w.grad = torch.tensor([1.0, 0.5], dtype=torch.float64)
@@ -87,14 +87,14 @@ def test_doubling_start_doubles_while_steps_are_short():
 
 @pytest.mark.parametrize("name", ["gd", "adam", "momentum", "adagrad", "rmsprop"])
 def test_estimate_changes_at_most_by_its_bound_and_never_below_its_floor(name):
-    _, opt, lrs = _run(name, 60, fast=False, auto={"lr": descend.auto(doubling=1.0)})
+    _, opt, lrs = _run(name, 60, fast=False)
     g = opt.param_groups[0]
-    beta, floor = g["lr_adapt"], g["lr_floor"]
+    beta, floor, down = g["lr_adapt"], g["lr_floor"], g["lr_down"]
     peak = 0.0
     for a, b in zip(lrs[1:], lrs[2:]):
         assert b <= a * math.exp(beta) * (1 + 1e-12)  # bounded growth
         peak = max(peak, a)
-        assert b >= max(a * math.exp(-beta), floor * peak) * (1 - 1e-12)  # bounded fall, the floor
+        assert b >= max(a * math.exp(-down * beta), floor * peak) * (1 - 1e-12)  # bounded fall, the floor
     assert all(math.isfinite(x) and x > 0 for x in lrs[1:])
 
 
@@ -323,6 +323,7 @@ def test_custom_chain_gets_auto():
     (lambda ps: descend.Adam(ps, lr="fast"), r"invalid lr='fast'.*'auto'"),
     (lambda ps: descend.Adam(ps, lr=descend.auto(floor=0.0)), r"invalid lr_floor=0.0"),
     (lambda ps: descend.Adam(ps, lr=descend.auto(adapt=2.0)), r"invalid lr_adapt=2.0"),
+    (lambda ps: descend.Adam(ps, lr=descend.auto(down=0.0)), r"invalid lr_down=0.0"),
     (lambda ps: descend.Adam(ps, lr=descend.auto(init=-1.0)), r"invalid lr_init=-1.0"),
     (lambda ps: descend.Adam([{"params": ps, "lr": 0.1}], lr="auto"), r"invalid lr=0.1 in a parameter group"),
     (lambda ps: descend.ChainOptimizer(ps, [B.ScaleByAdam()], lr="auto"), r"no ScaleByLearningRate"),
@@ -334,3 +335,16 @@ def test_bad_settings_are_value_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make(ps)
     assert all(torch.equal(p, b) for p, b in zip(ps, before))
+
+
+def test_readme_auto_section_runs():
+    """The python block of the README's lr="auto" section runs as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split('## `lr="auto"`', 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {})
