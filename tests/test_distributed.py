@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 import descend
-from optim_db import BY_NAME, TOL, WITH_TORCH
+from optim_db import BY_NAME, TOL, WITH_TORCH, Decay
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -45,7 +45,8 @@ def _config(info) -> dict:
 
 FSDP_CASES = {o.name: (o, _config(o), torch.float64) for o in WITH_TORCH}
 FSDP_CASES["adam-f32"] = (BY_NAME["adam"], _config(BY_NAME["adam"]), torch.float32)
-DCP_CASES = ["adam", "nadam", "rmsprop", "sgd"]
+DCP_CASES = {n: (BY_NAME[n], _config(BY_NAME[n])) for n in ("adam", "nadam", "rmsprop", "sgd")}
+DCP_CASES["adamw-scheduled"] = (BY_NAME["adamw"], {**_config(BY_NAME["adamw"]), "lr": Decay(0.01, 3, warmup=2)})
 
 
 # --------------------------------------------------------------------------- the workers' side
@@ -119,8 +120,7 @@ def _dcp_case(rank, mesh, name, root):
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                          set_model_state_dict, set_optimizer_state_dict)
 
-    info = BY_NAME[name]
-    make = _descend(info, _config(info))
+    make = _descend(*DCP_CASES[name])
     path = os.path.join(root, f"ckpt-{name}")
     model = _sharded(torch.float64, mesh)
     opt = make(model.parameters())
@@ -136,6 +136,7 @@ def _dcp_case(rank, mesh, name, root):
     set_model_state_dict(model2, sd["model"])
     set_optimizer_state_dict(model2, opt2, sd["optim"])
     assert opt2.param_groups[0]["step"] == SAVE_AT
+    assert opt2.param_groups[0]["schedules"].keys() == opt.param_groups[0]["schedules"].keys()
     _train(model2, opt2, STEPS - SAVE_AT, rank, start=SAVE_AT)
     _assert_bitwise(_local(model2), _local(model))
 
