@@ -39,6 +39,7 @@ from pathlib import Path
 __all__ = ["cache_dir", "c_compiler", "cxx_compiler", "fingerprint", "load"]
 
 _STALE_S = 3600  # a build folder this old belongs to no live build (a build takes seconds)
+_CPUINFO = "/proc/cpuinfo"
 
 
 def cache_dir() -> Path:
@@ -77,7 +78,7 @@ _CPU_KEYS = ("flags", "features", "isa", "model name", "vendor_id", "cpu family"
 def _cpu() -> str:
     lines = set()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(_CPUINFO) as f:
             for line in f:
                 key, sep, value = line.partition(":")
                 if sep and key.strip().lower() in _CPU_KEYS:
