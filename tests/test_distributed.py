@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 
 WORLD = 2
 STEPS, SAVE_AT = 5, 2
-FAST = False  # the fused kernel on DTensor shards: see descend.kernels
+KERNEL = {"ran": 0, "refused": 0}  # parameters descend.kernels.run_group ran / handed back (in a worker)
 
 
 def _config(info) -> dict:
@@ -96,17 +96,42 @@ def _assert_bitwise(ours, theirs):
         assert torch.equal(a, b), f"parameter {i} differs by {(a - b).abs().max() if a.numel() else 0}"
 
 
-def _descend(info, hp, **kw):
-    return lambda ps: info.make(ps, **hp, **info.torch_fixed, fast=FAST, **kw)
+def _descend(info, hp):
+    return lambda ps: info.make(ps, **hp, **info.torch_fixed)  # the default: the fast path on
+
+
+def _spy_on_the_kernel():
+    """Count the parameters the fused kernel takes, and those it hands back to the reference."""
+    import descend.kernels
+
+    run_group = descend.kernels.run_group
+
+    def counting(blocks, views, work, *args, **kw):
+        rest = run_group(blocks, views, work, *args, **kw)
+        KERNEL["ran"] += len(work) - len(rest)
+        KERNEL["refused"] += len(rest)
+        return rest
+
+    descend.kernels.run_group = counting
+
+
+def _fused(run):
+    """``run()``, which must step every descend parameter with the fused kernel (DTensors: their shards)."""
+    KERNEL.update(ran=0, refused=0)
+    out = run()
+    assert KERNEL["ran"] > 0 and KERNEL["refused"] == 0, f"the fused kernel did not run everything: {KERNEL}"
+    return out
 
 
 def _fsdp_matches_torch(rank, mesh, name):
     info, hp, dtype = FSDP_CASES[name]
     with info.torch_dtype_context(dtype):
         out = []
-        for make in (_descend(info, hp), lambda ps: info.torch_cls(ps, foreach=False, **hp)):
+        for ours in (True, False):
+            make = _descend(info, hp) if ours else lambda ps: info.torch_cls(ps, foreach=False, **hp)
             model = _sharded(dtype, mesh)
-            _train(model, make(model.parameters()), STEPS, rank)
+            opt = make(model.parameters())
+            (_fused if ours else lambda run: run())(lambda: _train(model, opt, STEPS, rank))
             out.append(_local(model))
     assert any(p.numel() == 0 for p in out[0]) == (rank == 1)  # the case is really there
     _assert_close(*out, dtype)
@@ -124,7 +149,7 @@ def _dcp_case(rank, mesh, name, root):
     path = os.path.join(root, f"ckpt-{name}")
     model = _sharded(torch.float64, mesh)
     opt = make(model.parameters())
-    _train(model, opt, SAVE_AT, rank)
+    _fused(lambda: _train(model, opt, SAVE_AT, rank))
     dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
              checkpoint_id=path)
     _train(model, opt, STEPS - SAVE_AT, rank, start=SAVE_AT)
@@ -137,7 +162,7 @@ def _dcp_case(rank, mesh, name, root):
     set_optimizer_state_dict(model2, opt2, sd["optim"])
     assert opt2.param_groups[0]["step"] == SAVE_AT
     assert opt2.param_groups[0]["schedules"].keys() == opt.param_groups[0]["schedules"].keys()
-    _train(model2, opt2, STEPS - SAVE_AT, rank, start=SAVE_AT)
+    _fused(lambda: _train(model2, opt2, STEPS - SAVE_AT, rank, start=SAVE_AT))
     _assert_bitwise(_local(model2), _local(model))
 
 
@@ -191,6 +216,7 @@ def _worker(rank: int, init_method: str, root: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     torch.set_num_threads(1)
+    _spy_on_the_kernel()
     # a rank that fails between collectives leaves the other waiting: time out instead of hanging
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=60))
