@@ -109,8 +109,9 @@ def test_aot_autograd_gradients_step_as_eager():
     torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-7)
 
 
-def test_hooks_and_closure_run_under_compile():
-    """Step hooks fire once per step, and a closure passed to a compiled ``opt.step`` is evaluated."""
+def test_hooks_closure_and_profiler_under_compile():
+    """Step hooks fire once per step, a closure passed to a compiled ``opt.step`` is evaluated, and the
+    profiler records the step."""
     model, X, y = _setup()
     opt = descend.Adam(model.parameters(), lr=0.01)
     calls = []
@@ -130,3 +131,7 @@ def test_hooks_and_closure_run_under_compile():
     assert calls == ["pre", "post"] * 4
     assert losses[-1] < losses[0]
     assert opt.param_groups[0]["step"] == 4 and cnt.frame_count == 0
+    # and the profiler sees the step under its torch.optim name, as in eager mode
+    with torch.autograd.profiler.profile() as prof:
+        step(closure)
+    assert any(e.name == "Optimizer.step#Adam.step" for e in prof.function_events)
