@@ -11,7 +11,10 @@ every scenario and writes what each one raised; the tests below read those resul
 - DDP, and ``ZeroRedundancyOptimizer(optimizer_class=descend.Adam)`` (its consolidated state_dict loads
   and resumes), match torch.optim.Adam.
 
-A crash in a worker (a segfault) fails these tests; it cannot take pytest down.
+descend runs with its default fast path throughout, and a spy on ``descend.kernels.run_group`` checks
+that the fused kernel took every parameter (under FSDP2: each rank's local shard). A crash in a worker
+(before issue 9, every descend optimizer segfaulted here on its first FSDP2 step) fails these tests;
+it cannot take pytest down.
 """
 
 from __future__ import annotations
