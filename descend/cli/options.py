@@ -1,18 +1,31 @@
 """The options and parsing the ``descend`` commands share: data selection, optimizer names, ``--set``,
-``--hidden``, schedules (:func:`descend.lab.options.schedule_option`), and the command line for the report."""
+``--hidden``, ``--schedule``, and the command line for the report.
+
+``--set OPT.KEY=VALUE`` sets one optimizer's hyperparameter, ``--set KEY=VALUE`` every optimizer's;
+``OPT.KEY`` wins over ``KEY`` whatever the order. A value is ``true``/``false``, an int, a float or a
+comma-separated tuple of those (``0.9,0.999``), read by :func:`descend.lab.train.parse_value`, the same
+reader the lab's ``NAME:K=V`` schedule specs use.
+
+``--schedule NAME[:K=V,...]`` (``compare`` and ``race``) names a schedule of :mod:`descend.schedules`
+for every optimizer's lr; :func:`descend.lab.train.make_schedule` builds it.
+"""
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import click
 
-from descend.lab.options import hyperparameters_from_sets, parse_value, schedule_option  # noqa: F401  (re-exported)
+from descend.lab.train import parse_value
 
 __all__ = ["data_options", "load_data", "parse_sets", "optimizer_names", "parse_hidden", "command_line", "batch_stream",
-           "parse_value", "schedule_option", "hyperparameters_from_sets"]
+           "parse_value", "parse_assignment", "schedule_option",
+           "hyperparameters_from_sets"]
+
 
 def data_options(f):
     f = click.option("--subsample", type=click.IntRange(min=4), default=None,
@@ -41,7 +54,7 @@ def load_data(task, data_file, target, kind, val_fraction, subsample):
 
 
 def parse_sets(items: tuple[str, ...], names: list[str]) -> dict[str, dict[str, Any]]:
-    """``("adam.lr=3e-4", "momentum=0.95")`` → per-optimizer values (see :mod:`descend.lab.options`)."""
+    """``("adam.lr=3e-4", "momentum=0.95")`` → per-optimizer values (see :func:`hyperparameters_from_sets`)."""
     hp = hyperparameters_from_sets(items, names, hint="--set")
     return {n: v for n, v in hp.items() if v}
 
@@ -86,3 +99,39 @@ def batch_stream(n: int, batch_size: int, seed: int):
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, batch_size):
             yield perm[i:i + batch_size]
+
+
+def parse_assignment(text: str) -> tuple[str | None, str, Any]:
+    """``OPTIMIZER.KEY=VALUE`` (one optimizer) or ``KEY=VALUE`` (all) → (optimizer or None, key, value)."""
+    m = re.fullmatch(r"\s*(?:([A-Za-z_]\w*)\.)?([A-Za-z_]\w*)\s*=\s*(.+)", text)
+    if not m:
+        raise ValueError(f"{text!r} is not OPTIMIZER.KEY=VALUE or KEY=VALUE")
+    opt, key, value = m.groups()
+    return (opt.lower() if opt else None), key, parse_value(value)
+
+
+def hyperparameters_from_sets(items: Iterable[str], names: list[str], hint: str = "'--set'") -> dict[str, dict]:
+    """``--set`` items → {optimizer: {key: value}} for every optimizer in ``names`` (CLI errors as
+    click.BadParameter naming the item)."""
+    common: dict[str, Any] = {}
+    own: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for item in items:
+        try:
+            opt, key, value = parse_assignment(item)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint=hint) from None
+        if opt is None:
+            common[key] = value
+        elif opt not in own:
+            raise click.BadParameter(f"{item!r} names {opt!r}, which is not among the optimizers "
+                                     f"({', '.join(names)})", param_hint=hint)
+        else:
+            own[opt][key] = value
+    return {n: {**common, **own[n]} for n in names}
+
+
+def schedule_option(lasting: str, example: str):
+    """The ``--schedule`` option: one schedule for every optimizer, peaking at its lr, lasting ``lasting``."""
+    return click.option("--schedule", default=None, metavar="NAME[:K=V,...]",
+                        help="A learning-rate schedule from descend.schedules for every optimizer, peaking at its "
+                             f"lr and lasting {lasting}, e.g. cosine, {example}, one_cycle.")

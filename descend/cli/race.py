@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 import descend
-from descend.lab.options import hyperparameters_from_sets, schedule_option
+from descend.cli.options import hyperparameters_from_sets, schedule_option
 from descend.lab.problems import problems
 
 __all__ = ["race_command"]

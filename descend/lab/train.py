@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +32,8 @@ from torch import nn
 
 import descend
 from descend.lab.data import Data
-from descend.lab.options import parse_value
 
-__all__ = ["DEFAULT_OPTIMIZERS", "DEFAULT_HYPERPARAMETERS", "hyperparameters_for", "make_model", "make_schedule",
+__all__ = ["parse_value", "parse_schedule", "DEFAULT_OPTIMIZERS", "DEFAULT_HYPERPARAMETERS", "hyperparameters_for", "make_model", "make_schedule",
            "train_run", "compare", "Run", "Comparison", "Summary", "CSV_COLUMNS"]
 
 #: the optimizers ``descend compare`` runs by default: the chapter's three rules and the two that follow
@@ -93,6 +93,24 @@ def check_optimizer(name: str, hyper: Mapping[str, Any]) -> None:
 #: the optimizer's lr) and for its length (gets the run's number of steps)
 _LR_NAMES = ("lr", "peak", "max_lr", "init", "value", "peak_lr", "init_value", "base_lr", "start")
 _STEP_NAMES = ("total_steps", "num_steps", "steps", "T", "max_steps")
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def parse_value(text: str) -> Any:
+    """A hyperparameter value from the command line: ``true``/``false``, an int, a float, or a
+    comma-separated tuple of those. Raises ValueError otherwise."""
+    s = text.strip()
+    if s.lower() in ("true", "false"):
+        return s.lower() == "true"
+    if "," in s:
+        return tuple(parse_value(part) for part in s.split(","))
+    if re.fullmatch(r"[+-]?\d+", s):
+        return int(s)
+    if _NUMBER.match(s) or s.lower() in ("inf", "-inf", "nan"):
+        return float(s)
+    raise ValueError(f"{text!r} is not a number, true/false, or a comma-separated list of those")
 
 
 def parse_schedule(spec: str) -> tuple[str, dict[str, Any]]:
