@@ -10,17 +10,38 @@ import click
 from descend import __version__
 
 
+#: what a user can change when memory runs out
+_MEMORY_ADVICE = "use smaller --hidden widths, a smaller --batch-size, or fewer rows (--subsample)"
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and any(
+        s in text for s in ("can't allocate memory", "cannot allocate memory", "out of memory", "not enough memory")))
+
+
 class OneLineErrors(click.Group):
-    """A group whose user errors print as one ``Error: ...`` line (no usage block, no traceback)."""
+    """A group whose user errors print as one ``Error: ...`` line (no usage block, no traceback):
+    click's usage errors, running out of memory (naming the options that size the work) and Ctrl-C
+    (exit status 130). ``descend`` alone prints the help."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not (sys.argv[1:] if args is None else list(args)):
+            args = ["--help"]
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as e:
             click.echo(f"Error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)
         except click.exceptions.Abort:
-            click.echo("Error: aborted", err=True)
+            click.echo("Error: interrupted", err=True)
+            sys.exit(130)
+        except (MemoryError, RuntimeError) as e:
+            if not _out_of_memory(e):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first.split("DefaultCPUAllocator: ")[-1]
+            click.echo(f"Error: out of memory ({first}); {_MEMORY_ADVICE}", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -6,8 +6,8 @@ import time
 
 import click
 
-from descend.cli.options import (command_line, data_options, load_data, optimizer_names, parse_hidden, parse_sets,
-                                   schedule_option)
+from descend.cli.options import (check_out_dir, command_line, data_options, load_data, optimizer_names, parse_hidden,
+                                 parse_sets, schedule_option)
 
 __all__ = ["compare_command"]
 
@@ -54,12 +54,22 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, opti
     names = optimizer_names(optimizers)
     per = parse_sets(sets, names)
     widths = parse_hidden(hidden)
+    check_out_dir(out_dir)  # before any training: a bad --out must cost nothing
     data = load_data(task, data_file, target, kind, val_fraction, subsample)
+    try:
+        train.check_memory(data, widths, batch_size)
+    except ValueError as e:
+        raise click.BadParameter(str(e).replace("hidden widths", "--hidden widths"), param_hint="--hidden") from None
     click.echo(f"{data.describe()}; {len(names)} optimizer(s) × {seeds} seed(s) × {epochs} epoch(s)", err=True)
     t0 = time.perf_counter()
+    interrupted = None
     try:
         comp = train.compare(data, names, hyperparameters=per, lr=lr, seeds=seeds, epochs=epochs,
                              batch_size=batch_size, hidden=widths, schedule=schedule, goal=goal, progress=progress)
+    except train.Interrupted as e:  # Ctrl-C: keep the finished runs
+        if e.comparison is None:
+            raise Stopped("interrupted before any run finished; nothing written") from None
+        comp, interrupted = e.comparison, e
     except (ValueError, TypeError) as e:  # a bad hyperparameter or schedule, found before any training
         raise click.ClickException(str(e)) from None
     paths = report.write_report(comp, out_dir, command=command_line())
@@ -68,5 +78,14 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, opti
     click.echo("")
     for sentence in report.reading(comp):
         click.echo(sentence)
+    if interrupted is not None:
+        raise Stopped(f"interrupted: wrote the {interrupted.done} finished runs of {interrupted.planned} "
+                      f"to {out_dir} (marked partial)")
     click.echo(f"\nwrote {paths['report.html']}, {paths['metrics.csv']} and figures "
                f"({time.perf_counter() - t0:.1f} s)")
+
+
+class Stopped(click.ClickException):
+    """Ctrl-C: one ``Error:`` line and exit status 130 (128 + SIGINT), as a shell reports an interrupted command."""
+
+    exit_code = 130

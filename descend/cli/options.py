@@ -12,9 +12,11 @@ for every optimizer's lr; :func:`descend.lab.train.make_schedule` builds it.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
+import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,7 +26,7 @@ from descend.lab.train import parse_value
 
 __all__ = ["data_options", "load_data", "parse_sets", "optimizer_names", "parse_hidden", "command_line", "batch_stream",
            "parse_value", "parse_assignment", "schedule_option",
-           "hyperparameters_from_sets"]
+           "hyperparameters_from_sets", "check_out_file", "check_out_dir", "save_figure"]
 
 
 def data_options(f):
@@ -135,3 +137,51 @@ def schedule_option(lasting: str, example: str):
     return click.option("--schedule", default=None, metavar="NAME[:K=V,...]",
                         help="A learning-rate schedule from descend.schedules for every optimizer, peaking at its "
                              f"lr and lasting {lasting}, e.g. cosine, {example}, one_cycle.")
+
+
+# ------------------------------------------------------------------------------- output paths, checked first
+
+
+def check_out_file(path: str, option: str = "--out", suffixes: tuple[str, ...] = ()) -> str:
+    """Fail now, as one ``Error:`` line naming ``option``, unless ``path`` can be written as a file: not a
+    folder, an allowed suffix, its folder exists and takes a new file (tried with a temporary one)."""
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise click.BadParameter(f"{path!r} is a folder; give a file name, e.g. {os.path.join(path, 'plot.png')}",
+                                 param_hint=option)
+    if suffixes and not path.lower().endswith(suffixes):
+        raise click.BadParameter(f"{path!r} must end in {' or '.join(suffixes)}", param_hint=option)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        what = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
+        raise click.BadParameter(f"{path!r}: the folder {folder} {what}", param_hint=option)
+    try:
+        tempfile.TemporaryFile(dir=folder, prefix=".descend-probe-").close()
+    except OSError as e:
+        raise click.BadParameter(f"{path!r}: cannot write in {folder} ({e.strerror or e})", param_hint=option) from None
+    return path
+
+
+def check_out_dir(path: str, option: str = "--out") -> str:
+    """:func:`descend.lab.report.check_out_dir` as one ``Error:`` line naming ``option``."""
+    from descend.lab.report import check_out_dir as check
+
+    try:
+        check(path)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=option) from None
+    return path
+
+
+def save_figure(fig, path: str, **kwargs) -> None:
+    """Save a matplotlib figure whole or not at all: into a temporary file beside ``path``, then renamed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".descend-", suffix=suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=suffix.lstrip(".").lower() or None, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 import descend
-from descend.cli.options import hyperparameters_from_sets, schedule_option
+from descend.cli.options import check_out_file, hyperparameters_from_sets, save_figure, schedule_option
 from descend.lab.problems import problems
 
 __all__ = ["race_command"]
@@ -85,12 +85,8 @@ def race_command(function: str, optimizers: str, steps: int, start: str | None, 
                                  f"valid names: {', '.join(valid)}", param_hint="'--optimizers'")
     if len(set(names)) != len(names):
         raise click.BadParameter(f"{optimizers!r} names an optimizer twice", param_hint="'--optimizers'")
-    suffix = out.lower().rsplit(".", 1)[-1] if "." in out else ""
-    if suffix not in ("png", "gif"):
-        raise click.BadParameter(f"{out!r} must end in .png or .gif", param_hint="'--out'")
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise click.BadParameter(f"{out!r}: the folder {folder} does not exist", param_hint="'--out'")
+    check_out_file(out, "'--out'", (".png", ".gif"))  # before any work: a bad --out must cost nothing
+    suffix = out.lower().rsplit(".", 1)[-1]
 
     per_opt = hyperparameters_from_sets(assignments, names)
 
@@ -140,9 +136,15 @@ def race_command(function: str, optimizers: str, steps: int, start: str | None, 
 
     try:
         if suffix == "gif":
-            race_gif(prob, runs, out, frames=frames)
+            tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.writing.gif")
+            try:  # whole or not at all, like the PNG
+                race_gif(prob, runs, tmp, frames=frames)
+                os.replace(tmp, out)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
         else:
-            race_figure(prob, runs).savefig(out, dpi=110)
+            save_figure(race_figure(prob, runs), out, dpi=110)
     except OSError as e:
         raise click.ClickException(f"cannot write {out}: {e.strerror or e}") from None
     click.echo(f"wrote {out}")

@@ -189,7 +189,11 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if len(bad):
         r, c = (int(v) for v in bad[0])
         raise DataError(f"{path}: X[{r}, {c}] is {x[r, c]}; every value must be a finite number")
-    if np.issubdtype(y.dtype, np.number):
+    if y.dtype.kind in "US":  # text labels, as a CSV's: a classification target
+        y = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in y.tolist()], dtype=object)
+    elif not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        raise DataError(f"{path}: y must hold numbers or text labels; its dtype is {y.dtype}")
+    else:
         y = y.astype(np.float64)
         if not np.all(np.isfinite(y)):
             raise DataError(f"{path}: y[{int(np.flatnonzero(~np.isfinite(y))[0])}] is not a finite number")

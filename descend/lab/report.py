@@ -14,6 +14,9 @@ import csv
 import html
 import io
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ import numpy as np
 from descend.lab.train import CSV_COLUMNS, Comparison, Summary
 
 __all__ = ["write_csv", "figure", "metric_figure", "loss_figure", "table_rows", "table_text", "reading",
-           "write_report"]
+           "write_report", "check_out_dir", "REPORT_FILES"]
 
 
 # ------------------------------------------------------------------------------- csv
@@ -178,10 +181,20 @@ def _hp_text(hp: dict[str, Any]) -> str:
 
 
 def _status(comp: Comparison, s: Summary) -> str:
+    planned = len(comp.settings["seeds"])
+    partial = f"partial: {s.seeds}/{planned} seeds" if comp.settings.get("partial") and s.seeds < planned else ""
     if not s.diverged:
-        return "ok"
+        return partial or "ok"
     first = min(r.diverged_epoch for r in comp.runs_of(s.optimizer) if r.diverged)
-    return f"diverged {s.diverged}/{s.seeds} (epoch {first})"
+    return f"diverged {s.diverged}/{s.seeds} (epoch {first})" + (f", {partial}" if partial else "")
+
+
+def _partial_note(comp: Comparison) -> str | None:
+    p = comp.settings.get("partial")
+    if not p:
+        return None
+    return (f"Interrupted after {p['runs_done']} of {p['runs_planned']} runs (partial): the numbers cover "
+            "the finished runs only.")
 
 
 def table_rows(comp: Comparison) -> tuple[list[str], list[list[str]]]:
@@ -227,14 +240,14 @@ def reading(comp: Comparison) -> list[str]:
     sums = comp.summaries()
     ok = sorted((s for s in sums if not s.all_diverged and math.isfinite(s.final_mean)),
                 key=lambda s: -s.final_mean)
-    out = []
+    out = [note] if (note := _partial_note(comp)) else []
     n_seeds = len(comp.settings["seeds"])
     if not ok:
         out.append("Every run diverged: lower the learning rates (e.g. --lr 0.001) and run again.")
     else:
         best = ok[0]
         out.append(f"{best.optimizer} ended with the best validation {m}, {best.final_mean:.3f} "
-                   f"(mean over {_plural(n_seeds - best.diverged, 'seed')}) after {comp.settings['epochs']} epochs.")
+                   f"(mean over {_plural(best.seeds - best.diverged, 'seed')}) after {comp.settings['epochs']} epochs.")
         if len(ok) > 1:
             second, worst = ok[1], ok[-1]
             d = best.final_mean - second.final_mean
@@ -296,7 +309,7 @@ def render_html(comp: Comparison, figures: dict[str, bytes], command: str | None
     status_col = head.index("status")
     table = ["<table>", "<tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"]
     for r in rows:
-        cls = ' class="diverged"' if r[status_col] != "ok" else ""
+        cls = ' class="diverged"' if "diverged" in r[status_col] else ""
         cells = "".join(f'<td{" class=num" if 2 <= i <= 5 else ""}>{e(c)}</td>' for i, c in enumerate(r))
         table.append(f"<tr{cls}>{cells}</tr>")
     table.append("</table>")
@@ -314,7 +327,7 @@ def render_html(comp: Comparison, figures: dict[str, bytes], command: str | None
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>descend compare — {e(s['task'])}</title>", f"<style>{_CSS}</style></head><body>",
-        f"<h1>descend compare — {e(s['task'])}</h1>",
+        f"<h1>descend compare — {e(s['task'])}{' (partial)' if s.get('partial') else ''}</h1>",
         '<p class="muted">A self-contained report: the figures are embedded; the numbers are in '
         "<code>metrics.csv</code> beside this file.</p>",
         "<h2>Reading</h2>", '<ul class="reading">', *[f"<li>{e(t)}</li>" for t in reading(comp)], "</ul>",
@@ -331,22 +344,88 @@ def render_html(comp: Comparison, figures: dict[str, bytes], command: str | None
     return "\n".join(parts)
 
 
+#: the files :func:`write_report` writes; a folder holding only these (or report.html / metrics.csv
+#: among others of a previous run's kind) is a previous report that may be replaced whole
+REPORT_FILES = ("metrics.csv", "val_metric.png", "train_loss.png", "compare.png", "report.html")
+
+
+def check_out_dir(out_dir: str | Path) -> None:
+    """Raise ValueError (one line, naming the folder) unless :func:`write_report` can write ``out_dir``.
+
+    Checked before any training, so a bad ``--out`` costs nothing: ``out_dir`` must be a new folder
+    (its parents are created), an empty one, or a previous report (it holds ``report.html`` or
+    ``metrics.csv``), which is then replaced whole; the nearest existing folder above it must take a
+    new folder (tried: a temporary one is made and removed).
+    """
+    out = Path(out_dir).absolute()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out_dir}: is a file, not a folder")
+    if out.is_dir():
+        names = sorted(p.name for p in out.iterdir())
+        if names and not {"report.html", "metrics.csv"} & set(names):
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise ValueError(f"{out_dir}: the folder holds other files ({shown}) and would be replaced whole; "
+                             "give a new folder, an empty one or a previous report's")
+    above = out.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise ValueError(f"{out_dir}: {above} is a file, not a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=above, prefix=".descend-probe-").cleanup()
+    except OSError as e:
+        raise ValueError(f"{out_dir}: cannot write in {above} ({e.strerror or e})") from None
+
+
 def write_report(comp: Comparison, out_dir: str | Path, command: str | None = None) -> dict[str, Path]:
     """Write ``metrics.csv``, ``val_metric.png``, ``train_loss.png``, ``compare.png`` and ``report.html``
-    into ``out_dir`` (created if needed); return name → path."""
+    into ``out_dir`` and return name → path.
+
+    Whole or not at all: everything is written into a temporary folder beside ``out_dir``, which then
+    takes ``out_dir``'s place (a previous report there is moved aside and removed only after that), so
+    an interruption leaves either the previous report intact or the new one complete. ``out_dir`` must
+    pass :func:`check_out_dir` (ValueError otherwise).
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    check_out_dir(out_dir)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"metrics.csv": write_csv(comp, out / "metrics.csv")}
-    figs = {"val_metric.png": _png(metric_figure(comp)), "train_loss.png": _png(loss_figure(comp)),
-            "compare.png": _png(figure(comp))}
-    for name, png in figs.items():
-        (out / name).write_bytes(png)
-        paths[name] = out / name
-    embedded = {k: figs[k] for k in ("val_metric.png", "train_loss.png")}
-    page = out / "report.html"
-    page.write_text(render_html(comp, embedded, command), encoding="utf-8")
-    paths["report.html"] = page
-    return paths
+    target = out.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.writing-"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        write_csv(comp, tmp / "metrics.csv")
+        figs = {"val_metric.png": _png(metric_figure(comp)), "train_loss.png": _png(loss_figure(comp)),
+                "compare.png": _png(figure(comp))}
+        for name, png in figs.items():
+            (tmp / name).write_bytes(png)
+        embedded = {k: figs[k] for k in ("val_metric.png", "train_loss.png")}
+        (tmp / "report.html").write_text(render_html(comp, embedded, command), encoding="utf-8")
+        _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {name: out / name for name in REPORT_FILES}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put folder ``new`` at ``target``; a folder already there is moved aside first and removed after."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    os.rename(target, old / "report")
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old / "report", target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

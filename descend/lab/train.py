@@ -34,7 +34,7 @@ import descend
 from descend.lab.data import Data
 
 __all__ = ["parse_value", "parse_schedule", "DEFAULT_OPTIMIZERS", "DEFAULT_HYPERPARAMETERS", "hyperparameters_for", "make_model", "make_schedule",
-           "train_run", "compare", "Run", "Comparison", "Summary", "CSV_COLUMNS"]
+           "train_run", "compare", "Interrupted", "check_memory", "Run", "Comparison", "Summary", "CSV_COLUMNS"]
 
 #: the optimizers ``descend compare`` runs by default: the chapter's three rules and the two that follow
 DEFAULT_OPTIMIZERS = ("gd", "momentum", "adagrad", "rmsprop", "adam")
@@ -375,6 +375,9 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
 
     Returns:
         a :class:`Comparison`. Bad names or values raise ValueError/TypeError before any training.
+
+    Raises:
+        Interrupted: on Ctrl-C (a KeyboardInterrupt), carrying the runs finished so far.
     """
     names = [str(o).lower() for o in optimizers]
     if not names:
@@ -398,6 +401,7 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
         if schedule:
             make_schedule(schedule, float(hp["lr"]), epochs * math.ceil(len(data.x_train) / batch_size))  # fail now
         hps[name] = hp
+    check_memory(data, hidden, batch_size)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -407,6 +411,10 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    settings = dict(task=data.name, kind=data.kind, metric=data.metric_name, optimizers=names,
+                    seeds=seed_list, epochs=epochs, batch_size=batch_size, hidden=list(hidden),
+                    schedule=schedule, divergence_factor=divergence_factor,
+                    train_rows=len(data.x_train), val_rows=len(data.x_val), n_features=data.n_features)
     try:
         for seed in seed_list:
             for name in names:
@@ -418,17 +426,71 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
                 if bar is not None and run.diverged:
                     bar.update(epochs - run.diverged_epoch)  # the epochs it will not run
                 runs.append(run)
+    except KeyboardInterrupt:
+        planned = len(names) * len(seed_list)
+        partial = None
+        if runs:
+            settings["partial"] = dict(runs_done=len(runs), runs_planned=planned)
+            partial = _comparison(data, runs, names, seed_list, settings, goal)
+        raise Interrupted(partial, len(runs), planned) from None
     finally:
         torch.set_num_threads(before)
         if bar is not None:
             bar.close()
-    runs.sort(key=lambda r: (names.index(r.optimizer), seed_list.index(r.seed)))
+    return _comparison(data, runs, names, seed_list, settings, goal)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`compare`. ``comparison`` holds the runs finished before it (the run in
+    progress is dropped; ``settings["partial"]`` says how many of how many), or is None if none finished."""
+
+    def __init__(self, comparison: Comparison | None, done: int, planned: int):
+        super().__init__(f"interrupted after {done} of {planned} runs")
+        self.comparison, self.done, self.planned = comparison, done, planned
+
+
+def _comparison(data: Data, runs: list[Run], names: list[str], seed_list: list[int], settings: dict[str, Any],
+                goal: float | None) -> Comparison:
+    runs = sorted(runs, key=lambda r: (names.index(r.optimizer), seed_list.index(r.seed)))
     if goal is None:
         finite = [m for r in runs if not r.diverged for m in r.metric() if math.isfinite(m)]
         best = max(finite) if finite else math.nan
         goal = 0.98 * best if best > 0 else best
-    settings = dict(task=data.name, kind=data.kind, metric=data.metric_name, optimizers=names,
-                    seeds=seed_list, epochs=epochs, batch_size=batch_size, hidden=list(hidden),
-                    schedule=schedule, divergence_factor=divergence_factor,
-                    train_rows=len(data.x_train), val_rows=len(data.x_val), n_features=data.n_features)
     return Comparison(data=data, runs=runs, settings=settings, goal=float(goal))
+
+
+def model_bytes(n_in: int, n_out: int, hidden: Sequence[int], rows: int, batch_size: int) -> int:
+    """A rough upper estimate of the memory one comparison run needs, in bytes (float32): the MLP's
+    parameters four times over (weights, gradients, two optimizer states) and the activations of the
+    largest forward pass (the evaluation on all ``rows`` training rows at once)."""
+    widths = [n_in, *hidden, n_out]
+    params = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
+    activations = max(rows, batch_size) * sum(widths) * 2
+    return 4 * (4 * params + activations)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable; None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(data: Data, hidden: Sequence[int], batch_size: int) -> None:
+    """ValueError naming ``hidden`` if one run's estimated memory (:func:`model_bytes`) exceeds what is available."""
+    need = model_bytes(data.n_features, data.n_outputs, hidden, len(data.x_train), batch_size)
+    have = available_memory()
+    if have is not None and need > have:
+        shape = "→".join(map(str, [data.n_features, *hidden, data.n_outputs]))
+        raise ValueError(f"invalid hidden={tuple(hidden)!r}: the MLP {shape} needs about {need / 1e9:.3g} GB of memory "
+                         f"to train and evaluate, more than the {have / 1e9:.3g} GB available; use smaller hidden widths")
