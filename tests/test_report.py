@@ -23,7 +23,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def _fake(finals: dict[str, list[float]], diverged: dict[str, int] | None = None, epochs: int = 4) -> T.Comparison:
     """A comparison with known numbers: run (opt, seed) climbs linearly from 0.1 to its final accuracy."""
     rng = np.random.default_rng(0)
-    data = D.prepare(rng.normal(size=(40, 3)), np.arange(40) % 2, name="toy")
+    data = D.prepare(rng.normal(size=(400, 3)), np.arange(400) % 2, name="toy")  # 80 validation rows
     runs = []
     for name, vals in finals.items():
         for seed, final in enumerate(vals):
@@ -39,7 +39,7 @@ def _fake(finals: dict[str, list[float]], diverged: dict[str, int] | None = None
             runs.append(run)
     settings = dict(task="toy", kind="classification", metric="accuracy", optimizers=list(finals),
                     seeds=list(range(len(next(iter(finals.values()))))), epochs=epochs, batch_size=8, hidden=[4],
-                    schedule=None, divergence_factor=1e3, train_rows=32, val_rows=8, n_features=3)
+                    schedule=None, divergence_factor=1e3, train_rows=320, val_rows=80, n_features=3)
     return T.Comparison(data=data, runs=runs, settings=settings, goal=0.8)
 
 
@@ -51,13 +51,14 @@ def test_reading_names_the_winner_the_gap_and_the_diverged():
     assert "lion (lr=0.1) diverged in 3 of 3 seeds, first at epoch 1" in text
     # epochs to 0.8: adam's seeds reach 0.8 at epoch 4·0.7/0.85.. → first epoch with m ≥ 0.8
     first = [next(e for e in range(5) if 0.1 + (f - 0.1) * e / 4 >= 0.8) for f in (0.95, 0.97, 0.96)]
-    assert f"Fastest to validation accuracy ≥ 0.800: adam ({np.mean(first):.1f} epochs" in text
+    assert f"Fastest to validation accuracy ≥ 0.800 in every seed: adam ({np.mean(first):.1f} epochs" in text
 
 
 def test_reading_says_when_the_lead_is_within_the_spread():
     comp = _fake({"rmsprop": [0.90, 0.96, 0.93], "adagrad": [0.93, 0.92, 0.92]})
     text = " ".join(R.reading(comp))
-    assert "rmsprop ended with the best" in text and "not clearly apart" in text
+    assert "rmsprop and adagrad tied for the best validation accuracy, 0.923 to 0.930" in text
+    assert "within the seed-to-seed spread (standard deviation up to 0.030)" in text and "not clearly apart" in text
     assert "No run diverged." in text
 
 

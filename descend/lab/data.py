@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Data", "DataError", "TASKS", "load", "load_task", "load_file", "prepare", "detect_kind"]
+__all__ = ["Data", "DataError", "LabWarning", "TASKS", "load", "load_task", "load_file", "prepare", "detect_kind"]
 
 #: bundled scikit-learn sets (no download): name → (loader name, kind)
 TASKS: dict[str, tuple[str, str]] = {
@@ -39,6 +40,16 @@ class DataError(ValueError):
     """Bad data or a bad data option; the message is one line meant for the user."""
 
 
+class LabWarning(UserWarning):
+    """Something about the data or the settings that makes a reading less trustworthy (a tiny
+    validation split, a schedule that does not fit the run); one line meant for the user, which the
+    CLI prints as ``Warning: ...``."""
+
+
+#: fewer validation rows than this draws a :class:`LabWarning`
+SMALL_VALIDATION = 20
+
+
 @dataclass
 class Data:
     """A prepared task: standardised float32 features, targets, and what kind of task it is.
@@ -56,6 +67,7 @@ class Data:
     n_classes: int = 0
     feature_names: list[str] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings about the data, repeated in the report
 
     @property
     def n_features(self) -> int:
@@ -247,7 +259,8 @@ def prepare(x: np.ndarray, y: np.ndarray, *, name: str, kind: str | None = None,
         raise DataError(f"{name}: the target holds text labels; it cannot be a regression target")
     n_val = int(round(n * val_fraction))
     if n_val < 1 or n - n_val < 2:
-        raise DataError(f"{name}: {n} rows are too few to hold out a validation fraction of {val_fraction}")
+        raise DataError(f"{name}: {n} rows are too few to hold out a validation fraction of {val_fraction} "
+                        f"(--val-fraction): that leaves {n - n_val} training and {n_val} validation rows")
 
     class_names: list[str] = []
     n_classes = 0
@@ -264,7 +277,7 @@ def prepare(x: np.ndarray, y: np.ndarray, *, name: str, kind: str | None = None,
         for c in range(n_classes):
             rows = np.flatnonzero(y_idx == c)
             rng.shuffle(rows)
-            k = int(round(len(rows) * val_fraction)) if len(rows) > 1 else 0
+            k = min(int(round(len(rows) * val_fraction)), len(rows) - 1)  # every class keeps a training row
             val.extend(rows[:k])
         val = np.array(sorted(val), dtype=np.int64)
         if len(val) == 0:
@@ -273,9 +286,29 @@ def prepare(x: np.ndarray, y: np.ndarray, *, name: str, kind: str | None = None,
     else:
         val = np.sort(rng.permutation(n)[:n_val])
         y_all = np.asarray(y, dtype=np.float64)
+        if np.ptp(y_all) == 0:
+            raise DataError(f"{name}: the target is constant (every value is {y_all[0]:g}); there is nothing to learn "
+                            "and R² is undefined")
+        if np.ptp(y_all[val]) == 0:
+            raise DataError(f"{name}: the {len(val)} validation rows all have the target {y_all[val][0]:g}, so R² is "
+                            "undefined on them; hold out more rows (--val-fraction)")
     mask = np.zeros(n, dtype=bool)
     mask[val] = True
     xt, xv, yt, yv = x[~mask], x[mask], y_all[~mask], y_all[mask]
+    least = max(2, n_classes)  # classification: the stratified split keeps one training row per class
+    if len(xt) < least:
+        raise DataError(f"{name}: a validation fraction of {val_fraction} (--val-fraction) leaves {len(xt)} training "
+                        f"rows of {n} (at least {least} needed); hold out fewer rows")
+    notes = []
+    if len(xt) < SMALL_VALIDATION:
+        notes.append(f"{name}: only {len(xt)} training rows; the comparison says little about larger data")
+    if len(xv) < SMALL_VALIDATION:
+        step = f" (it moves in steps of 1/{len(xv)} = {1 / len(xv):.3f})" if kind == "classification" else ""
+        notes.append(f"{name}: only {len(xv)} validation rows, so the validation "
+                     f"{'accuracy is coarse and noisy' if kind == 'classification' else 'R² is noisy'}{step}; "
+                     "differences between optimizers may be chance")
+    for note in notes:
+        warnings.warn(note, LabWarning, stacklevel=2)
     mu, sd = xt.mean(axis=0), xt.std(axis=0)
     sd[sd == 0] = 1.0  # constant features stay 0
     xt, xv = (xt - mu) / sd, (xv - mu) / sd
@@ -283,7 +316,8 @@ def prepare(x: np.ndarray, y: np.ndarray, *, name: str, kind: str | None = None,
         ym, ys = yt.mean(), yt.std() or 1.0
         yt, yv = ((yt - ym) / ys).astype(np.float32), ((yv - ym) / ys).astype(np.float32)
     return Data(name=name, kind=kind, x_train=xt.astype(np.float32), y_train=yt, x_val=xv.astype(np.float32),
-                y_val=yv, n_classes=n_classes, feature_names=list(feature_names or []), class_names=class_names)
+                y_val=yv, n_classes=n_classes, feature_names=list(feature_names or []), class_names=class_names,
+                notes=notes)
 
 
 def _label(v) -> str:

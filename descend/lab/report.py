@@ -180,6 +180,17 @@ def _hp_text(hp: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def schedule_text(comp: Comparison) -> str:
+    """The active ``--schedule`` as the table and the report show it ("" if none); a plateau schedule
+    says what feeds it."""
+    spec = comp.settings.get("schedule")
+    if not spec:
+        return ""
+    from descend.lab.train import feeds_on_validation_loss
+
+    return spec + (" (fed the validation loss after each epoch)" if feeds_on_validation_loss(spec) else "")
+
+
 def _status(comp: Comparison, s: Summary) -> str:
     planned = len(comp.settings["seeds"])
     partial = f"partial: {s.seeds}/{planned} seeds" if comp.settings.get("partial") and s.seeds < planned else ""
@@ -203,12 +214,15 @@ def table_rows(comp: Comparison) -> tuple[list[str], list[list[str]]]:
     head = ["optimizer", "hyperparameters", f"final val {m}", f"best val {m}",
             f"epochs to {m} ≥ {comp.goal:.3f}", "time/run", "status"]
     rows = []
+    sched = schedule_text(comp)
     for s in comp.summaries():
         final = "—" if s.all_diverged else f"{_fmt(s.final_mean)} ± {_fmt(s.final_std)}"
-        goal = "never" if s.reached_goal == 0 else f"{s.epochs_to_goal:.1f} ({s.reached_goal}/{s.seeds} seeds)"
+        goal = (f"never (0/{s.seeds} seeds)" if s.reached_goal == 0 else
+                f"{s.epochs_to_goal:.1f} ({s.reached_goal}/{s.seeds} seeds)")
         if s.all_diverged:
             goal = "—"
-        rows.append([s.optimizer, _hp_text(s.hyperparameters), final, _fmt(s.best_mean), goal,
+        hp = _hp_text(s.hyperparameters) + (f" schedule={sched}" if sched else "")
+        rows.append([s.optimizer, hp, final, _fmt(s.best_mean), goal,
                      f"{s.seconds:.1f} s", _status(comp, s)])
     return head, rows
 
@@ -228,9 +242,17 @@ def table_text(comp: Comparison) -> str:
 # ------------------------------------------------------------------------------- the reading
 
 
+def resolution(comp: Comparison) -> float:
+    """The smallest difference in the final validation metric worth reading: one validation row for
+    accuracy (1/n_val), 0.0005 for R² (the table's rounding)."""
+    n_val = comp.settings.get("val_rows") or len(comp.data.x_val)
+    return 1.0 / n_val if comp.data.kind == "classification" and n_val else 0.0005
+
+
 def reading(comp: Comparison) -> list[str]:
-    """A few sentences read off the numbers: who won and by how much (against the seed spread),
-    who reached the goal first, who diverged."""
+    """A few sentences read off the numbers: who won and by how much (against the seed spread and the
+    metric's resolution: a gap within either is a tie), who reached the goal first and in how many
+    seeds, who diverged, and what to distrust (a partial run, a tiny validation split)."""
     m = comp.data.metric_name
     pts = comp.data.kind == "classification"
 
@@ -241,44 +263,86 @@ def reading(comp: Comparison) -> list[str]:
     ok = sorted((s for s in sums if not s.all_diverged and math.isfinite(s.final_mean)),
                 key=lambda s: -s.final_mean)
     out = [note] if (note := _partial_note(comp)) else []
-    n_seeds = len(comp.settings["seeds"])
+    res = resolution(comp)
+    res_text = (f"one validation row is {gap(res)}" if pts else f"the table's rounding, {res:g}")
     if not ok:
-        out.append("Every run diverged: lower the learning rates (e.g. --lr 0.001) and run again.")
+        if sums and all(s.all_diverged for s in sums):
+            out.append("Every run diverged: lower the learning rates (e.g. --lr 0.001) and run again.")
+        else:
+            out.append(f"No run that finished has a finite validation {m}, so there is nothing to rank.")
     else:
         best = ok[0]
-        out.append(f"{best.optimizer} ended with the best validation {m}, {best.final_mean:.3f} "
-                   f"(mean over {_plural(best.seeds - best.diverged, 'seed')}) after {comp.settings['epochs']} epochs.")
-        if len(ok) > 1:
-            second, worst = ok[1], ok[-1]
-            d = best.final_mean - second.final_mean
-            spread = max(best.final_std, second.final_std)
-            verdict = ("more than the seed-to-seed spread (standard deviation up to "
-                       f"{spread:.3f}), so the lead is consistent" if n_seeds > 1 and d > spread else
-                       f"within the seed-to-seed spread ({spread:.3f}), so the two are not clearly apart"
-                       if n_seeds > 1 else "from a single seed, so not a measure of consistency")
-            out.append(f"The runner-up, {second.optimizer}, reached {second.final_mean:.3f}: "
-                       f"{gap(d)} behind, {verdict}.")
-            if worst is not second:
-                out.append(f"Last was {worst.optimizer} at {worst.final_mean:.3f} "
-                           f"({gap(best.final_mean - worst.final_mean)} behind {best.optimizer}).")
-        fast = sorted((s for s in ok if s.reached_goal), key=lambda s: s.epochs_to_goal)
-        never = [s.optimizer for s in ok if s.reached_goal == 0]
-        if fast:
-            txt = (f"Fastest to validation {m} ≥ {comp.goal:.3f}: {fast[0].optimizer} "
-                   f"({fast[0].epochs_to_goal:.1f} epochs on average)")
-            if len(fast) > 1 and fast[-1].epochs_to_goal > fast[0].epochs_to_goal:
-                txt += f"; slowest of those that got there: {fast[-1].optimizer} ({fast[-1].epochs_to_goal:.1f})"
-            out.append(txt + ".")
-        if never:
-            out.append(f"Never reached {comp.goal:.3f}: {', '.join(never)}.")
+        seeds = lambda s: _plural(s.seeds - s.diverged, "seed")  # noqa: E731
+        after = f"after {comp.settings['epochs']} epochs"
+
+        def within(a: Summary, b: Summary) -> tuple[bool, float]:
+            spread = max(a.final_std, b.final_std) if min(a.seeds - a.diverged, b.seeds - b.diverged) > 1 else 0.0
+            return a.final_mean - b.final_mean <= max(spread, res) + 1e-12, spread
+
+        tied = [best] + [s for s in ok[1:] if within(best, s)[0]]
+        if len(tied) > 1:
+            lo = tied[-1]
+            spread = max(s.final_std for s in tied)
+            names = ", ".join(s.optimizer for s in tied[:-1]) + f" and {lo.optimizer}"
+            values = (f"{best.final_mean:.3f}" if f"{best.final_mean:.3f}" == f"{lo.final_mean:.3f}"
+                      else f"{lo.final_mean:.3f} to {best.final_mean:.3f}")
+            out.append(f"{names} tied for the best validation {m}, {values} (means over the seeds, {after}): "
+                       f"the gaps, at most {gap(best.final_mean - lo.final_mean)}, are within the seed-to-seed "
+                       f"spread (standard deviation up to {spread:.3f}) or the metric's resolution ({res_text}), "
+                       "so they are not clearly apart.")
+        else:
+            out.append(f"{best.optimizer} ended with the best validation {m}, {best.final_mean:.3f} "
+                       f"(mean over {seeds(best)}) {after}.")
+            second = ok[1] if len(ok) > 1 else None
+            if second is not None:
+                d = best.final_mean - second.final_mean
+                _, spread = within(best, second)
+                single = min(best.seeds - best.diverged, second.seeds - second.diverged) < 2
+                verdict = ("from a single seed, so not a measure of consistency" if single else
+                           f"more than the seed-to-seed spread (standard deviation up to {spread:.3f}) and the "
+                           f"metric's resolution ({res_text}), so the lead is consistent")
+                out.append(f"The runner-up, {second.optimizer}, reached {second.final_mean:.3f}: "
+                           f"{gap(d)} behind, {verdict}.")
+        worst = ok[-1]
+        if worst not in tied and (len(tied) > 1 or worst is not ok[1]):
+            out.append(f"Last was {worst.optimizer} at {worst.final_mean:.3f} "
+                       f"({gap(best.final_mean - worst.final_mean)} behind {best.optimizer}).")
+        out += _goal_sentences(comp, ok, m)
     for s in sums:
         if s.diverged:
             first = min(r.diverged_epoch for r in comp.runs_of(s.optimizer) if r.diverged)
             out.append(f"{s.optimizer} ({_hp_text(s.hyperparameters)}) diverged in {s.diverged} of {_plural(s.seeds, 'seed')}, "
                        f"first at epoch {first}: its loss became non-finite or exceeded "
                        f"{comp.settings['divergence_factor']:g}× the initial loss; try a smaller lr.")
-    if not any(s.diverged for s in sums):
+    if sums and not any(s.diverged for s in sums):
         out.append("No run diverged.")
+    out += [f"Note: {n}" for n in getattr(comp.data, "notes", [])]
+    return out
+
+
+def _goal_sentences(comp: Comparison, ok: list[Summary], m: str) -> list[str]:
+    """Who reached the goal: first those that did in every seed (ranked by mean epochs), then those
+    that did in some seeds only (their mean covers only those seeds), then those that never did."""
+    g = f"{comp.goal:.3f}"
+    if not math.isfinite(comp.goal):
+        return []
+    every = sorted((s for s in ok if s.reached_goal and s.reached_goal == s.seeds), key=lambda s: s.epochs_to_goal)
+    some = [s for s in ok if s.reached_goal and s.reached_goal < s.seeds]
+    never = [s for s in ok if s.reached_goal == 0]
+    out = []
+    if every:
+        f = every[0]
+        txt = (f"Fastest to validation {m} ≥ {g} in every seed: {f.optimizer} ({f.epochs_to_goal:.1f} epochs on "
+               f"average, {f.reached_goal}/{f.seeds} seeds)")
+        if len(every) > 1 and every[-1].epochs_to_goal > f.epochs_to_goal:
+            txt += f"; slowest of those: {every[-1].optimizer} ({every[-1].epochs_to_goal:.1f})"
+        out.append(txt + ".")
+    if some:
+        out.append(f"Reached {g} in some seeds only: " + ", ".join(
+            f"{s.optimizer} ({s.reached_goal}/{s.seeds} seeds, {s.epochs_to_goal:.1f} epochs on average in those)"
+            for s in some) + ".")
+    if never:
+        out.append(f"Never reached {g}: {', '.join(s.optimizer for s in never)}.")
     return out
 
 
@@ -319,7 +383,8 @@ def render_html(comp: Comparison, figures: dict[str, bytes], command: str | None
         ("model", f"MLP {s['n_features']}→{'→'.join(map(str, s['hidden']))}→{comp.data.n_outputs}, ReLU"),
         ("training", f"{s['epochs']} epochs, mini-batches of {s['batch_size']}, seeds {', '.join(map(str, s['seeds']))} "
                      "(per seed: the same initial weights and batch order for every optimizer)"),
-        ("schedule", s["schedule"] or "none (constant learning rate)"),
+        ("schedule", (schedule_text(comp) + ", peaking at each optimizer's lr") if s["schedule"]
+         else "none (constant learning rate)"),
         ("goal", f"validation {s['metric']} ≥ {comp.goal:.3f}"),
     ]
     if command:
