@@ -6,21 +6,24 @@ import time
 
 import click
 
-from descend.cli.options import (check_out_dir, command_line, data_options, load_data, optimizer_names, parse_hidden,
-                                 parse_sets, schedule_option)
+from descend.cli.options import (check_out_dir, command_line, data_options, load_data, optimizer_names,
+                                 optimizers_help, parse_hidden, parse_sets, schedule_option, schedules_help,
+                                 tasks_help)
 
 __all__ = ["compare_command"]
 
 
 
-@click.command("compare")
+@click.command("compare", epilog="\n\n".join([optimizers_help(), tasks_help(), schedules_help()]))
 @data_options
 @click.option("--optimizers", default="gd,momentum,adagrad,rmsprop,adam", show_default=True,
-              help="Comma-separated descend optimizer names (see `python -c 'import descend; print(descend.available())'`).")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+              help="Comma-separated optimizer names (listed below with their hyperparameters).")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Passes over the training rows per run (epoch 0, the untrained model, is measured too).")
 @click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Number of seeds (0..K-1); each seed: one initialisation and batch order shared by all optimizers.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Rows per mini-batch (one optimizer step each).")
 @click.option("--hidden", default="64", show_default=True, help="Hidden layer widths of the MLP, e.g. 128,64.")
 @click.option("--lr", type=float, default=None, help="Learning rate for every optimizer (replaces the defaults).")
 @click.option("--set", "sets", multiple=True, metavar="OPT.HP=VALUE",
@@ -29,12 +32,13 @@ __all__ = ["compare_command"]
                    "repeatable; OPT.KEY wins over KEY, which wins over --lr.")
 @schedule_option("the whole run", "warmup_cosine:warmup_steps=50")
 @click.option("--goal", type=float, default=None,
-              help="Validation metric for 'epochs to goal' (default: 98% of the best value any run reached).")
+              help="Validation metric for 'epochs to goal': an accuracy in (0, 1] or an R² <= 1 "
+                   "(default: 98% of the best 'best val' in the table).")
 @click.option("--out", "out_dir", default="descend-report", show_default=True, type=click.Path(file_okay=False),
               help="Folder for report.html, metrics.csv and the figures.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def compare_command(task, data_file, target, kind, val_fraction, subsample, optimizers, epochs, seeds, batch_size,
-                    hidden, lr, sets, schedule, goal, out_dir, progress):
+def compare_command(task, data_file, target, kind, val_fraction, subsample, features, drop, optimizers, epochs, seeds,
+                    batch_size, hidden, lr, sets, schedule, goal, out_dir, progress):
     """Train the same MLP with several optimizers on a real data set and write a report.
 
     Every optimizer starts, per seed, from the same weights and sees the same mini-batches. Prints a
@@ -55,7 +59,7 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, opti
     per = parse_sets(sets, names)
     widths = parse_hidden(hidden)
     check_out_dir(out_dir)  # before any training: a bad --out must cost nothing
-    data = load_data(task, data_file, target, kind, val_fraction, subsample)
+    data = load_data(task, data_file, target, kind, val_fraction, subsample, features, drop)
     try:
         train.check_memory(data, widths, batch_size)
     except ValueError as e:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import click
 
 from descend.cli.options import (batch_stream, check_out_file, data_options, hyperparameters_from_sets, load_data,
-                                 optimizer_names, parse_hidden, save_figure)
+                                 optimizer_names, optimizers_help, parse_hidden, save_figure, tasks_help)
 
 __all__ = ["lr_find_command"]
 
 
 
-@click.command("lr-find")
+@click.command("lr-find", epilog="\n\n".join([optimizers_help(), tasks_help()]))
 @data_options
-@click.option("--optimizer", default="adam", show_default=True, help="A descend optimizer name.")
+@click.option("--optimizer", default="adam", show_default=True, help="One optimizer name (listed below).")
 @click.option("--set", "sets", multiple=True, metavar="HP=VALUE",
               help="Another hyperparameter of the optimizer, e.g. --set momentum=0.95 (repeatable); not lr, "
                    "which the test sweeps from --start-lr to --end-lr.")
@@ -27,8 +27,8 @@ __all__ = ["lr_find_command"]
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
               help="Save the loss-vs-lr plot here (.png).")
-def lr_find_command(task, data_file, target, kind, val_fraction, subsample, optimizer, sets, start_lr, end_lr,
-                    num_steps, batch_size, hidden, rule, seed, out_file):
+def lr_find_command(task, data_file, target, kind, val_fraction, subsample, features, drop, optimizer, sets, start_lr,
+                    end_lr, num_steps, batch_size, hidden, rule, seed, out_file):
     """The learning-rate range test: print the suggested lr for OPTIMIZER on a task, plot the sweep.
 
     Trains the lab's MLP for up to NUM_STEPS mini-batches while the lr grows exponentially from
@@ -60,7 +60,7 @@ def lr_find_command(task, data_file, target, kind, val_fraction, subsample, opti
         train.check_optimizer(name, hyper)
     except (ValueError, TypeError) as e:
         raise click.ClickException(str(e)) from None
-    data = load_data(task, data_file, target, kind, val_fraction, subsample)
+    data = load_data(task, data_file, target, kind, val_fraction, subsample, features, drop)
     try:
         train.check_memory(data, widths, batch_size)
     except ValueError as e:

@@ -29,7 +29,15 @@ __all__ = ["data_options", "load_data", "parse_sets", "optimizer_names", "parse_
            "hyperparameters_from_sets", "check_out_file", "check_out_dir", "save_figure"]
 
 
+def _columns(text: str | None) -> list[str] | None:
+    return None if text is None else [c.strip() for c in text.split(",") if c.strip()]
+
+
 def data_options(f):
+    f = click.option("--drop", metavar="COL,COL", default=None,
+                     help="CSV columns to leave out of the features (e.g. an id column).")(f)
+    f = click.option("--features", metavar="COL,COL", default=None,
+                     help="The CSV columns to use as features (default: all but the target).")(f)
     f = click.option("--subsample", type=click.IntRange(min=4), default=None,
                      help="Use only this many rows (a seeded random choice), for quick runs.")(f)
     f = click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
@@ -44,13 +52,14 @@ def data_options(f):
     return f
 
 
-def load_data(task, data_file, target, kind, val_fraction, subsample):
+def load_data(task, data_file, target, kind, val_fraction, subsample, features=None, drop=None):
     from descend.lab.data import DataError, load
 
     if task is not None and data_file is not None:
         raise click.UsageError("give either --task or --data, not both")
     try:
-        return load(task or "digits", data_file, target, kind=kind, val_fraction=val_fraction, subsample=subsample)
+        return load(task or "digits", data_file, target, kind=kind, val_fraction=val_fraction, subsample=subsample,
+                    features=_columns(features), drop=_columns(drop))
     except DataError as e:
         raise click.ClickException(str(e)) from None
 
@@ -185,3 +194,62 @@ def save_figure(fig, path: str, **kwargs) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# ------------------------------------------------------------------------------- help: the valid names and what each takes
+
+#: switches every optimizer takes, left out of the per-optimizer lists
+_COMMON_SWITCHES = ("maximize", "skip_nonfinite", "fast")
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, tuple):
+        return ",".join(_show(x) for x in v)
+    return str(v)
+
+
+def optimizers_help(lab_defaults: bool = True) -> str:
+    """A help paragraph: every optimizer name with the hyperparameters it takes and their defaults
+    (the lab's table where ``lab_defaults``, else each optimizer's own, lr per problem)."""
+    import inspect
+
+    import descend
+    from descend.lab.train import DEFAULT_HYPERPARAMETERS
+
+    width = max(map(len, descend.available()))
+    lines = ["\b", "Optimizers and their hyperparameters (for --set), with their defaults"
+             + (" (the lab's table, else the optimizer's):" if lab_defaults else " (lr: the problem's):")]
+    for name in descend.available():
+        params = inspect.signature(descend.optimizers.REGISTRY[name]).parameters
+        lab = DEFAULT_HYPERPARAMETERS.get(name, {}) if lab_defaults else {"lr": inspect.Parameter.empty}
+        parts = []
+        for k, p in params.items():
+            if k == "params" or k in _COMMON_SWITCHES:
+                continue
+            v = lab.get(k, p.default)
+            parts.append(k if v is inspect.Parameter.empty else f"{k}={_show(v)}")
+        lines.append(f"  {name:<{width}}  {', '.join(parts)}")
+    lines.append(f"  (every one also takes {', '.join(_COMMON_SWITCHES)}: true/false)")
+    return "\n".join(lines)
+
+
+def tasks_help() -> str:
+    """A help paragraph: the bundled tasks by name and kind."""
+    from descend.lab.data import TASKS
+
+    return "\n".join(["\b", "Tasks (--task):"] + [f"  {name:<14}{kind}" for name, (_, kind) in TASKS.items()])
+
+
+def schedules_help() -> str:
+    """A help paragraph: every schedule --schedule can name, with what it takes."""
+    from descend.lab.train import _NOT_FROM_SPEC, _schedule_registry, schedule_parameters
+
+    names = [n for n in _schedule_registry() if n not in _NOT_FROM_SPEC]
+    width = max(map(len, names))
+    lines = ["\b", "Schedules (--schedule NAME:K=V,...; the lr and length are filled in):"]
+    lines += [f"  {n:<{width}}  {schedule_parameters(n)}" for n in names]
+    return "\n".join(lines)

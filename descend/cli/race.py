@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 import descend
-from descend.cli.options import check_out_file, hyperparameters_from_sets, save_figure, schedule_option
+from descend.cli.options import (check_out_file, hyperparameters_from_sets, optimizers_help, save_figure, schedule_option,
+                                 schedules_help)
 from descend.lab.problems import problems
 
 __all__ = ["race_command"]
@@ -40,7 +41,8 @@ def _fmt_hp(hp: dict[str, Any]) -> str:
     return " ".join(f"{k}={one(v)}" for k, v in hp.items()) or "(defaults)"
 
 
-@click.command("race", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("race", context_settings={"help_option_names": ["-h", "--help"]},
+               epilog="\n\n".join([optimizers_help(lab_defaults=False), schedules_help()]))
 @click.option("--function", "function", type=click.Choice(problems(), case_sensitive=False),
               default="rosenbrock", show_default=True, help="The test problem.")
 @click.option("--optimizers", default="gd,momentum,adagrad,adam", show_default=True,

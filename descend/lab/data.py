@@ -118,8 +118,29 @@ def load_task(name: str) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
 _MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}
 
 
-def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Parse a CSV with a header row. Features must be numbers; the target may be numbers or labels.
+def _columns(path: Path, header: list[str], target: str, features: list[str] | None,
+             drop: list[str] | None) -> list[int]:
+    """The indices of the feature columns: ``features`` (default: every column but the target) less ``drop``."""
+    for option, names in (("--features", features), ("--drop", drop)):
+        for n in names or []:
+            if n not in header:
+                raise DataError(f"{path}: {option}: no column {n!r}; columns: {', '.join(header)}")
+            if n == target:
+                raise DataError(f"{path}: {option}: {n!r} is the target column")
+        if names and len(set(names)) != len(names):
+            raise DataError(f"{path}: {option} names a column twice: {', '.join(names)}")
+    chosen = [h for h in header if h != target] if features is None else list(features)
+    chosen = [h for h in chosen if h not in set(drop or [])]
+    if not chosen:
+        raise DataError(f"{path}: no feature columns left (--features/--drop); columns: {', '.join(header)}")
+    return [header.index(h) for h in chosen]
+
+
+def _read_csv(path: Path, target: str | None, features: list[str] | None = None,
+              drop: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Parse a CSV with a header row. Feature columns must hold numbers; the target may be numbers or
+    labels. ``features`` picks the feature columns (default: all but the target), ``drop`` leaves some
+    out; columns not used are not read (an id column of text is fine).
 
     Rows are numbered as lines of the file (the header is row 1), so an editor's line number finds them.
     """
@@ -138,6 +159,7 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, l
     if target not in header:
         raise DataError(f"{path}: no target column {target!r}; columns: {', '.join(header)}")
     t = header.index(target)
+    used = set(_columns(path, header, target, features, drop))
     feats, ys = [], []
     for lineno, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
@@ -146,6 +168,8 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, l
             raise DataError(f"{path}: row {lineno} has {len(row)} values, the header has {len(header)} columns")
         vals = []
         for j, cell in enumerate(row):
+            if j != t and j not in used:
+                continue
             c = cell.strip()
             if c.lower() in _MISSING:
                 raise DataError(f"{path}: row {lineno}, column {header[j]!r}: missing value")
@@ -162,7 +186,7 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, l
         feats.append(vals)
     if not feats:
         raise DataError(f"{path}: no data rows under the header")
-    names = [h for j, h in enumerate(header) if j != t]
+    names = [h for j, h in enumerate(header) if j != t and j in used]
     if not names:
         raise DataError(f"{path}: the target {target!r} is the only column; there are no features")
     try:
@@ -212,17 +236,20 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return x, y, [f"x{i}" for i in range(x.shape[1])]
 
 
-def load_file(path: str | Path, target: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read ``X, y, feature_names`` from a ``.csv`` (header row; ``target`` names the target column)
-    or a ``.npz`` (arrays ``X`` and ``y``)."""
+def load_file(path: str | Path, target: str | None = None, features: list[str] | None = None,
+              drop: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read ``X, y, feature_names`` from a ``.csv`` (header row; ``target`` names the target column;
+    ``features`` / ``drop`` pick the feature columns) or a ``.npz`` (arrays ``X`` and ``y``)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     suffix = p.suffix.lower()
     if suffix == ".npz":
+        if features or drop:
+            raise DataError(f"{p}: --features and --drop pick columns of a CSV by name; an .npz has no column names")
         return _read_npz(p)
     if suffix in (".csv", ".txt"):
-        return _read_csv(p, target)
+        return _read_csv(p, target, features, drop)
     raise DataError(f"{p}: unknown file type {suffix or '(none)'!r}; use a .csv (with --target) or an .npz with X and y")
 
 
@@ -327,10 +354,14 @@ def _label(v) -> str:
 
 
 def load(task: str | None = "digits", data: str | Path | None = None, target: str | None = None, *,
-         kind: str | None = None, val_fraction: float = 0.2, subsample: int | None = None) -> Data:
-    """A :class:`Data` from a bundled task name, or from a file (``data``, with ``target`` for a CSV)."""
+         kind: str | None = None, val_fraction: float = 0.2, subsample: int | None = None,
+         features: list[str] | None = None, drop: list[str] | None = None) -> Data:
+    """A :class:`Data` from a bundled task name, or from a file (``data``, with ``target`` for a CSV
+    and optionally ``features`` / ``drop`` to pick its feature columns)."""
+    if (features or drop) and data is None:
+        raise DataError("--features and --drop pick columns of a CSV given with --data; a bundled task has its own")
     if data is not None:
-        x, y, names = load_file(data, target)
+        x, y, names = load_file(data, target, features, drop)
         return prepare(x, y, name=Path(data).name, kind=kind, val_fraction=val_fraction, subsample=subsample,
                        feature_names=names)
     if target is not None:

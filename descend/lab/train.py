@@ -143,7 +143,9 @@ def _schedule_registry() -> dict[str, Callable[..., Any]]:
 
 #: schedules that cannot be built from ``NAME:K=V``, and why
 _NOT_FROM_SPEC = {"join": "join chains other schedules; build it in Python (descend.schedules.join([...], [...])) "
-                          "and pass it as the optimizer's lr"}
+                          "and pass it as the optimizer's lr",
+                  "one_cycle_momentum": "it schedules a momentum (γ or β₁), not a learning rate; one_cycle is "
+                                        "its learning-rate half"}
 
 
 def schedule_parameters(name: str) -> str:
@@ -163,7 +165,8 @@ def schedule_parameters(name: str) -> str:
             parts.append(f"{p.name} (needed)")
         else:
             d = p.default
-            parts.append(f"{p.name}={d:g}" if isinstance(d, float) else f"{p.name}={d}")
+            shown = f"{d:g}" if isinstance(d, float) else str(d).lower() if isinstance(d, bool) else str(d)
+            parts.append(f"{p.name}={shown}")
     return ", ".join(parts)
 
 
