@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from typing import Any
 
 import click
@@ -140,7 +141,11 @@ def race_command(function: str, optimizers: str, steps: int, start: str | None, 
         if suffix == "gif":
             tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.writing.gif")
             try:  # whole or not at all, like the PNG
-                race_gif(prob, runs, tmp, frames=frames)
+                with click.progressbar(length=1, label="rendering the GIF", file=sys.stderr) as bar:
+                    def step(done: int, total: int) -> None:
+                        bar.length = total
+                        bar.update(done - bar.pos)
+                    race_gif(prob, runs, tmp, frames=frames, progress=step)
                 os.replace(tmp, out)
             finally:
                 if os.path.exists(tmp):

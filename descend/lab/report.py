@@ -73,50 +73,145 @@ class _quiet:
         self._w.__exit__(*exc)
 
 
+#: per optimizer, in order, a line style and a marker beside its colour: curves that run together
+#: (GD and Momentum at the same effective step) stay distinguishable, in colour and in grey
+_STYLES = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ((0, (6, 2, 1, 2, 1, 2)), "v"), ((0, (9, 3)), "P"),
+           ((0, (1, 1)), "X"), ((0, (4, 1, 4, 4)), "*")]
+
+
+def _healthy_range(comp: Comparison, key: str, log: bool, first_epoch: int = 0) -> tuple[float, float] | None:
+    """The y range of the curves and bands of the runs that did not diverge (all runs if every run
+    diverged), every epoch including 0: a diverged run does not set the scale."""
+    vals = []
+    names = [n for n in comp.optimizers if not all(r.diverged for r in comp.runs_of(n))] or comp.optimizers
+    for name in names:
+        _, mean, lo, hi = _curves(comp, name, key)
+        vals += [v for v in np.concatenate([mean[first_epoch:], lo[first_epoch:], hi[first_epoch:]]) if math.isfinite(v) and (v > 0 or not log)]
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    if not log:
+        cap = 1.0 if comp.data.kind == "classification" else 2.0  # an R² of −50 at epoch 0 would flatten the rest
+        lo = max(lo, hi - cap)
+        pad = 0.04 * (hi - lo or 1.0)
+        return lo - pad, hi + pad
+    span = math.log10(hi) - math.log10(lo)
+    pad = 10 ** max(0.04 * span, 0.05)
+    return lo / pad, hi * pad
+
+
 def _plot(ax, comp: Comparison, key: str, ylabel: str, log: bool = False) -> None:
+    """Mean over seeds (a line with its own colour, dash and marker), a band from the lowest to the
+    highest seed, and × where a run diverged — placed on the axis edge if its value is off the scale,
+    which only the runs that did not diverge set. Later optimizers' dashed lines are drawn over the
+    earlier solid ones, so where two curves coincide both stay visible."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     colors = plt.get_cmap("tab10")
+    epochs = int(comp.settings["epochs"])
+    n = len(comp.optimizers)
+    every = max(1, round(epochs / 5))
+    if log:
+        ax.set_yscale("log")
+    limits = _healthy_range(comp, key, log)
+    if limits is not None:
+        ax.set_ylim(*limits)
     for i, name in enumerate(comp.optimizers):
         c = colors(i % 10)
+        ls, marker = _STYLES[i % len(_STYLES)]
         ep, mean, lo, hi = _curves(comp, name, key)
         runs = comp.runs_of(name)
         div = sum(r.diverged for r in runs)
         label = name + (f" (diverged {div}/{len(runs)})" if div else "")
-        ax.plot(ep, mean, color=c, lw=1.8, label=label)
+        z = 3 + i / max(n, 1)  # later (dashed) lines over earlier (solid) ones: the solid shows through the gaps
+        start = i % every  # markers of different optimizers on different epochs
+        ax.plot(ep, mean, color=c, lw=1.8, ls=ls, marker=marker, ms=5, markevery=(start, every), label=label,
+                zorder=z)
         if len(runs) - div > 1:
-            ax.fill_between(ep, lo, hi, color=c, alpha=0.18, lw=0)
+            ax.fill_between(ep, lo, hi, color=c, alpha=0.15, lw=0, zorder=1)
         for r in runs:
             if r.diverged:
-                last = [row[key] for row in r.rows if math.isfinite(row[key])]
-                if last:
-                    ax.plot([len(last) - 1], [last[-1]], "x", color=c, ms=8, mew=2)
+                finite = [row[key] for row in r.rows if math.isfinite(row[key]) and (row[key] > 0 or not log)]
+                y0, y1 = ax.get_ylim()
+                y = finite[-1] if finite else y1
+                ax.plot([r.diverged_epoch], [min(max(y, y0), y1)], "x", color=c, ms=9, mew=2.2, zorder=10,
+                        clip_on=False)
+    ax.set_xlim(-0.02 * epochs - 0.15, epochs * 1.02 + 0.15)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     if log:
-        ax.set_yscale("log")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        y0, y1 = ax.get_ylim()
+        decades = math.log10(y1) - math.log10(y0)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 2.5 else (1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if not log:
+        _zoom(ax, comp, key)
+
+
+def _zoom(ax, comp: Comparison, key: str) -> None:
+    """An inset with the later epochs magnified, where the full range (epoch 0 included) squeezes the
+    curves together, placed in a corner no curve passes through (none if there is no such corner)."""
+    epochs = int(comp.settings["epochs"])
+    first = max(1, epochs // 4)
+    full, late = ax.get_ylim(), _healthy_range(comp, key, False, first_epoch=first)
+    if late is None or epochs < 4 or (late[1] - late[0]) > 0.4 * (full[1] - full[0]):
+        return
+    points = []  # every plotted point, in axes fractions
+    for line in ax.get_lines():
+        xy = np.column_stack(line.get_data()).astype(float)
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        if len(xy):
+            points.append(ax.transLimits.transform(ax.transScale.transform(xy)))
+    pts = np.concatenate(points) if points else np.zeros((0, 2))
+    for box in ((0.42, 0.07, 0.55, 0.5), (0.07, 0.45, 0.5, 0.45)):
+        x0, y0, w, h = box
+        inside = (pts[:, 0] > x0 - 0.03) & (pts[:, 0] < x0 + w + 0.03) & (pts[:, 1] > y0 - 0.03) & (pts[:, 1] < y0 + h)
+        if not inside.any():
+            break
+    else:
+        return
+    inset = ax.inset_axes(box)
+    for line in ax.get_lines():
+        x, y = line.get_data()
+        if len(x) > 1:
+            inset.plot(x, y, color=line.get_color(), ls=line.get_linestyle(), lw=1.4, marker=line.get_marker(),
+                       ms=4, markevery=line.get_markevery(), zorder=line.get_zorder())
+    inset.set_xlim(first - 0.3, epochs + 0.3)
+    inset.set_ylim(*late)
+    from matplotlib.ticker import MaxNLocator
+
+    inset.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+    inset.tick_params(labelsize=7)
+    inset.grid(alpha=0.3)
+    inset.set_title(f"epochs {first}–{epochs}, magnified", fontsize=7, pad=2)
+    ax.indicate_inset_zoom(inset, edgecolor="0.5", alpha=0.6)
+
+
+def _legend(fig, ax) -> None:
+    """One legend under the plot(s), so no curve hides behind it."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
 
 
 def _title(comp: Comparison) -> str:
     s = comp.settings
     return (f"{s['task']}: MLP {s['n_features']}→{'→'.join(map(str, s['hidden']))}→{comp.data.n_outputs}, "
-            f"{_plural(len(s['seeds']), 'seed')}, batch {s['batch_size']}" + (f", schedule {s['schedule']}" if s['schedule'] else ""))
+            f"{_plural(len(s['seeds']), 'seed')}, batch {s['batch_size']}" + (f", schedule {s['schedule']}" if s['schedule'] else "")
+            + (" — partial (interrupted)" if s.get("partial") else ""))
 
 
 def metric_figure(comp: Comparison):
     """Validation metric vs epoch: mean over seeds, band from the lowest to the highest seed."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110, layout="constrained")
     _plot(ax, comp, "val_metric", f"validation {comp.data.metric_name}")
-    _limit_metric_axis(ax, comp)
     ax.set_title(_title(comp), fontsize=9)
-    fig.tight_layout()
+    _legend(fig, ax)
     return fig
 
 
@@ -124,10 +219,10 @@ def loss_figure(comp: Comparison):
     """Training loss (whole training set, after each epoch) vs epoch, log scale."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110, layout="constrained")
     _plot(ax, comp, "train_loss", "training loss", log=True)
     ax.set_title(_title(comp), fontsize=9)
-    fig.tight_layout()
+    _legend(fig, ax)
     return fig
 
 
@@ -135,25 +230,12 @@ def figure(comp: Comparison):
     """Both panels side by side (the picture in the README)."""
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, layout="constrained")
     _plot(a, comp, "val_metric", f"validation {comp.data.metric_name}")
-    _limit_metric_axis(a, comp)
     _plot(b, comp, "train_loss", "training loss", log=True)
     fig.suptitle(_title(comp), fontsize=10)
-    fig.tight_layout()
+    _legend(fig, a)
     return fig
-
-
-def _limit_metric_axis(ax, comp: Comparison) -> None:
-    """Keep the interesting range in view: a near-zero epoch-0 accuracy or a hugely negative R² would
-    squash the curves that matter."""
-    vals = [r["val_metric"] for r in comp.rows if r["epoch"] > 0 and math.isfinite(r["val_metric"])]
-    if not vals:
-        return
-    top = max(vals)
-    lo = max(min(vals), top - 1.0 if comp.data.kind == "classification" else top - 2.0)
-    pad = 0.05 * (top - lo or 1.0)
-    ax.set_ylim(lo - pad, top + pad)
 
 
 def _png(fig) -> bytes:
@@ -349,11 +431,15 @@ def _goal_sentences(comp: Comparison, ok: list[Summary], m: str) -> list[str]:
 # ------------------------------------------------------------------------------- the page
 
 _CSS = """
+*{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}
+padding:0 1em;color:#222;line-height:1.45;overflow-wrap:break-word}
 h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.92em;margin:.5em 0}
-th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left} th{background:#f3f3f3}
+.wide{max-width:100%;overflow-x:auto}
+table{border-collapse:collapse;font-size:.92em;margin:.5em 0;max-width:100%}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top} th{background:#f3f3f3}
+td.hp,td.long{overflow-wrap:anywhere;min-width:8em}
+@media (max-width:800px){body{margin:1em auto;padding:0 .5em} table{font-size:.8em} th,td{padding:.2em .35em}}
 td.num{text-align:right;font-variant-numeric:tabular-nums} tr.diverged td{background:#fde8e8}
 .fig{max-width:100%;height:auto;border:1px solid #eee} .muted{color:#666;font-size:.9em}
 ul.reading li{margin:.2em 0} code{background:#f5f5f5;padding:0 .2em}
@@ -371,12 +457,13 @@ def render_html(comp: Comparison, figures: dict[str, bytes], command: str | None
     s = comp.settings
     head, rows = table_rows(comp)
     status_col = head.index("status")
-    table = ["<table>", "<tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"]
+    table = ['<div class="wide"><table>', "<tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"]
     for r in rows:
         cls = ' class="diverged"' if "diverged" in r[status_col] else ""
-        cells = "".join(f'<td{" class=num" if 2 <= i <= 5 else ""}>{e(c)}</td>' for i, c in enumerate(r))
+        cells = "".join(f'<td{" class=num" if 2 <= i <= 5 else " class=hp" if i == 1 else ""}>{e(c)}</td>'
+                        for i, c in enumerate(r))
         table.append(f"<tr{cls}>{cells}</tr>")
-    table.append("</table>")
+    table.append("</table></div>")
     settings = [
         ("task", f"{s['task']} ({s['kind']}; metric: {s['metric']}) — {s['train_rows']} training rows, "
                  f"{s['val_rows']} validation rows, {s['n_features']} features"),
@@ -391,7 +478,9 @@ def render_html(comp: Comparison, figures: dict[str, bytes], command: str | None
         settings.insert(0, ("command", command))
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>descend compare — {e(s['task'])}</title>", f"<style>{_CSS}</style></head><body>",
+        f"<title>descend compare — {e(s['task'])}</title>",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<style>{_CSS}</style></head><body>",
         f"<h1>descend compare — {e(s['task'])}{' (partial)' if s.get('partial') else ''}</h1>",
         '<p class="muted">A self-contained report: the figures are embedded; the numbers are in '
         "<code>metrics.csv</code> beside this file.</p>",
@@ -403,7 +492,8 @@ def render_html(comp: Comparison, figures: dict[str, bytes], command: str | None
         '<p class="muted">Lines: mean over seeds; bands: lowest to highest seed; ×: a run that diverged. '
         "Training loss is measured on the whole training set after each epoch (epoch 0: before training).</p>",
         *[f"<p>{_img(png, name)}</p>" for name, png in figures.items()],
-        "<h2>Settings</h2>", "<table>", *[f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in settings], "</table>",
+        "<h2>Settings</h2>", '<div class="wide"><table>',
+        *[f'<tr><th>{e(k)}</th><td class="long">{e(v)}</td></tr>' for k, v in settings], "</table></div>",
         "</body></html>",
     ]
     return "\n".join(parts)
