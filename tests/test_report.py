@@ -73,7 +73,8 @@ def test_table_marks_divergence():
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     data = D.load("digits", subsample=200)
-    comp = T.compare(data, ["gd", "adam"], hyperparameters={"gd": {"lr": 1e6}}, seeds=2, epochs=2, hidden=(8,))
+    comp = T.compare(data, ["gd", "adam"], hyperparameters={"gd": {"lr": 1e6}}, seeds=2, epochs=2, hidden=(8,),
+                     schedule="warmup_cosine:warmup_steps=3")  # long cells, as a real report has
     out = tmp_path_factory.mktemp("report")
     return comp, R.write_report(comp, out, command="descend compare --test"), out
 
@@ -113,22 +114,40 @@ def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no chromium here (see scripts/check_report_in_browser.sh)")
-def test_renders_in_headless_chromium(written):
-    _, paths, _ = written
-    shot = Path(tempfile.mkdtemp()) / "shot.png"
+def _headless(*flags, width: int, height: int = 1600) -> subprocess.CompletedProcess:
     profile = tempfile.mkdtemp()
     cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--window-size=1200,1600", f"--screenshot={shot}",
-           paths["report.html"].resolve().as_uri()]
-    subprocess.run(cmd, capture_output=True, timeout=60)
+           f"--user-data-dir={profile}", f"--window-size={width},{height}", *flags]
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=60, text=True)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium here (see scripts/check_report_in_browser.sh)")
+@pytest.mark.parametrize("width", [700, 1280])
+def test_renders_in_headless_chromium_without_sideways_scrolling(written, width):
+    _, paths, out = written
+    shot = Path(tempfile.mkdtemp()) / "shot.png"
+    _headless(f"--screenshot={shot}", "--hide-scrollbars", paths["report.html"].resolve().as_uri(), width=width)
     assert shot.is_file() and shot.read_bytes().startswith(PNG)
     import matplotlib.image
 
     img = matplotlib.image.imread(str(shot))
-    assert img.shape[0] >= 1000 and img.shape[1] >= 1000
+    assert img.shape[0] >= 1000 and img.shape[1] == width
     # not a blank page: dark text pixels and coloured figure pixels are both there
     rgb = img[..., :3]
     assert (rgb.mean(axis=2) < 0.3).mean() > 0.002
     assert (rgb.max(axis=2) - rgb.min(axis=2) > 0.3).mean() > 0.002
+    # no horizontal scroll: a copy of the page with a script that writes the page's width into its title
+    probe = Path(tempfile.mkdtemp()) / "probe.html"
+    page = paths["report.html"].read_text(encoding="utf-8")
+    probe.write_text(page.replace("</body>", "<script>document.title = 'W' + document.documentElement.scrollWidth"
+                                            " + '/' + document.documentElement.clientWidth;</script></body>"),
+                     encoding="utf-8")
+    dom = _headless("--dump-dom", probe.as_uri(), width=width).stdout
+    m = re.search(r"<title>W(\d+)/(\d+)</title>", dom)
+    assert m, dom[:300]
+    scroll, client = int(m.group(1)), int(m.group(2))
+    assert client > 0.8 * width and scroll <= client, (scroll, client)
