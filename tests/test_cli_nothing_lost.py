@@ -214,3 +214,13 @@ def test_a_memory_error_anywhere_is_one_line_naming_what_to_change(monkeypatch, 
     monkeypatch.setattr(T, "train_run", oom)
     err = one_error(_invoke("compare", "--out", str(tmp_path / "o"), *TINY), "out of memory")
     assert "--hidden" in err and "--batch-size" in err
+
+
+def test_pictures_are_written_with_ordinary_permissions(tmp_path):
+    out = tmp_path / "s.png"
+    res = _invoke("schedule", "cosine", "--init", "0.1", "--total-steps", "10", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["s.png"]  # no temporary file left

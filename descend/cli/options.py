@@ -187,6 +187,9 @@ def save_figure(fig, path: str, **kwargs) -> None:
     suffix = os.path.splitext(path)[1]
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".descend-", suffix=suffix)
     os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # as a plainly opened file would be, not mkstemp's 0600
     try:
         fig.savefig(tmp, format=suffix.lstrip(".").lower() or None, **kwargs)
         os.replace(tmp, path)
