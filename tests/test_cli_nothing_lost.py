@@ -66,7 +66,7 @@ def test_compare_refuses_a_folder_holding_other_files(tmp_path, no_training):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("out", ["{tmp}/lrdir/", "{tmp}/adir", "/nonexistent/dir/lr.png", "/proc/lr.png"])
+@pytest.mark.parametrize("out", ["{tmp}/lrdir/", "{tmp}/adir", "/nonexistent/dir/lr.png", "/proc/lr.png", "{tmp}/lr.txt"])
 def test_lr_find_out_is_checked_before_the_sweep(tmp_path, no_training, out):
     (tmp_path / "adir").mkdir()
     one_error(_invoke("lr-find", "--subsample", "100", "--out", out.format(tmp=tmp_path)), "--out")

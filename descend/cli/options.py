@@ -26,7 +26,8 @@ from descend.lab.train import parse_value
 
 __all__ = ["data_options", "load_data", "parse_sets", "optimizer_names", "parse_hidden", "command_line", "batch_stream",
            "parse_value", "parse_assignment", "schedule_option",
-           "hyperparameters_from_sets", "check_out_file", "check_out_dir", "save_figure"]
+           "hyperparameters_from_sets", "check_out_file", "check_out_dir", "save_figure",
+           "FIGURE_SUFFIXES"]
 
 
 def _columns(text: str | None) -> list[str] | None:
@@ -168,6 +169,10 @@ def check_out_file(path: str, option: str = "--out", suffixes: tuple[str, ...] =
     except OSError as e:
         raise click.BadParameter(f"{path!r}: cannot write in {folder} ({e.strerror or e})", param_hint=option) from None
     return path
+
+
+#: picture formats --out takes for a static figure (matplotlib writes each by its suffix)
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 def check_out_dir(path: str, option: str = "--out") -> str:
