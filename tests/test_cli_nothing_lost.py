@@ -168,7 +168,7 @@ def test_sigint_to_a_running_compare(tmp_path):
     out = tmp_path / "rep"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     p = subprocess.Popen([sys.executable, "-m", "descend.cli", "compare", "--optimizers", "gd,adam", "--subsample",
-                          "200", "--hidden", "8", "--seeds", "3", "--epochs", "150", "--out", str(out)],
+                          "200", "--hidden", "8", "--seeds", "2", "--epochs", "100", "--out", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     seen = b""
     deadline = time.monotonic() + 120
