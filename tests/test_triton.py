@@ -107,7 +107,7 @@ def _block_variants():
 
 
 def test_every_block_and_switch_translates():
-    macros = tr.c_macros(descend.kernels.cpu.kernel_source([], [], "float", False, [], []))
+    macros = tr.c_macros(descend.kernels.codegen.kernel_source([], [], "float", False, [], []))
     assert {"SQRT", "ABS", "MAX", "SIGN"} <= set(macros)
     seen = set()
     for b, h in _block_variants():

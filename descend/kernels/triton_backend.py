@@ -40,7 +40,8 @@ from pathlib import Path
 
 import torch
 
-from descend.kernels import cpu
+from descend.kernels import codegen, contract, cpu
+from descend.kernels.cache import cache_dir
 from descend.kernels.translate import TranslateError, c_macros, translate
 
 __all__ = ["available", "kernel_source", "run_group", "run_planned", "compile_for", "Plan"]
@@ -56,6 +57,7 @@ ALIGN = 16  # bytes: every pointer of a launch aligned to this gets the vector-a
 
 _COMPUTE = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "fp32", torch.float16: "fp32"}
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64, torch.complex128})
 _ELEM = {torch.float32: "tl.float32", torch.float64: "tl.float64", torch.bfloat16: "tl.uint16",
          torch.float16: "tl.float16"}
 
@@ -136,7 +138,7 @@ def kernel_source(blocks, views, dtype: torch.dtype, maximize: bool, scalar_name
     """
     f32 = _COMPUTE[dtype] == "fp32"
     ctype = "float" if f32 else "double"
-    macros = c_macros(cpu.kernel_source([], [], ctype, False, [], []))  # what SQRT, MAX, ... mean in C
+    macros = c_macros(codegen.kernel_source([], [], ctype, False, [], []))  # what SQRT, MAX, ... mean in C
     ty = "tl.float32" if f32 else "tl.float64"
     args = [f"c{i}_{name}: {ty}" for i, names in enumerate(scalar_names) for name in names]
     bufs = [(i, name) for i, names in enumerate(buffer_names) for name in names]
@@ -203,7 +205,7 @@ def _src_key(blocks, views, dtype, maximize, scalar_names, buffer_names) -> tupl
 def _module(src: str):
     """Write ``src`` into the kernel cache folder and import it (Triton reads a kernel's source file)."""
     digest = hashlib.sha256(src.encode()).hexdigest()[:24]
-    folder = cpu.cache_dir() / "triton"
+    folder = cache_dir() / "triton"
     path = folder / f"step_{digest}.py"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
@@ -273,26 +275,12 @@ def compile_for(blocks, views, dtype, maximize, scalar_names, buffer_names, capa
 
 # ----------------------------------------------------------------------------------- running
 
-def _eligible(p, st, names) -> bool:
-    """Dense, contiguous, a dtype the kernel has; gradient and state of the parameter's dtype and device."""
-    g = p.grad
-    if not (g.layout is torch.strided and g.dtype is p.dtype and g.device == p.device and p.is_contiguous()
-            and g.is_contiguous() and _REAL.get(p.dtype, p.dtype) in _ELEM):
-        return False
-    for n in names:
-        s = st[n]
-        if not (s.dtype is p.dtype and s.device == p.device and s.is_contiguous() and s.shape == p.shape):
-            return False
-    return True
+class Plan(contract.Plan):
+    """One group's launch, kept between steps while nothing about the group changes: what the contract
+    proved (:class:`~descend.kernels.contract.Plan`'s fields, re-proved every step by
+    :func:`~descend.kernels.contract.plan_holds`) and the device-side tables of the launch."""
 
-
-class Plan:
-    """One group's launch, kept between steps while nothing about the group changes (as the CPU
-    :class:`~descend.kernels.cpu.Plan`): the device-side tables, and what a step must re-prove."""
-
-    __slots__ = ("members", "params", "states", "bufs", "buf_names", "switches", "dtype", "fn", "table",
-                 "grads", "gptrs", "work", "nwork", "aligned", "keys", "old", "advancing", "device", "ptrs",
-                 "bufptrs", "block")
+    __slots__ = ("table", "grads", "gptrs", "work", "nwork", "aligned", "block")
 
 
 def _launch(fn, device, table, grads, work, nwork, scal, aligned, block) -> None:
@@ -313,15 +301,18 @@ def _to_device(values: list[int], dtype, device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
-def run_group(blocks, views, work, cache, maximize, plans=None, plan_key=None, group=None) -> list:
+def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, group=None) -> list:
     """Run the Triton kernel on the eligible parameters of one group; return the rest (for the reference).
 
-    Same contract as :func:`descend.kernels.cpu.run_group`. If the whole group went in one launch, a
-    :class:`Plan` for it is stored in ``plans[plan_key]``.
+    Same contract as :func:`descend.kernels.cpu.run_group`: what the kernel may touch is
+    :func:`contract.eligible`'s answer; parameters sharing a key, dtype and device go in one launch;
+    if the whole group went in one launch and holds only plain tensors, a :class:`Plan` for it is
+    stored in ``plans[plan_key]``.
     """
-    if not work:
+    if not work or cpu._DISABLED:
         return work
-    reason = available(work[0][0].device.type)
+    device_type = work[0][0].device.type
+    reason = available(device_type)
     if reason is not None:
         _note(reason)
         return work
@@ -331,96 +322,85 @@ def run_group(blocks, views, work, cache, maximize, plans=None, plan_key=None, g
     buckets: dict[tuple, list] = {}
     for item in work:
         p, st, key = item
-        if _eligible(p, st, flat_names):
-            buckets.setdefault((key, p.dtype, p.device), []).append(item)
-        else:
+        seen = contract.eligible(p, p.grad, [st[n] for n in flat_names], device_type, _DTYPES)
+        if seen is None:
             rest.append(item)
-    for (key, dtype, device), items in buckets.items():
-        scal = cache[key]
+        else:
+            buckets.setdefault((key, seen[0].dtype, seen[0].device), []).append((item, seen))
+    for (key, dtype, device), entries in buckets.items():
+        scal = cache_[key]
         scalar_names = [tuple(c) for c in scal]
         real = _REAL.get(dtype, dtype)
         src_key = _src_key(blocks, views, real, maximize, scalar_names, buffer_names)
         fn = _kernel(src_key, lambda: kernel_source(blocks, views, real, maximize, scalar_names, buffer_names))
         if fn is None:
-            rest += items
+            rest.extend(item for item, _ in entries)
             continue
-        params = [p for p, _, _ in items]
-        states = [st for _, st, _ in items]
+        k = len(entries)
+        lps = [seen[0] for _, seen in entries]
+        lbufs = [seen[2][j] for j in range(len(flat_names)) for _, seen in entries]  # name-major
+        data = [p.data_ptr() for p in lps]
+        buf_data = [t.data_ptr() for t in lbufs]
+        gptrs = [seen[1].data_ptr() for _, seen in entries]
+        numels = [p.numel() for p in lps]
         mult = 2 if dtype.is_complex else 1
         rows, wk, block = [], [], BLOCK
-        bufs = cpu._state_tensors(states, flat_names)
-        k = len(params)
-        for t, p in enumerate(params):
-            n = p.numel() * mult
-            rows += [p.data_ptr()] + [bufs[j * k + t].data_ptr() for j in range(len(flat_names))] + [n]
-            for b in range((n + block - 1) // block):
-                wk += [t, b]
-        if not wk:
-            continue  # only empty tensors: nothing to do
-        gptrs = [p.grad.data_ptr() for p in params]
-        bufptrs = [t.data_ptr() for t in bufs]
-        aligned = all(x % ALIGN == 0 for x in [p.data_ptr() for p in params] + bufptrs + gptrs)
-        table = _to_device(rows, torch.int64, device)
-        grads = _to_device(gptrs, torch.int64, device)
-        wtab = _to_device(wk, torch.int32, device)
-        _launch(fn, device, table, grads, wtab, len(wk) // 2, scal, aligned, block)
-        if plans is not None and group is not None and len(buckets) == 1 and not rest and not key[1]:
+        for t in range(k):
+            n = numels[t] * mult
+            rows += [data[t]] + [buf_data[j * k + t] for j in range(len(flat_names))] + [n]
+            wk += [x for b in range((n + block - 1) // block) for x in (t, b)]
+        aligned = all(x % ALIGN == 0 for x in data + buf_data + gptrs)
+        if wk:  # (only empty tensors: nothing to launch)
+            table = _to_device(rows, torch.int64, device)
+            grads = _to_device(gptrs, torch.int64, device)
+            wtab = _to_device(wk, torch.int32, device)
+            _launch(fn, device, table, grads, wtab, len(wk) // 2, scal, aligned, block)
+        plain = all(seen[0] is item[0] for item, seen in entries)
+        if (plans is not None and group is not None and len(buckets) == 1 and not rest and not key[1] and plain
+                and wk):
             plan = Plan()
             plan.members = list(group["params"])
-            plan.params, plan.states, plan.bufs, plan.buf_names = params, states, bufs, flat_names
-            plan.switches, plan.dtype, plan.fn, plan.device = cpu._switches(blocks, views, maximize), dtype, fn, device
-            plan.table, plan.grads, plan.gptrs, plan.work, plan.nwork = table, grads, gptrs, wtab, len(wk) // 2
-            plan.block = block
-            plan.aligned, plan.ptrs, plan.bufptrs = aligned, [p.data_ptr() for p in params], bufptrs
+            plan.params = [item[0] for item, _ in entries]
+            plan.states = states = [item[1] for item, _ in entries]
+            plan.bufs, plan.buf_names = lbufs, flat_names
+            plan.dtype, plan.device, plan.numels = dtype, device, numels
+            plan.data, plan.buf_data = data, buf_data
+            plan.switches, plan.fn = codegen.switches(blocks, views, maximize), fn
             plan.advancing = [i for i, b in enumerate(blocks) if b.scalar_state]
             plan.keys = ("step", *[k for b in blocks for k in b.scalar_state])
             plan.old = tuple(states[0][k] for k in plan.keys)
+            plan.table, plan.grads, plan.gptrs, plan.work, plan.nwork = table, grads, gptrs, wtab, len(wk) // 2
+            plan.aligned, plan.block = aligned, block
             plans[plan_key] = plan
     return rest
 
 
 def run_planned(blocks, group, plan: Plan, state_map) -> bool:
-    """Take the step with a stored :class:`Plan` if it still describes the group; False (nothing
-    changed) if not. Also advances each parameter's step count and plain-number state."""
-    views = [b.view(group) for b in blocks]
-    if cpu._switches(blocks, views, group["maximize"]) != plan.switches:
+    """Take the step with a stored :class:`Plan` if it still describes the group (the contract's
+    :func:`~descend.kernels.contract.plan_holds`); False (nothing changed) if not. Also advances each
+    parameter's step count and plain-number state. No host synchronisation: new gradient addresses
+    are copied to the device table from pinned memory, asynchronously."""
+    if cpu._DISABLED:
         return False
+    views = [b.view(group) for b in blocks]
+    if codegen.switches(blocks, views, group["maximize"]) != plan.switches:
+        return False  # a switch that changes the generated code (amsgrad, nesterov, ...) was flipped
+    if not contract.plan_holds(plan, group["params"], state_map):
+        return False
+    gptrs = [p.grad.data_ptr() for p in plan.params]
+    if gptrs != plan.gptrs:  # new gradient tensors at new addresses: rewrite that row only
+        if plan.aligned and any(x % ALIGN for x in gptrs):
+            return False  # the kernel's alignment hints would no longer hold: the generic path decides
+        plan.grads.copy_(_to_device(gptrs, torch.int64, plan.device), non_blocking=True)
+        plan.gptrs = gptrs
     new = dict(zip(plan.keys, plan.old))
     new["step"] += 1
     for i in plan.advancing:
         blocks[i].advance(views[i], new)
     new_vals = tuple(new[k] for k in plan.keys)
-    if not _check(plan, group["params"], state_map, new_vals):
-        return False
-    gptrs = [p.grad.data_ptr() for p in plan.params]
-    if gptrs != plan.gptrs:  # new gradient tensors at new addresses: rewrite that row, asynchronously
-        if plan.aligned and any(x % ALIGN for x in gptrs):
-            return False  # the kernel's alignment hints would no longer hold
-        plan.grads.copy_(_to_device(gptrs, torch.int64, plan.device), non_blocking=True)
-        plan.gptrs = gptrs
     for st in plan.states:
         st.update(zip(plan.keys, new_vals))
     scal = [b.scalars(h, new, frozenset()) for b, h in zip(blocks, views)]
     _launch(plan.fn, plan.device, plan.table, plan.grads, plan.work, plan.nwork, scal, plan.aligned, plan.block)
     plan.old = new_vals
     return True
-
-
-def _check(plan: Plan, group_params, state_map, new_vals) -> bool:
-    """The conditions of the CPU plan check (descend.kernels.cpu._python_check), for this plan."""
-    params, dtype = plan.params, plan.dtype
-    if len(group_params) != len(plan.members) or not all(a is b for a, b in zip(group_params, plan.members)):
-        return False
-    if sum(p.grad is not None for p in group_params) != len(params):
-        return False
-    keys, old = plan.keys, plan.old
-    for i, (p, st) in enumerate(zip(params, plan.states)):
-        g = p.grad
-        if (g is None or state_map.get(p) is not st or any(st[k] != v for k, v in zip(keys, old))
-                or p.data_ptr() != plan.ptrs[i] or not p.is_contiguous() or g.dtype is not dtype
-                or g.layout is not torch.strided or not g.is_contiguous() or g.device != plan.device):
-            return False
-    now = cpu._state_tensors(plan.states, plan.buf_names)
-    if len(now) != len(plan.bufs) or not all(a is b for a, b in zip(now, plan.bufs)):
-        return False  # a state tensor was replaced
-    return [t.data_ptr() for t in now] == plan.bufptrs  # ... or given other storage in place
