@@ -296,71 +296,7 @@ def test_a_plan_follows_what_changes(device):
     assert "max_exp_avg_sq" in opt.state[ps[0]]
 
 
-# ------------------------------------------------------------------------------ bfloat16 / float16
-
-LOW = [torch.bfloat16, torch.float16]
-ULP = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}  # relative spacing at worst, per value
-
-
-def _assert_within_ulps(a, b, dtype, ulps=1, frac_equal=0.97):
-    a, b = a.float(), b.float()
-    bound = ulps * ULP[dtype] * torch.maximum(a.abs(), b.abs()) + 1e-30
-    assert ((a - b).abs() <= bound).all(), (a - b).abs().max()
-    assert (a == b).float().mean() >= frac_equal  # almost all bitwise equal: only rounding ties may differ
-
-
-@DEVICES
-@pytest.mark.parametrize("dtype", LOW, ids=["bf16", "f16"])
-@pytest.mark.parametrize("name,cfg", [(n, c[-1]) for n, c in CONFIGS.items()], ids=list(CONFIGS))
-def test_low_precision_equals_reference(name, cfg, dtype, device, monkeypatch):
-    """State in the parameter's dtype, arithmetic in float32: the kernel and the reference (which
-    computes in float32 too, see ChainOptimizer._reference_step) agree to within a rounding."""
-    ran = _spy(monkeypatch)
-    got, opt = _run(name, cfg, dtype, device, True, steps=6)
-    assert sum(ran) > 0 and all(p.dtype == dtype for p in got)
-    ran.stop()
-    want, ref = _run(name, cfg, dtype, device, False, steps=6)
-    for a, b in zip(got, want):
-        _assert_within_ulps(a, b, dtype, ulps=2)
-    for p, q in zip(opt.state, ref.state):
-        for k, v in opt.state[p].items():
-            if isinstance(v, torch.Tensor):
-                assert v.dtype == dtype
-                _assert_within_ulps(v, ref.state[q][k], dtype, ulps=2)
-
-
-@DEVICES
-@pytest.mark.parametrize("dtype", LOW, ids=["bf16", "f16"])
-@pytest.mark.parametrize("name", ["adam", "rmsprop", "lion", "sgd"])
-def test_low_precision_step_is_the_float32_step_rounded(name, dtype, device):
-    """One kernel step from 16-bit values = the float32 reference step of the same values, rounded."""
-    cfg = CONFIGS[name][-1]
-    ps = [t.to(dtype).requires_grad_() for t in _layout(torch.float32, device)
-          if t.is_contiguous() and not t.is_complex()]
-    opt = descend.create(name, ps, **cfg)
-    gen = torch.Generator().manual_seed(3)
-
-    def grads():
-        return [torch.randn(p.shape, generator=gen).to(device=device, dtype=dtype) for p in ps]
-
-    for g in grads()[:0] or range(3):  # three steps to fill the state
-        for p, gg in zip(ps, grads()):
-            p.grad = gg
-        opt.step()
-    qs = [p.detach().float().requires_grad_() for p in ps]
-    ref = descend.create(name, qs, fast=False, **cfg)
-    for p, q in zip(ps, qs):
-        ref.state[q] = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in opt.state[p].items()}
-    for p, q, g in zip(ps, qs, grads()):
-        p.grad, q.grad = g, g.float()
-    opt.step()
-    ref.step()
-    for p, q in zip(ps, qs):
-        _assert_within_ulps(p.detach(), q.detach().to(dtype), dtype)
-        for k, v in opt.state[p].items():
-            if isinstance(v, torch.Tensor):
-                _assert_within_ulps(v, ref.state[q][k].to(dtype), dtype)
-
+# ------------------------------------------------------------------------------ bfloat16
 
 def test_bf16_rounding_is_to_nearest_even(monkeypatch):
     """The kernels' float32 → bfloat16 conversion (bit operations, see triton_lib) rounds as torch does:
@@ -496,3 +432,44 @@ def test_ptx(job, compiled):
     if r["regs"] is not None:
         assert r["regs"].get("STACK", 0) == 0 and r["regs"].get("LOCAL", 0) == 0, r["regs"]  # no spills
         assert r["regs"]["REG"] <= (192 if job[2] == "float64" else 128), r["regs"]
+
+
+# ------------------------------------------------------------------------------ CUDA only
+
+@pytest.mark.cuda
+def test_planned_cuda_steps_do_not_synchronize(monkeypatch):
+    """A planned step on the GPU (new gradient tensors included) never waits for the device."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ps = [torch.randn(n, device="cuda", requires_grad=True) for n in (5, 3 * tb.BLOCK + 1, 100_000)]
+    opt = descend.Adam(ps, lr=1e-3)
+    for _ in range(3):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    assert all(isinstance(p, tb.Plan) for p in opt._fast_plans.values())
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert opt.state[ps[0]]["step"] == 6
+
+
+@pytest.mark.cuda
+def test_bench_runs_on_cuda():
+    out = subprocess.run([sys.executable, "-m", "descend.bench", "--device", "cuda", "--quick", "--optimizers",
+                          "adam,sgd", "--layouts", "model", "--repeat", "2"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^adam\s+model\s", out.stdout, flags=re.M) and "Triton kernels: yes" in out.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gets")
+def test_bench_without_cuda_says_so_in_one_line():
+    out = subprocess.run([sys.executable, "-m", "descend.bench", "--device", "cuda"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("Error: --device cuda:") and out.stderr.count("\n") == 1, out.stderr
