@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing as mp
 import os
 import re
 import shutil
@@ -411,7 +412,8 @@ def compiled(tmp_path_factory):
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        with ProcessPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        # spawned, not forked: a fork of a process whose OpenMP threads have run can hang in the child
+        with ProcessPoolExecutor(max_workers=min(4, os.cpu_count() or 1), mp_context=mp.get_context("spawn")) as pool:
             return dict(zip(JOBS, pool.map(_compile, JOBS)))
     finally:
         for k, v in old.items():
