@@ -141,6 +141,10 @@ def kernel_source(blocks, views, dtype: torch.dtype, maximize: bool, scalar_name
     macros = c_macros(codegen.kernel_source([], [], ctype, False, [], []))  # what SQRT, MAX, ... mean in C
     ty = "tl.float32" if f32 else "tl.float64"
     args = [f"c{i}_{name}: {ty}" for i, names in enumerate(scalar_names) for name in names]
+    # the scalars as values of the kernel's type: a no-op when compiled (the signature types them), but
+    # the interpreter passes Python floats, which Triton would otherwise take as float32 in tl.fma
+    typed = ["    # the scalars in the kernel's type (compiled: a no-op; interpreted: not Python floats)"]
+    typed += [f"    {a.split(':')[0]} = tl.full([], {a.split(':')[0]}, {ty})" for a in args]
     bufs = [(i, name) for i, names in enumerate(buffer_names) for name in names]
     stride = len(bufs) + 2
     body = []
@@ -179,6 +183,7 @@ import triton.language as tl
 
 @triton.jit
 def step(table, grads, work, {", ".join(args + ["BLOCK: tl.constexpr", "ALIGNED: tl.constexpr"])}):
+{nl.join(typed)}
     pid = tl.program_id(0)
     t = tl.load(work + 2 * pid).to(tl.int64)
     start = tl.load(work + 2 * pid + 1).to(tl.int64) * BLOCK
