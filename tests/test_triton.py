@@ -438,7 +438,10 @@ def test_ptx(job, compiled):
     # no contraction of a written a*b + c (GD's θ + (−η)·g among them), each rounded as in the reference
     assert (r["fma"] > 0) == r["uses_fma"], r
     if r["regs"] is not None:
-        assert r["regs"].get("STACK", 0) == 0 and r["regs"].get("LOCAL", 0) == 0, r["regs"]  # no spills
+        # no spills to local memory; float64 may keep a small call frame (its exactly rounded division
+        # is a subroutine in SASS: RAdam with weight decay has a 16-byte stack at 128 registers)
+        assert r["regs"].get("LOCAL", 0) == 0, r["regs"]
+        assert r["regs"].get("STACK", 0) <= (32 if job[2] == "float64" else 0), r["regs"]
         assert r["regs"]["REG"] <= (192 if job[2] == "float64" else 128), r["regs"]
 
 
