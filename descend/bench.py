@@ -3,6 +3,11 @@
     python -m descend.bench                 # everything (about 10 minutes on 2 cores)
     python -m descend.bench --quick         # smaller sizes, fewer repeats
     python -m descend.bench --optimizers adam,lion --layouts big
+    python -m descend.bench --device cuda   # on a GPU: descend's Triton kernels, same table
+
+On ``--device cuda`` everything (the limit, the layouts, torch's steps) lives on the current GPU and each
+sample is timed with CUDA events after a synchronize (the events bracket the GPU's timeline, so the
+launch costs a many-tensor step pays on the CPU count too); the rest of the method is the same.
 
 The limit is an in-place ``a.add_(b)`` over 50M float32 values (reads 8 and writes 4 bytes per
 element). A rule's bandwidth counts the bytes it must move at least: θ and g read, θ written, each
@@ -65,17 +70,28 @@ def layout(kind: str, quick: bool) -> list[int]:
     return [max(256, int(r * scale)) for r in raw]
 
 
+DEVICE = torch.device("cpu")  # set by main(): where the limit, the layouts and the steps live
+
+
 def _make(sizes, dtype=torch.float32):
     """Parameters made one after another, as a model's ``__init__`` makes them, and gradients made by a
     backward pass (of ½·10⁻³·Σθ², so g = 10⁻³·θ), as a training step makes them: where tensors sit in
     memory changes the bandwidth a many-tensor step gets by several percent."""
     g = torch.Generator().manual_seed(0)
-    params = [torch.randn(n, generator=g, dtype=dtype).requires_grad_() for n in sizes]
+    params = [torch.randn(n, generator=g, dtype=dtype).to(DEVICE).requires_grad_() for n in sizes]
     (0.5e-3 * sum((p * p).sum() for p in params)).backward()
     return params
 
 
 def _once(fn) -> float:
+    if DEVICE.type == "cuda":  # the GPU's own clock, from an idle queue to the end of fn's work
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
@@ -85,8 +101,8 @@ class Limit:
     """The in-place add_ over 50M float32 values: the practical bandwidth limit."""
 
     def __init__(self, n: int):
-        self.a = torch.randn(n)
-        self.b = torch.randn(n)
+        self.a = torch.randn(n, device=DEVICE)
+        self.b = torch.randn(n, device=DEVICE)
         self.n = n
 
     def add(self) -> None:
@@ -95,6 +111,12 @@ class Limit:
     def gbps(self, repeat: int = 5) -> float:
         self.add()
         return 12 * self.n / statistics.median(_once(self.add) for _ in range(repeat)) / 1e9
+
+    def copy_gbps(self, repeat: int = 5) -> float:
+        """a.copy_(b): 8 bytes per element, shown beside the limit."""
+        copy = lambda: self.a.copy_(self.b)  # noqa: E731
+        copy()
+        return 8 * self.n / statistics.median(_once(copy) for _ in range(repeat)) / 1e9
 
 
 def state_tensors(opt) -> int:
@@ -168,16 +190,17 @@ def first_step_costs(names) -> dict[str, tuple]:
     and under "plan check", the seconds the compiled plan check takes to build (and its status)."""
     code = (
         "import time, torch, descend\n"
-        "p = torch.randn(1000, requires_grad=True); p.grad = torch.randn(1000)\n"
+        f"p = torch.randn(1000, device={str(DEVICE)!r}, requires_grad=True); p.grad = torch.randn_like(p)\n"
         "o = descend.create({name!r}, [p], **{hp!r})\n"
-        "t0 = time.perf_counter(); o.step(); t1 = time.perf_counter(); o.step(); t2 = time.perf_counter()\n"
+        "sync = torch.cuda.synchronize if p.is_cuda else (lambda: None)\n"
+        "t0 = time.perf_counter(); o.step(); sync(); t1 = time.perf_counter(); o.step(); sync(); t2 = time.perf_counter()\n"
         "print((t1 - t0) - (t2 - t1))\n"
     )
     out = {}
     check = ("import time, descend\nt0 = time.perf_counter(); descend.kernels.plan_check(wait=True)\n"
              "print(time.perf_counter() - t0, descend.kernels.plan_check_status())\n")
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "DESCEND_CACHE_DIR": cache}
+        env = {**os.environ, "DESCEND_CACHE_DIR": cache, "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
         seconds, status = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True,
                                          check=True).stdout.split(maxsplit=1)
         out["plan check"] = (float(seconds), status.strip())
@@ -196,18 +219,34 @@ def main(argv=None) -> None:
     ap.add_argument("--repeat", type=int, default=15, help="rounds per measurement (default 15)")
     ap.add_argument("--quick", action="store_true", help="10M / 2M parameters and 3 repeats")
     ap.add_argument("--no-torch", action="store_true", help="skip torch.optim's for-loop/foreach/fused timings")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where to run: cpu (the C kernels) or cuda (the Triton kernels; the current GPU)")
     args = ap.parse_args(argv)
+    global DEVICE
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print(f"Error: --device cuda: torch {torch.__version__} sees no CUDA device "
+                  "(torch.cuda.is_available() is False)", file=sys.stderr)
+            sys.exit(2)
+        DEVICE = torch.device("cuda", torch.cuda.current_device())
+    else:
+        DEVICE = torch.device("cpu")
     names = [n.strip().lower() for n in args.optimizers.split(",") if n.strip()]
     for n in names:
         if n not in descend.available():
             ap.error(f"unknown optimizer {n!r}; valid: {', '.join(descend.available())}")
     repeat = 3 if args.quick else args.repeat
     limit = Limit(10_000_000 if args.quick else 50_000_000)
-    descend.kernels.plan_check(wait=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fast kernels: {descend.kernels.available()}, "
-          f"plan check: {descend.kernels.plan_check_status()}")
+    if DEVICE.type == "cuda":
+        reason = descend.kernels.triton_backend.available("cuda")
+        print(f"torch {torch.__version__}, {torch.cuda.get_device_name(DEVICE)}, "
+              f"Triton kernels: {'yes' if reason is None else 'no (' + reason + ')'}")
+    else:
+        descend.kernels.plan_check(wait=True)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fast kernels: "
+              f"{descend.kernels.available()}, plan check: {descend.kernels.plan_check_status()}")
     print(f"limit: in-place add_ over {limit.n / 1e6:.0f}M float32 = {limit.gbps():.1f} GB/s now "
-          "(re-measured in every round of every row)\n")
+          f"(re-measured in every round of every row; copy_ {limit.copy_gbps():.1f} GB/s)\n")
     header = (f"{'optimizer':<10} {'layout':<6} {'ms/step':>8} {'GB/s':>6} {'% limit':>8} {'% layout':>8}  "
               f"{'torch for-loop':>15} {'foreach':>9} {'fused':>9}  (ms/step, % limit)")
     # an untimed warm-up round: the first measurement of a process otherwise runs a few percent slow
@@ -238,7 +277,7 @@ def main(argv=None) -> None:
             cases = {}
             for name, makers in rows:
                 first = Case(makers[0], sizes, limit)
-                cases[name] = [first] + [m and Case(m, sizes, limit, first.nbytes) for m in makers[1:]]
+                cases[name] = [first] + [m and _torch_row(Case, m, sizes, limit, first.nbytes) for m in makers[1:]]
             for _ in range(repeat):
                 for row in cases.values():
                     for c in row:
@@ -253,10 +292,11 @@ def main(argv=None) -> None:
             results = {}
             for name, makers in rows:
                 r = measure(makers[0], sizes, limit, repeat)
-                results[name] = [r] + [m and measure(m, sizes, limit, repeat, r["bytes"]) for m in makers[1:]]
+                results[name] = [r] + [m and _torch_row(measure, m, sizes, limit, repeat, r["bytes"])
+                                       for m in makers[1:]]
         for name, (r, *torch_rows) in results.items():
-            cols = [f"{'—':>9}" if t is None else f"{t['ms']:6.1f} {t['pct']:3.0f}%" for t in torch_rows]
-            print(f"{name:<10} {kind:<6} {r['ms']:8.2f} {r['gbps']:6.1f} {r['pct']:7.0f}% "
+            cols = [f"{'—':>9}" if t is None else f"{_ms(t['ms'])} {t['pct']:3.0f}%" for t in torch_rows]
+            print(f"{name:<10} {kind:<6} {_ms(r['ms'], 8)} {r['gbps']:6.1f} {r['pct']:7.0f}% "
                   f"{r['layout_pct']:7.0f}%  {cols[0]:>15} {cols[1]:>9} {cols[2]:>9}", flush=True)
     print("\nfirst step in a fresh process, beyond the steady-state step (s): cold = empty kernel cache "
           "(includes compiling), warm = cached")
@@ -264,8 +304,23 @@ def main(argv=None) -> None:
     seconds, status = costs.pop("plan check")
     for name, (cold, warm) in costs.items():
         print(f"  {name:<10} cold {cold:6.2f}   warm {warm:6.3f}")
-    print(f"the plan check (many-tensor steps) compiles once per machine in {seconds:.1f} s, in a background "
-          f"thread: no step waits for it ({status})")
+    if DEVICE.type == "cpu":
+        print(f"the plan check (many-tensor steps) compiles once per machine in {seconds:.1f} s, in a background "
+              f"thread: no step waits for it ({status})")
+
+
+def _ms(ms: float, width: int = 6) -> str:
+    """Milliseconds with three significant decimals for the short steps of a GPU."""
+    return f"{ms:{width}.{3 if ms < 10 else 1}f}" if width == 6 else f"{ms:{width}.{3 if ms < 1 else 2}f}"
+
+
+def _torch_row(run, *args):
+    """A torch.optim row, or None where this torch cannot run it (a fused step a device lacks)."""
+    try:
+        return run(*args)
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+        print(f"  (torch row skipped: {type(e).__name__}: {str(e).splitlines()[0][:100]})", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ makes a ``state_dict`` round trip bitwise exact.
 Execution: a block has two equivalent forms. ``apply`` is the readable torch reference for one
 tensor, and is the specification. ``c_code`` is the same rule as a C expression over one element;
 :mod:`descend.kernels` joins the snippets of a chain into one elementwise kernel that streams every
-tensor of a group once (see there for why). The façade uses the kernel where
-:mod:`descend.kernels.contract` allows it (plain or DTensor-local CPU tensors, dense, contiguous
-float32/float64, gradient and state matching the parameter) and the reference otherwise; the tests
-prove the two equal.
+tensor of a group once (see there for why). The façade uses a kernel where
+:mod:`descend.kernels.contract` allows it (plain or DTensor-local tensors, dense, contiguous, gradient
+and state matching the parameter; CPU tensors through the C kernel, CUDA ones through Triton;
+float32/float64, or bfloat16/float16 computed in float32) and the reference otherwise; the tests prove
+the two equal.
 """
 
 from __future__ import annotations
@@ -711,20 +712,33 @@ class ChainOptimizer(torch.optim.Optimizer):
             group[k] = written[key] = value
 
     def _reference_step(self, p, st, scal, views, maximize, acc=None) -> None:
-        """The readable path: each block's ``apply`` on this one tensor."""
+        """The readable path: each block's ``apply`` on this one tensor.
+
+        bfloat16/float16 tensors are computed in float32 and stored back rounded to nearest (as torch's
+        fused optimizers and descend's kernels do): arithmetic in 8 or 11 bits would lose small updates."""
         as_real = torch.view_as_real if torch.is_complex(p) else (lambda t: t)  # complex: its real view
         g = as_real(p.grad)
         u = -g if maximize else g
         pv = as_real(p)
+        low = pv.dtype in (torch.bfloat16, torch.float16)
+        up = (lambda t: t.float()) if low else (lambda t: t)
+        u, pu = up(u), up(pv)
         for i, (b, h, c) in enumerate(zip(self.blocks, views, scal)):
             s = {n: as_real(st[n]) for n in b.buffers(h)}
+            su = {n: up(t) for n, t in s.items()}
             c = SimpleNamespace(**c)
             if b.sums:
                 c.acc = acc[i]  # the group's sums for this step: apply adds into them
             if getattr(b, "reads_grad", False):
-                c.g = -g if maximize else g  # the gradient as the chain received it (C: ``g``)
-            u = b.apply(u, pv, s, c)
-        pv.add_(u)
+                c.g = up(-g if maximize else g)  # the gradient as the chain received it (C: ``g``)
+            u = b.apply(u, pu, su, c)
+            if low:
+                for n, t in s.items():
+                    t.copy_(su[n])
+        if low:
+            pv.copy_(pu.add_(u))
+        else:
+            pv.add_(u)
 
     def __repr__(self) -> str:
         lines = [f"{self._name()} ("]

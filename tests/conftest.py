@@ -16,3 +16,13 @@ def _restore_torch_globals():
     yield
     torch.set_default_dtype(dtype)
     torch.set_grad_enabled(grad)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a CUDA GPU: skipped without one (run them with ``pytest -m cuda``)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -10,12 +10,17 @@
   (content hash beside each library), rebuild once or fall back, never load a bad file.
 - :mod:`descend.kernels.cpu`: the CPU backend: the fused kernel's launches, plans, and the loader of
   the compiled plan check (``csrc/plan_check.cpp``).
+- :mod:`descend.kernels.triton_backend`: the GPU backend: the same snippets translated
+  (:mod:`descend.kernels.translate`) into one Triton kernel per chain, for CUDA tensors — and, with
+  ``DESCEND_BACKEND=triton``, for CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``).
 
 The façade (:mod:`descend.core`) calls :func:`run_planned` and :func:`run_group`; whatever they do not
 run takes the readable reference (each block's ``apply``). This package imports nothing else of descend.
+``DESCEND_BACKEND``: unset, CUDA tensors take Triton (when it is importable) and CPU tensors the C
+kernel; ``triton`` sends CPU tensors to Triton too; ``reference`` keeps CUDA tensors on the reference.
 """
 
-from descend.kernels import cache, codegen, contract, cpu
+from descend.kernels import cache, codegen, contract, cpu, triton_backend
 from descend.kernels.cache import cache_dir
 from descend.kernels.codegen import kernel_source
 from descend.kernels.cpu import available, plan_check, plan_check_status
@@ -24,13 +29,28 @@ from descend.kernels.cpu import available, plan_check, plan_check_status
 def run_planned(blocks, group, plan, state_map, acc=None) -> bool:
     """Take a group's step with its stored plan if the plan still holds; False (nothing changed) if not.
     ``acc``: the per-block accumulators the blocks' ``sums`` are added into (chains with sums only)."""
+    if isinstance(plan, triton_backend.Plan):
+        return acc is None and triton_backend.run_planned(blocks, group, plan, state_map)
     return cpu.run_planned(blocks, group, plan, state_map, acc)
 
 
 def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, group=None, acc=None) -> list:
     """Run what a backend can of one group's step; return the (param, state, key) items it did not run."""
-    return cpu.run_group(blocks, views, work, cache_, maximize, plans, plan_key, group, acc)
+    gpu = [item for item in work if triton_backend.wants(item[0])]
+    if acc is not None:  # per-group sums (lr="auto") are a CPU-kernel extension: other devices take the reference
+        ids = {id(item) for item in gpu}
+        return gpu + cpu.run_group(blocks, views, [item for item in work if id(item) not in ids], cache_, maximize,
+                                   plans if not gpu else None, plan_key, group, acc)
+    if not gpu:
+        return cpu.run_group(blocks, views, work, cache_, maximize, plans, plan_key, group)
+    if len(gpu) == len(work):
+        return triton_backend.run_group(blocks, views, work, cache_, maximize, plans, plan_key, group)
+    # a group on several devices: each backend takes its part, and neither keeps a plan for the group
+    ids = {id(item) for item in gpu}
+    host = [item for item in work if id(item) not in ids]
+    return (triton_backend.run_group(blocks, views, gpu, cache_, maximize)
+            + cpu.run_group(blocks, views, host, cache_, maximize))
 
 
 __all__ = ["run_group", "run_planned", "kernel_source", "available", "cache_dir", "plan_check", "plan_check_status",
-           "cache", "codegen", "contract", "cpu"]
+           "cache", "codegen", "contract", "cpu", "triton_backend"]

@@ -24,9 +24,27 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["kernel_source", "CTYPES", "switches", "src_key", "sum_names"]
+__all__ = ["kernel_source", "CTYPES", "STORAGE", "switches", "src_key", "sum_names"]
 
-CTYPES = {"float32": "float", "float64": "double"}  # torch dtype name -> C type; complex runs as its real view
+# torch dtype name -> C type computed in; complex runs as its real view. 16-bit floats are computed in
+# float ("opmath", as torch's fused optimizers) and stored back rounded to nearest even (STORAGE).
+CTYPES = {"float32": "float", "float64": "double", "bfloat16": "float", "float16": "float"}
+STORAGE = {"bfloat16": "bf16", "float16": "f16"}
+
+# How a value of a 16-bit storage type is loaded as T and stored from it (C type in memory, LD, ST).
+# bfloat16 by its bits: the upper half of a float32, rounded to nearest even on the way back (NaN →
+# the quiet NaN 0x7FC0, as torch); float16 by the compiler's _Float16, whose conversion rounds so too.
+_STORAGE_C = {
+    None: "typedef T M;\n#define LD(x) (x)\n#define ST(x) (x)\n",
+    "f16": "typedef _Float16 M;\n#define LD(x) ((T)(x))\n#define ST(x) ((M)(x))\n",
+    "bf16": """typedef uint16_t M;
+static inline float LD(uint16_t h) { uint32_t b = (uint32_t)h << 16; float f; memcpy(&f, &b, 4); return f; }
+static inline uint16_t ST(float f) {
+    uint32_t b; memcpy(&b, &f, 4);
+    return f != f ? (uint16_t)0x7FC0 : (uint16_t)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+}
+""",
+}
 
 _MATH = {
     "float": "#define SQRT sqrtf\n#define ABS fabsf\n#define FMA fmaf\n",
@@ -53,12 +71,14 @@ def sum_names(blocks) -> list[tuple[str, ...]]:
     return [tuple(getattr(b, "sums", ())) for b in blocks]
 
 
-def kernel_source(blocks, views, ctype: str, maximize: bool, scalar_names, buffer_names) -> str:
+def kernel_source(blocks, views, ctype: str, maximize: bool, scalar_names, buffer_names,
+                  storage: str | None = None) -> str:
     """The C source of the fused step for one chain under one set of static hyperparameters.
 
     ``scalar_names[i]`` / ``buffer_names[i]`` are block i's scalars (in the order passed at run time)
     and state tensors. The exported function is
     ``step(n, sizes, ptrs, scalars, nthreads)`` with ``ptrs`` = [θ…, g…, state₀…, state₁…] (n each).
+    ``storage`` ("bf16", "f16"): the tensors hold 16-bit floats, computed in ``ctype`` (float).
 
     Sums (the one extension for lr="auto"): a block that declares ``sums`` adds into the double
     ``r_NAME`` in its snippet. Each 64K-element chunk sums into its own slot, and after the parallel
@@ -101,9 +121,9 @@ def kernel_source(blocks, views, ctype: str, maximize: bool, scalar_names, buffe
                if nsum else "")
     grad = "            const T g = u;" if any(getattr(b, "reads_grad", False) for b in blocks) else ""
     bufs = [(i, name) for i, names in enumerate(buffer_names) for name in names]
-    load = [f"            T s{i}_{name} = S{j}[e];" for j, (i, name) in enumerate(bufs)]
-    store = [f"            S{j}[e] = s{i}_{name};" for j, (i, name) in enumerate(bufs)]
-    ptrs = [f"        T* restrict S{j} = (T*)ptrs[{2 + j} * n + tt];" for j in range(len(bufs))]
+    load = [f"            T s{i}_{name} = LD(S{j}[e]);" for j, (i, name) in enumerate(bufs)]
+    store = [f"            S{j}[e] = ST(s{i}_{name});" for j, (i, name) in enumerate(bufs)]
+    ptrs = [f"        M* restrict S{j} = (M*)ptrs[{2 + j} * n + tt];" for j in range(len(bufs))]
     body = []
     for i, (b, h) in enumerate(zip(blocks, views)):
         code = b.c_code(h)
@@ -113,9 +133,10 @@ def kernel_source(blocks, views, ctype: str, maximize: bool, scalar_names, buffe
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <omp.h>
 typedef {ctype} T;
-{_MATH[ctype]}{_MACROS}{no_trap}
+{_STORAGE_C[storage]}{_MATH[ctype]}{_MACROS}{no_trap}
 void step(int64_t n, const int64_t* sizes, void** ptrs, const double* sc, int nthreads) {{
 {chr(10).join(decls)}
     int64_t total = 0;
@@ -137,17 +158,17 @@ void step(int64_t n, const int64_t* sizes, void** ptrs, const double* sc, int nt
     for (int64_t tt = t, bb = base; tt < n && bb < hi; bb += sizes[tt], tt++) {{
         int64_t a = lo > bb ? lo - bb : 0, b = hi - bb < sizes[tt] ? hi - bb : sizes[tt];
         if (a >= b) continue;
-        T* restrict P = (T*)ptrs[tt];
-        const T* restrict G = (const T*)ptrs[n + tt];
+        M* restrict P = (M*)ptrs[tt];
+        const M* restrict G = (const M*)ptrs[n + tt];
 {chr(10).join(ptrs)}
 {simd}
         for (int64_t e = a; e < b; e++) {{
-            const T p = P[e];
-            T u = {'-' if maximize else ''}G[e];
+            const T p = LD(P[e]);
+            T u = {'-' if maximize else ''}LD(G[e]);
 {grad}
 {chr(10).join(load)}
 {chr(10).join(body)}
-            P[e] = p + u;
+            P[e] = ST(p + u);
 {chr(10).join(store)}
         }}
     }}
@@ -159,9 +180,9 @@ void step(int64_t n, const int64_t* sizes, void** ptrs, const double* sc, int nt
 """
 
 
-def src_key(blocks, views, ctype, maximize, scalar_names, buffer_names) -> tuple:
+def src_key(blocks, views, ctype, maximize, scalar_names, buffer_names, storage=None) -> tuple:
     """What the generated source depends on: the in-memory table of built kernels is keyed by it."""
-    return (ctype, maximize, tuple(type(b) for b in blocks), tuple(b.c_code(h) for b, h in zip(blocks, views)),
+    return (ctype, storage, maximize, tuple(type(b) for b in blocks), tuple(b.c_code(h) for b, h in zip(blocks, views)),
             tuple(scalar_names), tuple(buffer_names), tuple(sum_names(blocks)))
 
 

@@ -13,11 +13,11 @@ links the same libgomp that torch has loaded). Threads take the tensors, laid en
 of 64K elements, in turn.
 
 What the kernel may touch is decided by :mod:`~descend.kernels.contract` alone: plain CPU tensors
-(a DTensor by its local shard), dense, contiguous, float32/float64 (complex runs as its real view),
+(a DTensor by its local shard), dense, contiguous, float32/float64 (complex runs as its real view)
+or bfloat16/float16 (computed in float32, stored rounded to nearest even, as the reference does),
 whose gradient and state tensors match the parameter in dtype, device, layout and size. The rest —
-other tensor subclasses, sparse, non-contiguous, low-precision (bfloat16/float16) tensors, anything
-changed under the optimizer's feet, a machine without a C compiler — takes the reference path, which
-the tests prove equal.
+other tensor subclasses, sparse, non-contiguous tensors, anything changed under the optimizer's
+feet, a machine without a C compiler — takes the reference path, which the tests prove equal.
 
 A many-tensor model adds a second cost: the per-step bookkeeping of every parameter (its gradient's
 pointer, its step count, the checks that nothing changed). Right after a kernel has streamed the
@@ -49,7 +49,7 @@ import torch
 
 from descend.kernels import cache, contract
 from descend.kernels.cache import cache_dir
-from descend.kernels.codegen import CTYPES, kernel_source, src_key, sum_names, switches
+from descend.kernels.codegen import CTYPES, STORAGE, kernel_source, src_key, sum_names, switches
 from descend.kernels.contract import Plan, state_tensors
 
 __all__ = ["run_group", "run_planned", "kernel_source", "available", "cache_dir", "plan_check", "plan_check_status"]
@@ -107,7 +107,7 @@ def _kernel(key: tuple, make_src) -> object | None:
 _MIN_PER_THREAD = 1 << 16  # elements
 
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
-_OK = frozenset({torch.float32, torch.float64, torch.complex64, torch.complex128})
+_OK = frozenset({torch.float32, torch.float64, torch.complex64, torch.complex128, torch.bfloat16, torch.float16})
 
 
 def _scalar_array(scal: list[dict], n_sums: int = 0):
@@ -154,9 +154,10 @@ def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, 
     for (key, dtype), entries in buckets.items():
         scal = cache_[key]
         scalar_names = [tuple(c) for c in scal]
-        ctype = CTYPES[str(_REAL.get(dtype, dtype)).removeprefix("torch.")]
-        fn = _kernel(src_key(blocks, views, ctype, maximize, scalar_names, buffer_names),
-                     lambda: kernel_source(blocks, views, ctype, maximize, scalar_names, buffer_names))
+        name = str(_REAL.get(dtype, dtype)).removeprefix("torch.")
+        ctype, storage = CTYPES[name], STORAGE.get(name)
+        fn = _kernel(src_key(blocks, views, ctype, maximize, scalar_names, buffer_names, storage),
+                     lambda: kernel_source(blocks, views, ctype, maximize, scalar_names, buffer_names, storage))
         if fn is None:
             rest.extend(item for item, _ in entries)
             continue
