@@ -559,7 +559,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             self._check_lr_shown(group)
         plans = self.__dict__.setdefault("_fast_plans", {})  # not pickled: it holds raw pointers
         # the planned step runs no torch op (only the kernel), so it needs no torch.no_grad()
-        if self.fast and kernels.run_planned(self.blocks, group, plans.get(id(group)), self.state, acc):
+        if self.fast and kernels.run_planned(self.blocks, group, plans.get(id(group)), self.state,
+                                                   **({} if acc is None else {"acc": acc})):
             self._finish_group(group, acc)
             return
         plans.pop(id(group), None)
@@ -608,7 +609,8 @@ class ChainOptimizer(torch.optim.Optimizer):
                 cache[key] = [b.scalars(h, st, frozenset(new)) for b, h in zip(self.blocks, views)]
             work.append((p, st, key))
         if self.fast and not sparse:  # returns what it can't run, and may store a plan for next time
-            work = kernels.run_group(self.blocks, views, work, cache, maximize, plans, id(group), group, acc)
+            work = kernels.run_group(self.blocks, views, work, cache, maximize, plans, id(group), group,
+                                     **({} if acc is None else {"acc": acc}))
         for p, st, key in work:
             self._reference_step(p, st, cache[key], views, maximize, acc)
         self._finish_group(group, acc)
