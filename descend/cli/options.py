@@ -25,7 +25,7 @@ def data_options(f):
     f = click.option("--data", "data_file", metavar="FILE", default=None,
                      help="Your data: a .csv with a header row (and --target COLUMN) or an .npz with arrays X and y.")(f)
     f = click.option("--task", default=None, metavar="NAME",
-                     help="A bundled scikit-learn set: digits (default), iris, wine, breast_cancer, diabetes.")(f)
+                     help="A bundled set: digits (default), iris, wine, breast_cancer, diabetes (scikit-learn), mnist1d (the mnist1d package).")(f)
     return f
 
 

@@ -33,7 +33,7 @@ import descend
 from descend.lab.data import Data
 from descend.lab.options import parse_value
 
-__all__ = ["DEFAULT_OPTIMIZERS", "DEFAULT_HYPERPARAMETERS", "hyperparameters_for", "make_model", "make_schedule",
+__all__ = ["DEFAULT_OPTIMIZERS", "DEFAULT_HYPERPARAMETERS", "hyperparameters_for", "make_model", "MODELS", "DEFAULT_HIDDEN", "make_schedule",
            "train_run", "compare", "Run", "Comparison", "Summary", "CSV_COLUMNS"]
 
 #: the optimizers ``descend compare`` runs by default: the chapter's three rules and the two that follow
@@ -157,10 +157,39 @@ def make_schedule(spec: str, lr: float, total_steps: int) -> Callable[[int], flo
 # ------------------------------------------------------------------------------- model and one run
 
 
-def make_model(n_in: int, n_out: int, hidden: Sequence[int] = (64,), seed: int = 0) -> nn.Sequential:
-    """An MLP ``n_in → hidden… → n_out`` with ReLU, initialised from ``torch.manual_seed(seed)``."""
-    torch.manual_seed(seed)
+#: the lab's models: an MLP, and a small 1-D CNN that reads the features as a signal (MNIST-1D)
+MODELS = ("mlp", "cnn1d")
+
+#: hidden widths when none are given: the MLP's hidden layers, the CNN's channels per conv layer
+DEFAULT_HIDDEN = {"mlp": (64,), "cnn1d": (32, 32, 32)}
+
+
+def make_model(n_in: int, n_out: int, hidden: Sequence[int] | None = None, seed: int | None = 0,
+               model: str = "mlp") -> nn.Sequential:
+    """The lab's model, initialised from ``torch.manual_seed(seed)`` (``seed=None``: from torch's
+    random state as it is).
+
+    ``"mlp"``: ``n_in → hidden… → n_out`` with ReLU. ``"cnn1d"``: the ``n_in`` features as a
+    one-channel signal through one Conv1d per entry of ``hidden`` (its channels; kernel 5, stride 2,
+    padding 2, ReLU), flattened into a linear layer to ``n_out``; the default (32, 32, 32) on
+    MNIST-1D's 40 samples has 12k parameters.
+    """
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
+    hidden = tuple(DEFAULT_HIDDEN[model] if hidden is None else hidden)
+    if not hidden or min(hidden) < 1:
+        raise ValueError(f"invalid hidden={hidden!r}; expected widths >= 1")
+    if seed is not None:
+        torch.manual_seed(seed)
     layers: list[nn.Module] = []
+    if model == "cnn1d":
+        layers.append(nn.Unflatten(1, (1, n_in)))
+        channels, length = [1, *hidden], n_in
+        for a, b in zip(channels[:-1], channels[1:]):
+            layers += [nn.Conv1d(a, b, kernel_size=5, stride=2, padding=2), nn.ReLU()]
+            length = (length - 1) // 2 + 1
+        layers += [nn.Flatten(), nn.Linear(channels[-1] * length, n_out)]
+        return nn.Sequential(*layers)
     widths = [n_in, *hidden]
     for a, b in zip(widths[:-1], widths[1:]):
         layers += [nn.Linear(a, b), nn.ReLU()]
@@ -210,8 +239,8 @@ class Run:
 
 
 def train_run(data: Data, optimizer: str, hyperparameters: Mapping[str, Any], *, seed: int = 0, epochs: int = 20,
-              batch_size: int = 32, hidden: Sequence[int] = (64,), schedule: str | None = None,
-              divergence_factor: float = 1e3, on_epoch: Callable[[], None] | None = None) -> Run:
+              batch_size: int = 32, hidden: Sequence[int] | None = None, schedule: str | None = None,
+              divergence_factor: float = 1e3, on_epoch: Callable[[], None] | None = None, model: str = "mlp") -> Run:
     """Train one MLP on ``data`` with one optimizer for ``epochs`` epochs; see the module docstring."""
     xt, xv = torch.from_numpy(data.x_train), torch.from_numpy(data.x_val)
     yt, yv = torch.from_numpy(data.y_train), torch.from_numpy(data.y_val)
@@ -220,15 +249,15 @@ def train_run(data: Data, optimizer: str, hyperparameters: Mapping[str, Any], *,
     hp = dict(hyperparameters)
     if schedule:
         hp["lr"] = make_schedule(schedule, float(hp["lr"]), epochs * steps_per_epoch)
-    model = make_model(data.n_features, data.n_outputs, hidden, seed)
-    opt = descend.create(optimizer, model.parameters(), **hp)
+    net = make_model(data.n_features, data.n_outputs, hidden, seed, model)
+    opt = descend.create(optimizer, net.parameters(), **hp)
     loss_fn = _loss_fn(data.kind)
     order = torch.Generator().manual_seed(seed)
     run = Run(optimizer, seed, dict(hyperparameters))
 
     def record(epoch: int, seconds: float, lr: float) -> float:
-        tl, _ = evaluate(model, xt, yt, data.kind)
-        vl, vm = evaluate(model, xv, yv, data.kind)
+        tl, _ = evaluate(net, xt, yt, data.kind)
+        vl, vm = evaluate(net, xv, yv, data.kind)
         run.rows.append(dict(optimizer=optimizer, seed=seed, epoch=epoch, train_loss=tl, val_loss=vl,
                              val_metric=vm, lr=lr, seconds=seconds))
         return tl
@@ -241,12 +270,12 @@ def train_run(data: Data, optimizer: str, hyperparameters: Mapping[str, Any], *,
         lr = float(opt.param_groups[0]["lr"])
         t0 = time.perf_counter()
         bad = False
-        model.train()
+        net.train()
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
             lr = float(opt.param_groups[0]["lr"])  # the value this step uses
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xt[idx]), yt[idx])
+            loss = loss_fn(net(xt[idx]), yt[idx])
             v = loss.item()
             if not math.isfinite(v) or v > limit:
                 bad = True
@@ -334,9 +363,9 @@ class Comparison:
 
 def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
             hyperparameters: Mapping[str, Mapping[str, Any]] | None = None, lr: float | None = None,
-            seeds: int | Sequence[int] = 5, epochs: int = 20, batch_size: int = 32, hidden: Sequence[int] = (64,),
+            seeds: int | Sequence[int] = 5, epochs: int = 20, batch_size: int = 32, hidden: Sequence[int] | None = None,
             schedule: str | None = None, goal: float | None = None, divergence_factor: float = 1e3,
-            progress: bool = False, threads: int | None = 1) -> Comparison:
+            progress: bool = False, threads: int | None = 1, model: str = "mlp") -> Comparison:
     """Train the same MLP on ``data`` with each optimizer and each seed.
 
     Args:
@@ -370,6 +399,9 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
         raise ValueError(f"invalid epochs={epochs!r}; expected an integer >= 1")
     if batch_size < 1:
         raise ValueError(f"invalid batch_size={batch_size!r}; expected an integer >= 1")
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
+    hidden = tuple(DEFAULT_HIDDEN[model] if hidden is None else hidden)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ValueError(f"invalid seeds={seeds!r}; expected at least one seed")
@@ -396,7 +428,7 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
                     bar.set_postfix_str(f"{name} seed {seed}")
                 run = train_run(data, name, hps[name], seed=seed, epochs=epochs, batch_size=batch_size,
                                 hidden=hidden, schedule=schedule, divergence_factor=divergence_factor,
-                                on_epoch=bar.update if bar is not None else None)
+                                on_epoch=bar.update if bar is not None else None, model=model)
                 if bar is not None and run.diverged:
                     bar.update(epochs - run.diverged_epoch)  # the epochs it will not run
                 runs.append(run)
@@ -410,7 +442,7 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
         best = max(finite) if finite else math.nan
         goal = 0.98 * best if best > 0 else best
     settings = dict(task=data.name, kind=data.kind, metric=data.metric_name, optimizers=names,
-                    seeds=seed_list, epochs=epochs, batch_size=batch_size, hidden=list(hidden),
+                    seeds=seed_list, epochs=epochs, batch_size=batch_size, hidden=list(hidden), model=model,
                     schedule=schedule, divergence_factor=divergence_factor,
                     train_rows=len(data.x_train), val_rows=len(data.x_val), n_features=data.n_features)
     return Comparison(data=data, runs=runs, settings=settings, goal=float(goal))
