@@ -6,8 +6,8 @@ import time
 
 import click
 
-from descend.cli.options import (command_line, data_options, load_data, optimizer_names, parse_hidden, parse_sets,
-                                   schedule_option)
+from descend.cli.options import (command_line, data_options, load_data, model_options, optimizer_names, parse_hidden,
+                                 parse_sets, schedule_option)
 
 __all__ = ["compare_command"]
 
@@ -15,13 +15,13 @@ __all__ = ["compare_command"]
 
 @click.command("compare")
 @data_options
+@model_options
 @click.option("--optimizers", default="gd,momentum,adagrad,rmsprop,adam", show_default=True,
               help="Comma-separated descend optimizer names (see `python -c 'import descend; print(descend.available())'`).")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Number of seeds (0..K-1); each seed: one initialisation and batch order shared by all optimizers.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--hidden", default="64", show_default=True, help="Hidden layer widths of the MLP, e.g. 128,64.")
 @click.option("--lr", type=float, default=None, help="Learning rate for every optimizer (replaces the defaults).")
 @click.option("--set", "sets", multiple=True, metavar="OPT.HP=VALUE",
               help="A hyperparameter of one optimizer, e.g. --set adam.lr=3e-4 --set adam.betas=0.9,0.99 "
@@ -33,8 +33,8 @@ __all__ = ["compare_command"]
 @click.option("--out", "out_dir", default="descend-report", show_default=True, type=click.Path(file_okay=False),
               help="Folder for report.html, metrics.csv and the figures.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def compare_command(task, data_file, target, kind, val_fraction, subsample, optimizers, epochs, seeds, batch_size,
-                    hidden, lr, sets, schedule, goal, out_dir, progress):
+def compare_command(task, data_file, target, kind, val_fraction, subsample, model, hidden, optimizers, epochs, seeds, batch_size,
+                    lr, sets, schedule, goal, out_dir, progress):
     """Train the same MLP with several optimizers on a real data set and write a report.
 
     Every optimizer starts, per seed, from the same weights and sees the same mini-batches. Prints a
@@ -59,7 +59,8 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, opti
     t0 = time.perf_counter()
     try:
         comp = train.compare(data, names, hyperparameters=per, lr=lr, seeds=seeds, epochs=epochs,
-                             batch_size=batch_size, hidden=widths, schedule=schedule, goal=goal, progress=progress)
+                             batch_size=batch_size, hidden=widths, schedule=schedule, goal=goal, progress=progress,
+                             model=model)
     except (ValueError, TypeError) as e:  # a bad hyperparameter or schedule, found before any training
         raise click.ClickException(str(e)) from None
     paths = report.write_report(comp, out_dir, command=command_line())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from descend.cli.options import batch_stream, data_options, load_data, optimizer_names, parse_hidden, parse_value
+from descend.cli.options import (batch_stream, data_options, load_data, model_options, optimizer_names, parse_hidden,
+                                 parse_value)
 
 __all__ = ["lr_find_command"]
 
@@ -12,6 +13,7 @@ __all__ = ["lr_find_command"]
 
 @click.command("lr-find")
 @data_options
+@model_options
 @click.option("--optimizer", default="adam", show_default=True, help="A descend optimizer name.")
 @click.option("--set", "sets", multiple=True, metavar="HP=VALUE",
               help="Another hyperparameter of the optimizer, e.g. --set momentum=0.95 (repeatable).")
@@ -19,14 +21,13 @@ __all__ = ["lr_find_command"]
 @click.option("--end-lr", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
 @click.option("--num-steps", type=click.IntRange(min=2), default=100, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--hidden", default="64", show_default=True, help="Hidden layer widths of the MLP.")
 @click.option("--rule", type=click.Choice(["min10", "steepest"]), default="min10", show_default=True,
               help="min10: the lr at the smoothed loss's minimum ÷ 10; steepest: where it falls fastest.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
               help="Save the loss-vs-lr plot here (.png).")
-def lr_find_command(task, data_file, target, kind, val_fraction, subsample, optimizer, sets, start_lr, end_lr,
-                    num_steps, batch_size, hidden, rule, seed, out_file):
+def lr_find_command(task, data_file, target, kind, val_fraction, subsample, model, hidden, optimizer, sets, start_lr, end_lr,
+                    num_steps, batch_size, rule, seed, out_file):
     """The learning-rate range test: print the suggested lr for OPTIMIZER on a task, plot the sweep.
 
     Trains the lab's MLP for up to NUM_STEPS mini-batches while the lr grows exponentially from
@@ -57,10 +58,10 @@ def lr_find_command(task, data_file, target, kind, val_fraction, subsample, opti
             raise click.BadParameter(f"{item!r}: {e}", param_hint="--set") from None
     widths = parse_hidden(hidden)
     data = load_data(task, data_file, target, kind, val_fraction, subsample)
-    model = train.make_model(data.n_features, data.n_outputs, widths, seed)
+    net = train.make_model(data.n_features, data.n_outputs, widths, seed, model)
     hyper = train.hyperparameters_for(name, hp)
     try:
-        opt = descend.create(name, model.parameters(), **hyper)
+        opt = descend.create(name, net.parameters(), **hyper)
     except (ValueError, TypeError) as e:
         raise click.ClickException(str(e)) from None
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
@@ -69,12 +70,12 @@ def lr_find_command(task, data_file, target, kind, val_fraction, subsample, opti
 
     def loss_fn():
         idx = next(batches)
-        return loss_of(model(x[idx]), y[idx])
+        return loss_of(net(x[idx]), y[idx])
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a small model: one thread is as fast, and robust on a busy machine
     try:
-        res = descend.lr_find(model, opt, loss_fn, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, rule=rule)
+        res = descend.lr_find(net, opt, loss_fn, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, rule=rule)
     finally:
         torch.set_num_threads(threads)
     for note in res.notes:

@@ -169,7 +169,7 @@ def make_model(n_in: int, n_out: int, hidden: Sequence[int] | None = None, seed:
     """The lab's model, initialised from ``torch.manual_seed(seed)`` (``seed=None``: from torch's
     random state as it is).
 
-    ``"mlp"``: ``n_in → hidden… → n_out`` with ReLU. ``"cnn1d"``: the ``n_in`` features as a
+    ``"mlp"``: ``n_in → hidden… → n_out`` with ReLU (``hidden=()``: a linear model). ``"cnn1d"``: the ``n_in`` features as a
     one-channel signal through one Conv1d per entry of ``hidden`` (its channels; kernel 5, stride 2,
     padding 2, ReLU), flattened into a linear layer to ``n_out``; the default (32, 32, 32) on
     MNIST-1D's 40 samples has 12k parameters.
@@ -177,8 +177,8 @@ def make_model(n_in: int, n_out: int, hidden: Sequence[int] | None = None, seed:
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
     hidden = tuple(DEFAULT_HIDDEN[model] if hidden is None else hidden)
-    if not hidden or min(hidden) < 1:
-        raise ValueError(f"invalid hidden={hidden!r}; expected widths >= 1")
+    if (model == "cnn1d" and not hidden) or any(w < 1 for w in hidden):
+        raise ValueError(f"invalid hidden={hidden!r}; expected widths >= 1 (an MLP may have none: a linear model)")
     if seed is not None:
         torch.manual_seed(seed)
     layers: list[nn.Module] = []
