@@ -905,6 +905,48 @@ def _landmarks(s: Any) -> list[int]:
     return [s.total_steps] if hasattr(s, "total_steps") else []
 
 
+def _phase_names(s: Any) -> list[str]:
+    """Names of the phase boundaries :func:`_landmarks` returns, in the same order."""
+    if isinstance(s, wsd):
+        return ["warm-up ends", "decay starts", "end"]
+    if isinstance(s, warmup_cosine):
+        return ["warm-up ends", "end"]
+    if isinstance(s, (one_cycle, one_cycle_momentum)):
+        return ["peak", "back at the start"] if s.three_phase else ["peak"]
+    if isinstance(s, inverse_sqrt):
+        return ["warm-up ends"]
+    if isinstance(s, multistep):
+        return [f"×{s.gamma:g}"] * len(s.milestones)
+    if isinstance(s, join):
+        return [f"schedule {i + 2}" for i in range(len(s.boundaries))]
+    return ["end"] * len(_landmarks(s))
+
+
+def describe(s: Any, width: int = 90) -> str:
+    """A short readable title: the name and the settings that differ from the defaults, in at most two lines."""
+    import dataclasses
+    import textwrap
+
+    if not dataclasses.is_dataclass(s):
+        name = type(s).__name__
+        if isinstance(s, reduce_on_plateau):
+            return f"reduce_on_plateau: init={s.init:g}, factor={s.factor:g}, patience={s.patience}"
+        return getattr(s, "__name__", name)
+    parts = []
+    for f in dataclasses.fields(s):
+        v = getattr(s, f.name)
+        if f.default is not dataclasses.MISSING and v == f.default:
+            continue
+        if isinstance(v, float):
+            v = f"{v:g}"
+        elif isinstance(v, tuple) and all(isinstance(x, (int, float)) for x in v):
+            v = ",".join(f"{x:g}" for x in v)
+        elif isinstance(v, tuple):
+            v = f"{len(v)} schedules"
+        parts.append(f"{f.name}={v}")
+    return "\n".join(textwrap.wrap(f"{type(s).__name__}: " + ", ".join(parts), width)[:2])
+
+
 def plot(schedule: Any, total_steps: int, *, out: str | None = None, title: str | None = None,
          ax: Any = None, logy: bool = False):
     """Draw ``schedule`` (or a mapping label → schedule) over steps 0 … total_steps − 1.
@@ -915,7 +957,7 @@ def plot(schedule: Any, total_steps: int, *, out: str | None = None, title: str 
         schedule: a schedule, or a dict of label → schedule drawn together.
         total_steps: how many steps to draw (>= 1).
         out: if given, the figure is saved there (e.g. a .png).
-        title: the figure title (default: the schedule's repr).
+        title: the figure title (default: :func:`describe` — the name and the non-default settings).
         ax: draw into this matplotlib Axes instead of a new figure.
         logy: logarithmic value axis.
 
@@ -945,12 +987,19 @@ def plot(schedule: Any, total_steps: int, *, out: str | None = None, title: str 
     ax.grid(alpha=0.3)
     if len(items) > 1 or next(iter(items)) is not None:
         ax.legend()
+    if len(items) == 1:  # the phase boundaries (end of warm-up, start of decay, ...), dotted and named
+        only = next(iter(items.values()))
+        marks = [(t, name) for t, name in zip(_landmarks(only), _phase_names(only)) if 0 < t < n]
+        for t, _ in marks:
+            ax.axvline(t, color="0.35", ls=":", lw=1.1, zorder=1)
+        if marks:  # named on a second x axis along the top, clear of the curve
+            top = ax.secondary_xaxis("top")
+            top.set_xticks([t for t, _ in marks], [f"{name}\nt={t}" for t, name in marks], fontsize=7, color="0.3")
+            top.tick_params(length=3, color="0.5")
     if title is None and len(items) == 1:
-        title = repr(next(iter(items.values())))
+        title = describe(next(iter(items.values())))
     if title:
-        import textwrap
-
-        ax.set_title("\n".join(textwrap.wrap(title, 95)), fontsize=8)
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     if out is not None:
         fig.savefig(out)

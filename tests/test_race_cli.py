@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from descend import lab
 from descend.cli import main
-from descend.lab.options import parse_assignment, parse_value
+from descend.cli.options import parse_assignment, parse_value
 
 
 def race(*args):

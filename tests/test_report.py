@@ -23,7 +23,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def _fake(finals: dict[str, list[float]], diverged: dict[str, int] | None = None, epochs: int = 4) -> T.Comparison:
     """A comparison with known numbers: run (opt, seed) climbs linearly from 0.1 to its final accuracy."""
     rng = np.random.default_rng(0)
-    data = D.prepare(rng.normal(size=(40, 3)), np.arange(40) % 2, name="toy")
+    data = D.prepare(rng.normal(size=(400, 3)), np.arange(400) % 2, name="toy")  # 80 validation rows
     runs = []
     for name, vals in finals.items():
         for seed, final in enumerate(vals):
@@ -39,7 +39,7 @@ def _fake(finals: dict[str, list[float]], diverged: dict[str, int] | None = None
             runs.append(run)
     settings = dict(task="toy", kind="classification", metric="accuracy", optimizers=list(finals),
                     seeds=list(range(len(next(iter(finals.values()))))), epochs=epochs, batch_size=8, hidden=[4],
-                    schedule=None, divergence_factor=1e3, train_rows=32, val_rows=8, n_features=3)
+                    schedule=None, divergence_factor=1e3, train_rows=320, val_rows=80, n_features=3)
     return T.Comparison(data=data, runs=runs, settings=settings, goal=0.8)
 
 
@@ -51,13 +51,14 @@ def test_reading_names_the_winner_the_gap_and_the_diverged():
     assert "lion (lr=0.1) diverged in 3 of 3 seeds, first at epoch 1" in text
     # epochs to 0.8: adam's seeds reach 0.8 at epoch 4·0.7/0.85.. → first epoch with m ≥ 0.8
     first = [next(e for e in range(5) if 0.1 + (f - 0.1) * e / 4 >= 0.8) for f in (0.95, 0.97, 0.96)]
-    assert f"Fastest to validation accuracy ≥ 0.800: adam ({np.mean(first):.1f} epochs" in text
+    assert f"Fastest to validation accuracy ≥ 0.800 in every seed: adam ({np.mean(first):.1f} epochs" in text
 
 
 def test_reading_says_when_the_lead_is_within_the_spread():
     comp = _fake({"rmsprop": [0.90, 0.96, 0.93], "adagrad": [0.93, 0.92, 0.92]})
     text = " ".join(R.reading(comp))
-    assert "rmsprop ended with the best" in text and "not clearly apart" in text
+    assert "rmsprop and adagrad tied for the best validation accuracy, 0.923 to 0.930" in text
+    assert "within the seed-to-seed spread (standard deviation up to 0.030)" in text and "not clearly apart" in text
     assert "No run diverged." in text
 
 
@@ -72,7 +73,8 @@ def test_table_marks_divergence():
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     data = D.load("digits", subsample=200)
-    comp = T.compare(data, ["gd", "adam"], hyperparameters={"gd": {"lr": 1e6}}, seeds=2, epochs=2, hidden=(8,))
+    comp = T.compare(data, ["gd", "adam"], hyperparameters={"gd": {"lr": 1e6}}, seeds=2, epochs=2, hidden=(8,),
+                     schedule="warmup_cosine:warmup_steps=3")  # long cells, as a real report has
     out = tmp_path_factory.mktemp("report")
     return comp, R.write_report(comp, out, command="descend compare --test"), out
 
@@ -112,22 +114,40 @@ def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no chromium here (see scripts/check_report_in_browser.sh)")
-def test_renders_in_headless_chromium(written):
-    _, paths, _ = written
-    shot = Path(tempfile.mkdtemp()) / "shot.png"
+def _headless(*flags, width: int, height: int = 1600) -> subprocess.CompletedProcess:
     profile = tempfile.mkdtemp()
     cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--window-size=1200,1600", f"--screenshot={shot}",
-           paths["report.html"].resolve().as_uri()]
-    subprocess.run(cmd, capture_output=True, timeout=60)
+           f"--user-data-dir={profile}", f"--window-size={width},{height}", *flags]
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=60, text=True)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium here (see scripts/check_report_in_browser.sh)")
+@pytest.mark.parametrize("width", [700, 1280])
+def test_renders_in_headless_chromium_without_sideways_scrolling(written, width):
+    _, paths, out = written
+    shot = Path(tempfile.mkdtemp()) / "shot.png"
+    _headless(f"--screenshot={shot}", "--hide-scrollbars", paths["report.html"].resolve().as_uri(), width=width)
     assert shot.is_file() and shot.read_bytes().startswith(PNG)
     import matplotlib.image
 
     img = matplotlib.image.imread(str(shot))
-    assert img.shape[0] >= 1000 and img.shape[1] >= 1000
+    assert img.shape[0] >= 1000 and img.shape[1] == width
     # not a blank page: dark text pixels and coloured figure pixels are both there
     rgb = img[..., :3]
     assert (rgb.mean(axis=2) < 0.3).mean() > 0.002
     assert (rgb.max(axis=2) - rgb.min(axis=2) > 0.3).mean() > 0.002
+    # no horizontal scroll: a copy of the page with a script that writes the page's width into its title
+    probe = Path(tempfile.mkdtemp()) / "probe.html"
+    page = paths["report.html"].read_text(encoding="utf-8")
+    probe.write_text(page.replace("</body>", "<script>document.title = 'W' + document.documentElement.scrollWidth"
+                                            " + '/' + document.documentElement.clientWidth;</script></body>"),
+                     encoding="utf-8")
+    dom = _headless("--dump-dom", probe.as_uri(), width=width).stdout
+    m = re.search(r"<title>W(\d+)/(\d+)</title>", dom)
+    assert m, dom[:300]
+    scroll, client = int(m.group(1)), int(m.group(2))
+    assert client > 0.8 * width and scroll <= client, (scroll, client)

@@ -6,22 +6,25 @@ import time
 
 import click
 
-from descend.cli.options import (command_line, data_options, load_data, model_options, optimizer_names, parse_hidden,
-                                 parse_sets, schedule_option)
+from descend.cli.options import (check_out_dir, command_line, data_options, load_data, model_options, optimizer_names,
+                                 optimizers_help, parse_hidden, parse_sets, schedule_option, schedules_help,
+                                 tasks_help)
 
 __all__ = ["compare_command"]
 
 
 
-@click.command("compare")
+@click.command("compare", epilog="\n\n".join([optimizers_help(), tasks_help(), schedules_help()]))
 @data_options
 @model_options
 @click.option("--optimizers", default="gd,momentum,adagrad,rmsprop,adam", show_default=True,
-              help="Comma-separated descend optimizer names (see `python -c 'import descend; print(descend.available())'`).")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+              help="Comma-separated optimizer names (listed below with their hyperparameters).")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Passes over the training rows per run (epoch 0, the untrained model, is measured too).")
 @click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Number of seeds (0..K-1); each seed: one initialisation and batch order shared by all optimizers.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Rows per mini-batch (one optimizer step each).")
 @click.option("--lr", type=float, default=None, help="Learning rate for every optimizer (replaces the defaults).")
 @click.option("--set", "sets", multiple=True, metavar="OPT.HP=VALUE",
               help="A hyperparameter of one optimizer, e.g. --set adam.lr=3e-4 --set adam.betas=0.9,0.99 "
@@ -29,12 +32,13 @@ __all__ = ["compare_command"]
                    "repeatable; OPT.KEY wins over KEY, which wins over --lr.")
 @schedule_option("the whole run", "warmup_cosine:warmup_steps=50")
 @click.option("--goal", type=float, default=None,
-              help="Validation metric for 'epochs to goal' (default: 98% of the best value any run reached).")
+              help="Validation metric for 'epochs to goal': an accuracy in (0, 1] or an R² <= 1 "
+                   "(default: 98% of the best 'best val' in the table).")
 @click.option("--out", "out_dir", default="descend-report", show_default=True, type=click.Path(file_okay=False),
               help="Folder for report.html, metrics.csv and the figures.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def compare_command(task, data_file, target, kind, val_fraction, subsample, model, hidden, optimizers, epochs, seeds, batch_size,
-                    lr, sets, schedule, goal, out_dir, progress):
+def compare_command(task, data_file, target, kind, val_fraction, subsample, features, drop, model, optimizers, epochs, seeds,
+                    batch_size, hidden, lr, sets, schedule, goal, out_dir, progress):
     """Train the same MLP with several optimizers on a real data set and write a report.
 
     Every optimizer starts, per seed, from the same weights and sees the same mini-batches. Prints a
@@ -53,14 +57,24 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, mode
 
     names = optimizer_names(optimizers)
     per = parse_sets(sets, names)
-    widths = parse_hidden(hidden)
-    data = load_data(task, data_file, target, kind, val_fraction, subsample)
+    widths = parse_hidden(hidden) or train.DEFAULT_HIDDEN[model]
+    check_out_dir(out_dir)  # before any training: a bad --out must cost nothing
+    data = load_data(task, data_file, target, kind, val_fraction, subsample, features, drop)
+    try:
+        train.check_memory(data, widths, batch_size)
+    except ValueError as e:
+        raise click.BadParameter(str(e).replace("hidden widths", "--hidden widths"), param_hint="--hidden") from None
     click.echo(f"{data.describe()}; {len(names)} optimizer(s) × {seeds} seed(s) × {epochs} epoch(s)", err=True)
     t0 = time.perf_counter()
+    interrupted = None
     try:
         comp = train.compare(data, names, hyperparameters=per, lr=lr, seeds=seeds, epochs=epochs,
                              batch_size=batch_size, hidden=widths, schedule=schedule, goal=goal, progress=progress,
                              model=model)
+    except train.Interrupted as e:  # Ctrl-C: keep the finished runs
+        if e.comparison is None:
+            raise Stopped("interrupted before any run finished; nothing written") from None
+        comp, interrupted = e.comparison, e
     except (ValueError, TypeError) as e:  # a bad hyperparameter or schedule, found before any training
         raise click.ClickException(str(e)) from None
     paths = report.write_report(comp, out_dir, command=command_line())
@@ -69,5 +83,14 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, mode
     click.echo("")
     for sentence in report.reading(comp):
         click.echo(sentence)
+    if interrupted is not None:
+        raise Stopped(f"interrupted: wrote the {interrupted.done} finished runs of {interrupted.planned} "
+                      f"to {out_dir} (marked partial)")
     click.echo(f"\nwrote {paths['report.html']}, {paths['metrics.csv']} and figures "
                f"({time.perf_counter() - t0:.1f} s)")
+
+
+class Stopped(click.ClickException):
+    """Ctrl-C: one ``Error:`` line and exit status 130 (128 + SIGINT), as a shell reports an interrupted command."""
+
+    exit_code = 130

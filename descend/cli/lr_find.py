@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import click
 
-from descend.cli.options import (batch_stream, data_options, load_data, model_options, optimizer_names, parse_hidden,
-                                 parse_value)
+from descend.cli.options import (batch_stream, check_out_file, data_options, hyperparameters_from_sets, load_data,
+                                 model_options, optimizer_names, optimizers_help, parse_hidden, save_figure, tasks_help)
 
 __all__ = ["lr_find_command"]
 
 
 
-@click.command("lr-find")
+@click.command("lr-find", epilog="\n\n".join([optimizers_help(), tasks_help()]))
 @data_options
 @model_options
-@click.option("--optimizer", default="adam", show_default=True, help="A descend optimizer name.")
+@click.option("--optimizer", default="adam", show_default=True, help="One optimizer name (listed below).")
 @click.option("--set", "sets", multiple=True, metavar="HP=VALUE",
-              help="Another hyperparameter of the optimizer, e.g. --set momentum=0.95 (repeatable).")
+              help="Another hyperparameter of the optimizer, e.g. --set momentum=0.95 (repeatable); not lr, "
+                   "which the test sweeps from --start-lr to --end-lr.")
 @click.option("--start-lr", type=click.FloatRange(min=0, min_open=True), default=1e-7, show_default=True)
 @click.option("--end-lr", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
 @click.option("--num-steps", type=click.IntRange(min=2), default=100, show_default=True)
@@ -26,8 +27,8 @@ __all__ = ["lr_find_command"]
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
               help="Save the loss-vs-lr plot here (.png).")
-def lr_find_command(task, data_file, target, kind, val_fraction, subsample, model, hidden, optimizer, sets, start_lr, end_lr,
-                    num_steps, batch_size, rule, seed, out_file):
+def lr_find_command(task, data_file, target, kind, val_fraction, subsample, features, drop, model, optimizer, sets, start_lr,
+                    end_lr, num_steps, batch_size, hidden, rule, seed, out_file):
     """The learning-rate range test: print the suggested lr for OPTIMIZER on a task, plot the sweep.
 
     Trains the lab's MLP for up to NUM_STEPS mini-batches while the lr grows exponentially from
@@ -47,23 +48,25 @@ def lr_find_command(task, data_file, target, kind, val_fraction, subsample, mode
     name = optimizer_names(optimizer)[0] if "," not in optimizer else None
     if name is None:
         raise click.BadParameter("give one optimizer", param_hint="--optimizer")
-    hp = {}
-    for item in sets:
-        k, eq, v = item.partition("=")
-        if not eq or not k.strip():
-            raise click.BadParameter(f"{item!r}: expected HYPERPARAMETER=VALUE, e.g. momentum=0.95", param_hint="--set")
-        try:
-            hp[k.strip()] = parse_value(v)
-        except ValueError as e:
-            raise click.BadParameter(f"{item!r}: {e}", param_hint="--set") from None
-    widths = parse_hidden(hidden)
-    data = load_data(task, data_file, target, kind, val_fraction, subsample)
-    net = train.make_model(data.n_features, data.n_outputs, widths, seed, model)
+    if out_file:
+        check_out_file(out_file)  # before the sweep: a bad --out must cost nothing
+    hp = hyperparameters_from_sets(sets, [name], hint="--set")[name]
+    if "lr" in hp:
+        raise click.BadParameter(f"lr={hp['lr']!r}: lr-find sweeps the learning rate from --start-lr to --end-lr; "
+                                 "set those instead", param_hint="--set")
+    widths = parse_hidden(hidden) or train.DEFAULT_HIDDEN[model]
     hyper = train.hyperparameters_for(name, hp)
-    try:
-        opt = descend.create(name, net.parameters(), **hyper)
+    try:  # the same check, and the same messages, as descend compare
+        train.check_optimizer(name, hyper)
     except (ValueError, TypeError) as e:
         raise click.ClickException(str(e)) from None
+    data = load_data(task, data_file, target, kind, val_fraction, subsample, features, drop)
+    try:
+        train.check_memory(data, widths, batch_size)
+    except ValueError as e:
+        raise click.BadParameter(str(e).replace("hidden widths", "--hidden widths"), param_hint="--hidden") from None
+    net = train.make_model(data.n_features, data.n_outputs, widths, seed, model)
+    opt = descend.create(name, net.parameters(), **hyper)
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     batches = batch_stream(len(x), batch_size, seed)
     loss_of = train._loss_fn(data.kind)
@@ -88,7 +91,7 @@ def lr_find_command(task, data_file, target, kind, val_fraction, subsample, mode
 
         fig = res.plot()
         fig.axes[0].set_title(f"{data.name}, {name}: {res}", fontsize=9)
-        fig.savefig(out_file)
+        save_figure(fig, out_file)
         plt.close(fig)
         click.echo(f"wrote {out_file}", err=True)
     if res.suggestion is None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from typing import Any
 
 import click
 
 import descend
-from descend.lab.options import hyperparameters_from_sets, schedule_option
+from descend.cli.options import (check_out_file, hyperparameters_from_sets, optimizers_help, save_figure, schedule_option,
+                                 schedules_help)
 from descend.lab.problems import problems
 
 __all__ = ["race_command"]
@@ -40,7 +42,8 @@ def _fmt_hp(hp: dict[str, Any]) -> str:
     return " ".join(f"{k}={one(v)}" for k, v in hp.items()) or "(defaults)"
 
 
-@click.command("race", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("race", context_settings={"help_option_names": ["-h", "--help"]},
+               epilog="\n\n".join([optimizers_help(lab_defaults=False), schedules_help()]))
 @click.option("--function", "function", type=click.Choice(problems(), case_sensitive=False),
               default="rosenbrock", show_default=True, help="The test problem.")
 @click.option("--optimizers", default="gd,momentum,adagrad,adam", show_default=True,
@@ -85,12 +88,8 @@ def race_command(function: str, optimizers: str, steps: int, start: str | None, 
                                  f"valid names: {', '.join(valid)}", param_hint="'--optimizers'")
     if len(set(names)) != len(names):
         raise click.BadParameter(f"{optimizers!r} names an optimizer twice", param_hint="'--optimizers'")
-    suffix = out.lower().rsplit(".", 1)[-1] if "." in out else ""
-    if suffix not in ("png", "gif"):
-        raise click.BadParameter(f"{out!r} must end in .png or .gif", param_hint="'--out'")
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise click.BadParameter(f"{out!r}: the folder {folder} does not exist", param_hint="'--out'")
+    check_out_file(out, "'--out'", (".png", ".gif"))  # before any work: a bad --out must cost nothing
+    suffix = out.lower().rsplit(".", 1)[-1]
 
     per_opt = hyperparameters_from_sets(assignments, names)
 
@@ -140,9 +139,19 @@ def race_command(function: str, optimizers: str, steps: int, start: str | None, 
 
     try:
         if suffix == "gif":
-            race_gif(prob, runs, out, frames=frames)
+            tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.writing.gif")
+            try:  # whole or not at all, like the PNG
+                with click.progressbar(length=1, label="rendering the GIF", file=sys.stderr) as bar:
+                    def step(done: int, total: int) -> None:
+                        bar.length = total
+                        bar.update(done - bar.pos)
+                    race_gif(prob, runs, tmp, frames=frames, progress=step)
+                os.replace(tmp, out)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
         else:
-            race_figure(prob, runs).savefig(out, dpi=110)
+            save_figure(race_figure(prob, runs), out, dpi=110)
     except OSError as e:
         raise click.ClickException(f"cannot write {out}: {e.strerror or e}") from None
     click.echo(f"wrote {out}")

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from descend.cli.options import check_out_file
 from descend.schedules import REGISTRY, _landmarks, _length, plot
 
 # the schedules the shell can build (join needs other schedules as arguments)
@@ -76,6 +77,24 @@ def _cli_params(name: str, args: list[str]) -> dict[str, Any]:
     return params
 
 
+def _parameters_help() -> str:
+    """A help paragraph: every schedule NAME with its parameters (needed ones bare, others with defaults)."""
+    width = max(map(len, _CLI_NAMES))
+    lines = ["\b", "Schedules and their parameters (--name value; those without a default are needed):"]
+    for name in _CLI_NAMES:
+        parts = []
+        for f in dataclasses.fields(REGISTRY[name]):
+            flag = "--" + f.name.replace("_", "-")
+            if f.default is dataclasses.MISSING:
+                parts.append(flag)
+            else:
+                d = f.default
+                shown = f"{d:g}" if isinstance(d, float) else str(d).lower() if isinstance(d, bool) else str(d)
+                parts.append(f"{flag} {shown}")
+        lines.append(f"  {name:<{width}}  {', '.join(parts)}")
+    return "\n".join(lines)
+
+
 def _is_number(s: str) -> bool:
     try:
         float(s)
@@ -85,7 +104,7 @@ def _is_number(s: str) -> bool:
 
 
 @click.command("schedule", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                             "help_option_names": ["-h", "--help"]})
+                                             "help_option_names": ["-h", "--help"]}, epilog=_parameters_help())
 @click.argument("name", metavar="NAME")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Steps to show (default: the schedule's own length where it has one).")
@@ -98,13 +117,15 @@ def schedule_command(ctx: click.Context, name: str, steps: int | None, out: str 
                      logy: bool) -> None:
     """Print sample values of a learning-rate schedule and plot it.
 
-    NAME is one of: constant, step, multistep, exponential, polynomial, linear, inverse_sqrt, cosine,
-    cosine_restarts, warmup_cosine, wsd, one_cycle, one_cycle_momentum. Its parameters follow as
-    --param value (dashes or underscores; milestones as 30,60,90).
+    NAME is one of the schedules listed below; its parameters follow as --param value (dashes or
+    underscores; milestones as 30,60,90). join and reduce_on_plateau need other schedules or a
+    metric, so they are built in Python (descend.schedules).
 
     Example: descend schedule wsd --peak 1e-3 --warmup-steps 100 --stable-steps 600
     --decay-steps 300 --decay sqrt --out wsd.png
     """
+    if out is not None:
+        check_out_file(out)
     key = name.lower().replace("-", "_")
     if key not in _CLI_NAMES:
         raise click.BadParameter(f"unknown schedule {name!r}; valid names: {', '.join(_CLI_NAMES)}",

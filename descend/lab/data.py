@@ -16,12 +16,13 @@ import math
 import os
 import random
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Data", "DataError", "TASKS", "load", "load_task", "load_file", "prepare", "detect_kind"]
+__all__ = ["Data", "DataError", "LabWarning", "TASKS", "load", "load_task", "load_file", "prepare", "detect_kind"]
 
 #: bundled scikit-learn sets (no download): name → (loader name, kind)
 TASKS: dict[str, tuple[str, str]] = {
@@ -43,6 +44,16 @@ class DataError(ValueError):
     """Bad data or a bad data option; the message is one line meant for the user."""
 
 
+class LabWarning(UserWarning):
+    """Something about the data or the settings that makes a reading less trustworthy (a tiny
+    validation split, a schedule that does not fit the run); one line meant for the user, which the
+    CLI prints as ``Warning: ...``."""
+
+
+#: fewer validation rows than this draws a :class:`LabWarning`
+SMALL_VALIDATION = 20
+
+
 @dataclass
 class Data:
     """A prepared task: standardised float32 features, targets, and what kind of task it is.
@@ -60,6 +71,7 @@ class Data:
     n_classes: int = 0
     feature_names: list[str] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings about the data, repeated in the report
 
     @property
     def n_features(self) -> int:
@@ -152,8 +164,29 @@ def load_mnist1d() -> tuple[np.ndarray, np.ndarray, str, list[str]]:
 _MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}
 
 
-def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Parse a CSV with a header row. Features must be numbers; the target may be numbers or labels.
+def _columns(path: Path, header: list[str], target: str, features: list[str] | None,
+             drop: list[str] | None) -> list[int]:
+    """The indices of the feature columns: ``features`` (default: every column but the target) less ``drop``."""
+    for option, names in (("--features", features), ("--drop", drop)):
+        for n in names or []:
+            if n not in header:
+                raise DataError(f"{path}: {option}: no column {n!r}; columns: {', '.join(header)}")
+            if n == target:
+                raise DataError(f"{path}: {option}: {n!r} is the target column")
+        if names and len(set(names)) != len(names):
+            raise DataError(f"{path}: {option} names a column twice: {', '.join(names)}")
+    chosen = [h for h in header if h != target] if features is None else list(features)
+    chosen = [h for h in chosen if h not in set(drop or [])]
+    if not chosen:
+        raise DataError(f"{path}: no feature columns left (--features/--drop); columns: {', '.join(header)}")
+    return [header.index(h) for h in chosen]
+
+
+def _read_csv(path: Path, target: str | None, features: list[str] | None = None,
+              drop: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Parse a CSV with a header row. Feature columns must hold numbers; the target may be numbers or
+    labels. ``features`` picks the feature columns (default: all but the target), ``drop`` leaves some
+    out; columns not used are not read (an id column of text is fine).
 
     Rows are numbered as lines of the file (the header is row 1), so an editor's line number finds them.
     """
@@ -172,6 +205,7 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, l
     if target not in header:
         raise DataError(f"{path}: no target column {target!r}; columns: {', '.join(header)}")
     t = header.index(target)
+    used = set(_columns(path, header, target, features, drop))
     feats, ys = [], []
     for lineno, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
@@ -180,6 +214,8 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, l
             raise DataError(f"{path}: row {lineno} has {len(row)} values, the header has {len(header)} columns")
         vals = []
         for j, cell in enumerate(row):
+            if j != t and j not in used:
+                continue
             c = cell.strip()
             if c.lower() in _MISSING:
                 raise DataError(f"{path}: row {lineno}, column {header[j]!r}: missing value")
@@ -196,7 +232,7 @@ def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, l
         feats.append(vals)
     if not feats:
         raise DataError(f"{path}: no data rows under the header")
-    names = [h for j, h in enumerate(header) if j != t]
+    names = [h for j, h in enumerate(header) if j != t and j in used]
     if not names:
         raise DataError(f"{path}: the target {target!r} is the only column; there are no features")
     try:
@@ -235,24 +271,31 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if len(bad):
         r, c = (int(v) for v in bad[0])
         raise DataError(f"{path}: X[{r}, {c}] is {x[r, c]}; every value must be a finite number")
-    if np.issubdtype(y.dtype, np.number):
+    if y.dtype.kind in "US":  # text labels, as a CSV's: a classification target
+        y = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in y.tolist()], dtype=object)
+    elif not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        raise DataError(f"{path}: y must hold numbers or text labels; its dtype is {y.dtype}")
+    else:
         y = y.astype(np.float64)
         if not np.all(np.isfinite(y)):
             raise DataError(f"{path}: y[{int(np.flatnonzero(~np.isfinite(y))[0])}] is not a finite number")
     return x, y, [f"x{i}" for i in range(x.shape[1])]
 
 
-def load_file(path: str | Path, target: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read ``X, y, feature_names`` from a ``.csv`` (header row; ``target`` names the target column)
-    or a ``.npz`` (arrays ``X`` and ``y``)."""
+def load_file(path: str | Path, target: str | None = None, features: list[str] | None = None,
+              drop: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read ``X, y, feature_names`` from a ``.csv`` (header row; ``target`` names the target column;
+    ``features`` / ``drop`` pick the feature columns) or a ``.npz`` (arrays ``X`` and ``y``)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     suffix = p.suffix.lower()
     if suffix == ".npz":
+        if features or drop:
+            raise DataError(f"{p}: --features and --drop pick columns of a CSV by name; an .npz has no column names")
         return _read_npz(p)
     if suffix in (".csv", ".txt"):
-        return _read_csv(p, target)
+        return _read_csv(p, target, features, drop)
     raise DataError(f"{p}: unknown file type {suffix or '(none)'!r}; use a .csv (with --target) or an .npz with X and y")
 
 
@@ -289,7 +332,8 @@ def prepare(x: np.ndarray, y: np.ndarray, *, name: str, kind: str | None = None,
         raise DataError(f"{name}: the target holds text labels; it cannot be a regression target")
     n_val = int(round(n * val_fraction))
     if n_val < 1 or n - n_val < 2:
-        raise DataError(f"{name}: {n} rows are too few to hold out a validation fraction of {val_fraction}")
+        raise DataError(f"{name}: {n} rows are too few to hold out a validation fraction of {val_fraction} "
+                        f"(--val-fraction): that leaves {n - n_val} training and {n_val} validation rows")
 
     class_names: list[str] = []
     n_classes = 0
@@ -306,7 +350,7 @@ def prepare(x: np.ndarray, y: np.ndarray, *, name: str, kind: str | None = None,
         for c in range(n_classes):
             rows = np.flatnonzero(y_idx == c)
             rng.shuffle(rows)
-            k = int(round(len(rows) * val_fraction)) if len(rows) > 1 else 0
+            k = min(int(round(len(rows) * val_fraction)), len(rows) - 1)  # every class keeps a training row
             val.extend(rows[:k])
         val = np.array(sorted(val), dtype=np.int64)
         if len(val) == 0:
@@ -315,9 +359,29 @@ def prepare(x: np.ndarray, y: np.ndarray, *, name: str, kind: str | None = None,
     else:
         val = np.sort(rng.permutation(n)[:n_val])
         y_all = np.asarray(y, dtype=np.float64)
+        if np.ptp(y_all) == 0:
+            raise DataError(f"{name}: the target is constant (every value is {y_all[0]:g}); there is nothing to learn "
+                            "and R² is undefined")
+        if np.ptp(y_all[val]) == 0:
+            raise DataError(f"{name}: the {len(val)} validation rows all have the target {y_all[val][0]:g}, so R² is "
+                            "undefined on them; hold out more rows (--val-fraction)")
     mask = np.zeros(n, dtype=bool)
     mask[val] = True
     xt, xv, yt, yv = x[~mask], x[mask], y_all[~mask], y_all[mask]
+    least = max(2, n_classes)  # classification: the stratified split keeps one training row per class
+    if len(xt) < least:
+        raise DataError(f"{name}: a validation fraction of {val_fraction} (--val-fraction) leaves {len(xt)} training "
+                        f"rows of {n} (at least {least} needed); hold out fewer rows")
+    notes = []
+    if len(xt) < SMALL_VALIDATION:
+        notes.append(f"{name}: only {len(xt)} training rows; the comparison says little about larger data")
+    if len(xv) < SMALL_VALIDATION:
+        step = f" (it moves in steps of 1/{len(xv)} = {1 / len(xv):.3f})" if kind == "classification" else ""
+        notes.append(f"{name}: only {len(xv)} validation rows, so the validation "
+                     f"{'accuracy is coarse and noisy' if kind == 'classification' else 'R² is noisy'}{step}; "
+                     "differences between optimizers may be chance")
+    for note in notes:
+        warnings.warn(note, LabWarning, stacklevel=2)
     mu, sd = xt.mean(axis=0), xt.std(axis=0)
     sd[sd == 0] = 1.0  # constant features stay 0
     xt, xv = (xt - mu) / sd, (xv - mu) / sd
@@ -325,7 +389,8 @@ def prepare(x: np.ndarray, y: np.ndarray, *, name: str, kind: str | None = None,
         ym, ys = yt.mean(), yt.std() or 1.0
         yt, yv = ((yt - ym) / ys).astype(np.float32), ((yv - ym) / ys).astype(np.float32)
     return Data(name=name, kind=kind, x_train=xt.astype(np.float32), y_train=yt, x_val=xv.astype(np.float32),
-                y_val=yv, n_classes=n_classes, feature_names=list(feature_names or []), class_names=class_names)
+                y_val=yv, n_classes=n_classes, feature_names=list(feature_names or []), class_names=class_names,
+                notes=notes)
 
 
 def _label(v) -> str:
@@ -335,10 +400,14 @@ def _label(v) -> str:
 
 
 def load(task: str | None = "digits", data: str | Path | None = None, target: str | None = None, *,
-         kind: str | None = None, val_fraction: float = 0.2, subsample: int | None = None) -> Data:
-    """A :class:`Data` from a bundled task name, or from a file (``data``, with ``target`` for a CSV)."""
+         kind: str | None = None, val_fraction: float = 0.2, subsample: int | None = None,
+         features: list[str] | None = None, drop: list[str] | None = None) -> Data:
+    """A :class:`Data` from a bundled task name, or from a file (``data``, with ``target`` for a CSV
+    and optionally ``features`` / ``drop`` to pick its feature columns)."""
+    if (features or drop) and data is None:
+        raise DataError("--features and --drop pick columns of a CSV given with --data; a bundled task has its own")
     if data is not None:
-        x, y, names = load_file(data, target)
+        x, y, names = load_file(data, target, features, drop)
         return prepare(x, y, name=Path(data).name, kind=kind, val_fraction=val_fraction, subsample=subsample,
                        feature_names=names)
     if target is not None:

@@ -14,7 +14,7 @@ a test, a CI job or a notebook (where a returned Figure is shown inline).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,36 @@ __all__ = ["contour_paths", "loss_curves", "race_figure", "race_gif", "COLORS"]
 #: Colours given to trajectories / series in order (matplotlib's tab10).
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
           "#bcbd22", "#17becf"]
+
+
+#: per trajectory, in order, beside its colour: a line style and a marker (its path's samples, its end
+#: point, its head in a GIF), so paths that run together stay apart
+STYLES = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ((0, (6, 2, 1, 2, 1, 2)), "v"), ((0, (9, 3)), "P"),
+          ((0, (1, 1)), "X"), ((0, (4, 1, 4, 4)), "*")]
+
+
+def _style(i: int, n: int) -> dict[str, Any]:
+    """Trajectory i of n: colour, dash, marker, and a width that shrinks with i, so where paths
+    coincide the earlier ones show as a rim around the later ones drawn on top."""
+    ls, marker = STYLES[i % len(STYLES)]
+    return dict(color=COLORS[i % len(COLORS)], ls=ls, marker=marker, lw=1.3 + 0.8 * (n - 1 - i), zorder=3 + i / max(n, 1))
+
+
+def _landmark_handles(prob: Problem, start: bool) -> list:
+    """Legend entries for the start and the known points (global and local minima, saddles) that are drawn."""
+    from matplotlib.lines import Line2D
+
+    out = []
+    if start:
+        out.append(Line2D([], [], ls="", marker="o", color="k", ms=6, label="start"))
+    out.append(Line2D([], [], ls="", marker="*", color="gold", mec="k", ms=13,
+                      label="global minim" + ("a" if len(prob.minima) > 1 else "um")))
+    if prob.local_minima:
+        out.append(Line2D([], [], ls="", marker="*", color="white", mec="k", ms=12,
+                          label="local minim" + ("a" if len(prob.local_minima) > 1 else "um")))
+    if prob.saddles and prob.dim == 2:
+        out.append(Line2D([], [], ls="", marker="x", color="k", ms=9, mew=2, label="saddle"))
+    return out
 
 
 def _axes(ax, figsize):
@@ -55,7 +85,7 @@ def _grid(prob: Problem, n: int):
 
 
 def contour_paths(problem: str | Problem, trajectories: Sequence[Trajectory] = (), ax=None, *,
-                  resolution: int = 200, title: str | None = None) -> Figure:
+                  resolution: int = 200, title: str | None = None, legend: bool = True) -> Figure:
     """Contour lines of a 2-D problem with optimizers' paths (a 1-D problem: its curve and iterates).
 
     Levels are spaced logarithmically in f − f*, so the floor of a valley stays visible.
@@ -66,6 +96,7 @@ def contour_paths(problem: str | Problem, trajectories: Sequence[Trajectory] = (
         ax: draw into these axes (default: a new Figure).
         resolution: grid points per axis.
         title: default: the problem's name and formula.
+        legend: draw the legend (the paths, the start, the minima and saddles) inside the axes.
 
     Returns:
         The Figure.
@@ -78,9 +109,11 @@ def contour_paths(problem: str | Problem, trajectories: Sequence[Trajectory] = (
         with torch.no_grad():
             ys = prob.f(torch.from_numpy(xs[None])).numpy()
         ax.plot(xs, ys, color="0.3", lw=1.5, zorder=1)
-        for t, c in zip(trajectories, COLORS * 10):
+        for i, t in enumerate(trajectories):
             ok = np.isfinite(t.points[:, 0]) & np.isfinite(t.losses)
-            ax.plot(t.points[ok, 0], t.losses[ok], "o-", color=c, ms=3, lw=0.8, alpha=0.8, label=_label(t))
+            st = _style(i, len(trajectories))
+            ax.plot(t.points[ok, 0], t.losses[ok], color=st["color"], ls=st["ls"], lw=0.9, marker=st["marker"], ms=4,
+                    alpha=0.85, zorder=st["zorder"], label=_label(t))
         for m in prob.minima:
             ax.plot(m[0], float(prob(m)), "*", color="gold", mec="k", ms=15, zorder=5)
         for m in prob.local_minima:
@@ -93,15 +126,25 @@ def contour_paths(problem: str | Problem, trajectories: Sequence[Trajectory] = (
         gap = Z - fmin
         top = float(np.nanmax(gap))
         low = max(float(np.nanmin(gap[gap > 0])) if np.any(gap > 0) else top * 1e-6, top * 1e-6)
-        levels = fmin + np.geomspace(low, top, 30)
-        ax.contourf(X, Y, Z, levels=levels, cmap="Blues_r", alpha=0.35, extend="both")
-        ax.contour(X, Y, Z, levels=levels, colors="0.45", linewidths=0.5)
-        for t, c in zip(trajectories, COLORS * 10):
+        # shading: a smooth image of log(f − f*) (no band seams); lines: a dozen, thin and light, so the
+        # steep walls of a valley do not merge into grey
+        from matplotlib.colors import LogNorm
+
+        ax.imshow(np.clip(gap, low, top), extent=(X.min(), X.max(), Y.min(), Y.max()), origin="lower",
+                  cmap="Blues_r", norm=LogNorm(low, top), alpha=0.6, aspect="auto", interpolation="bilinear",
+                  zorder=0)
+        ax.contour(X, Y, Z, levels=fmin + np.geomspace(low, top, 12), colors="0.3", linewidths=0.5, alpha=0.5)
+        n = len(trajectories)
+        for i, t in enumerate(trajectories):
             p = t.points[np.all(np.isfinite(t.points), axis=1)]
-            every = max(1, len(p) // 40)
-            ax.plot(p[:, 0], p[:, 1], "-", color=c, lw=1.6, alpha=0.9, label=_label(t), zorder=3)
-            ax.plot(p[::every, 0], p[::every, 1], "o", color=c, ms=2.5, zorder=3)
-            ax.plot(p[-1, 0], p[-1, 1], "o", color=c, mec="k", ms=6, zorder=6)
+            st = _style(i, n)
+            every = max(1, len(p) // 12)
+            ax.plot(p[:, 0], p[:, 1], color=st["color"], ls=st["ls"], lw=st["lw"], alpha=0.95, label=_label(t),
+                    zorder=st["zorder"], marker=st["marker"], ms=5, mec="white", mew=0.6,
+                    markevery=(i * every // max(n, 1), every))
+            # end points: earlier ones larger, so one that ends under another still shows its rim
+            ax.plot(p[-1, 0], p[-1, 1], st["marker"], color=st["color"], mec="k", ms=8 + 2.5 * (n - 1 - i),
+                    zorder=6 + i / max(n, 1))
         if trajectories:
             s = trajectories[0].points[0]
             ax.plot(s[0], s[1], "o", color="k", ms=6, zorder=4)
@@ -118,13 +161,15 @@ def contour_paths(problem: str | Problem, trajectories: Sequence[Trajectory] = (
     else:
         raise ValueError(f"contour_paths: invalid problem {prob.name!r} of dimension {prob.dim}; expected 1 or 2")
     ax.set_title(title if title is not None else f"{prob.name}: {prob.formula}", fontsize=10)
-    if trajectories:
-        ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    if legend:
+        handles = ax.get_legend_handles_labels()[0] + _landmark_handles(prob, bool(trajectories) and prob.dim == 2)
+        ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
     return fig
 
 
 def loss_curves(series: Sequence[Trajectory] | Mapping[str, Any], ax=None, *, log: bool = True,
-                xlabel: str = "step", ylabel: str | None = None, title: str | None = None) -> Figure:
+                xlabel: str = "step", ylabel: str | None = None, title: str | None = None,
+                legend: bool = True) -> Figure:
     """Lines over steps: trajectories' losses, or any named series (loss vs step, metric vs epoch, lr ...).
 
     Args:
@@ -157,9 +202,13 @@ def loss_curves(series: Sequence[Trajectory] | Mapping[str, Any], ax=None, *, lo
             y = np.maximum(t.losses - t.problem.min_value, 1e-16) if log else t.losses - t.problem.min_value
             items.append((_label(t), np.arange(len(t.losses)), y, None))
         default_ylabel = "f(θ) − f*"
-    for (name, x, y, band), c in zip(items, COLORS * 10):
+    for i, (name, x, y, band) in enumerate(items):
+        st = _style(i, len(items))
+        c = st["color"]
         ok = np.isfinite(y)
-        ax.plot(x[ok], y[ok], color=c, lw=1.6, label=name)
+        ax.plot(x[ok], y[ok], color=c, ls=st["ls"], lw=min(st["lw"], 3.0), marker=st["marker"], ms=5,
+                markevery=(i * max(1, ok.sum() // 8) // max(len(items), 1), max(1, ok.sum() // 8)),
+                zorder=st["zorder"], label=name)
         if band is not None:
             lo, hi = band
             okb = np.isfinite(lo) & np.isfinite(hi)
@@ -171,22 +220,26 @@ def loss_curves(series: Sequence[Trajectory] | Mapping[str, Any], ax=None, *, lo
     if title:
         ax.set_title(title, fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    if items:
+    if items and legend:
         ax.legend(loc="best", fontsize=8, framealpha=0.85)
     return fig
 
 
 def race_figure(problem: str | Problem, trajectories: Sequence[Trajectory]) -> Figure:
     """The paths (left) and f(θ_t) − f* over steps (right) in one Figure: ``descend race``'s PNG."""
-    fig = Figure(figsize=(11.0, 4.6), layout="constrained")
+    prob = get_problem(problem)
+    fig = Figure(figsize=(11.0, 5.0), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[1.15, 1.0])
-    contour_paths(problem, trajectories, ax=left)
-    loss_curves(trajectories, ax=right, title="f(θ_t) − f*, the gap to the minimum value")
+    contour_paths(prob, trajectories, ax=left, legend=False)
+    loss_curves(trajectories, ax=right, title="f(θ_t) − f*, the gap to the minimum value", legend=False)
+    handles = left.get_legend_handles_labels()[0] + _landmark_handles(prob, bool(trajectories) and prob.dim == 2)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
     return fig
 
 
 def race_gif(problem: str | Problem, trajectories: Sequence[Trajectory], path: str | Path, *,
-             frames: int = 60, fps: int = 12, dpi: int = 80) -> Path:
+             frames: int = 60, fps: int = 12, dpi: int = 80,
+             progress: Callable[[int, int], None] | None = None) -> Path:
     """Write the race as an animated GIF: the paths grow step by step over the contour plot.
 
     Steps are sampled evenly onto at most ``frames`` frames, plus a pause on the last one; at the
@@ -195,6 +248,7 @@ def race_gif(problem: str | Problem, trajectories: Sequence[Trajectory], path: s
     Args:
         problem: a name or a Problem; trajectories: the runs; path: where to write the .gif.
         frames: the most frames; fps: frames per second; dpi: resolution.
+        progress: called as ``progress(done, total)`` after each frame is drawn (rendering takes seconds).
 
     Returns:
         The path written.
@@ -204,18 +258,30 @@ def race_gif(problem: str | Problem, trajectories: Sequence[Trajectory], path: s
     prob = get_problem(problem)
     if frames < 1:
         raise ValueError(f"race_gif: invalid frames={frames!r}; expected an integer >= 1")
-    fig = Figure(figsize=(5.6, 4.6), layout="constrained")
+    fig = Figure(figsize=(5.6, 5.2), layout="constrained")
     ax = fig.add_subplot()
-    contour_paths(prob, [], ax=ax)
+    contour_paths(prob, [], ax=ax, legend=False)
     lines, heads = [], []
-    for t, c in zip(trajectories, COLORS * 10):
-        style = dict(marker="o", ms=3, lw=0.8) if prob.dim == 1 else dict(lw=1.8)
-        (line,) = ax.plot([], [], color=c, label=_label(t), zorder=3, **style)
-        (head,) = ax.plot([], [], "o", color=c, mec="k", ms=8, zorder=6)  # above the minima's stars
+    n = len(trajectories)
+    for i, t in enumerate(trajectories):
+        st = _style(i, n)
+        style = dict(marker=st["marker"], ms=3, lw=0.8) if prob.dim == 1 else dict(lw=min(st["lw"], 3.0))
+        (line,) = ax.plot([], [], color=st["color"], ls=st["ls"], label=_label(t), zorder=st["zorder"], **style)
+        # heads: each its own shape, earlier ones larger, above the minima's stars
+        (head,) = ax.plot([], [], st["marker"], color=st["color"], mec="k", ms=8 + 2.5 * (n - 1 - i),
+                          zorder=6 + i / max(n, 1))
         lines.append(line)
         heads.append(head)
+    if trajectories and prob.dim == 2:
+        s0 = trajectories[0].points[0]
+        ax.plot(s0[0], s0[1], "o", color="k", ms=6, zorder=4)
     if trajectories:
-        ax.legend(loc="best", fontsize=8, framealpha=0.85)
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=h.get_color(), ls=ln.get_linestyle(), marker=h.get_marker(), mec="k",
+                          label=ln.get_label()) for ln, h in zip(lines, heads)]
+        handles += _landmark_handles(prob, prob.dim == 2)
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
     longest = max((len(t.points) for t in trajectories), default=1)
     ticks = np.unique(np.linspace(0, longest - 1, frames).round().astype(int))
     ticks = np.concatenate([ticks, np.full(max(1, fps), ticks[-1])])  # hold the end a second
@@ -238,5 +304,6 @@ def race_gif(problem: str | Problem, trajectories: Sequence[Trajectory], path: s
 
     anim = FuncAnimation(fig, draw, frames=ticks, blit=False)
     path = Path(path)
-    anim.save(str(path), writer=PillowWriter(fps=fps), dpi=dpi)
+    anim.save(str(path), writer=PillowWriter(fps=fps), dpi=dpi,
+              progress_callback=(lambda i, total: progress(i + 1, total)) if progress is not None else None)
     return path

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,10 +32,10 @@ from torch import nn
 
 import descend
 from descend.lab.data import Data
-from descend.lab.options import parse_value
 
-__all__ = ["DEFAULT_OPTIMIZERS", "DEFAULT_HYPERPARAMETERS", "hyperparameters_for", "make_model", "MODELS", "DEFAULT_HIDDEN", "make_schedule",
-           "train_run", "compare", "Run", "Comparison", "Summary", "CSV_COLUMNS"]
+__all__ = ["parse_value", "parse_schedule", "DEFAULT_OPTIMIZERS", "DEFAULT_HYPERPARAMETERS", "hyperparameters_for",
+           "make_model", "MODELS", "DEFAULT_HIDDEN", "make_schedule", "train_run", "compare", "Interrupted", "check_memory",
+           "default_goal", "check_goal", "schedule_parameters", "Run", "Comparison", "Summary", "CSV_COLUMNS"]
 
 #: the optimizers ``descend compare`` runs by default: the chapter's three rules and the two that follow
 DEFAULT_OPTIMIZERS = ("gd", "momentum", "adagrad", "rmsprop", "adam")
@@ -95,6 +96,24 @@ _LR_NAMES = ("lr", "peak", "max_lr", "init", "value", "peak_lr", "init_value", "
 _STEP_NAMES = ("total_steps", "num_steps", "steps", "T", "max_steps")
 
 
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def parse_value(text: str) -> Any:
+    """A hyperparameter value from the command line: ``true``/``false``, an int, a float, or a
+    comma-separated tuple of those. Raises ValueError otherwise."""
+    s = text.strip()
+    if s.lower() in ("true", "false"):
+        return s.lower() == "true"
+    if "," in s:
+        return tuple(parse_value(part) for part in s.split(","))
+    if re.fullmatch(r"[+-]?\d+", s):
+        return int(s)
+    if _NUMBER.match(s) or s.lower() in ("inf", "-inf", "nan"):
+        return float(s)
+    raise ValueError(f"{text!r} is not a number, true/false, or a comma-separated list of those")
+
+
 def parse_schedule(spec: str) -> tuple[str, dict[str, Any]]:
     """``"warmup_cosine:warmup_steps=50,end=0"`` → ``("warmup_cosine", {"warmup_steps": 50, "end": 0})``."""
     name, _, rest = spec.partition(":")
@@ -122,6 +141,35 @@ def _schedule_registry() -> dict[str, Callable[..., Any]]:
     return dict(reg)
 
 
+#: schedules that cannot be built from ``NAME:K=V``, and why
+_NOT_FROM_SPEC = {"join": "join chains other schedules; build it in Python (descend.schedules.join([...], [...])) "
+                          "and pass it as the optimizer's lr",
+                  "one_cycle_momentum": "it schedules a momentum (γ or β₁), not a learning rate; one_cycle is "
+                                        "its learning-rate half"}
+
+
+def schedule_parameters(name: str) -> str:
+    """What schedule ``name`` takes, for help texts and errors: ``"init=the optimizer's lr, step_size (needed),
+    gamma=0.1"``. The learning-rate argument and the length are filled in by :func:`make_schedule`."""
+    params = inspect.signature(_schedule_registry()[name]).parameters
+    lr_arg = next((n for n in _LR_NAMES if n in params), None)
+    parts = []
+    for p in params.values():
+        if p.name == lr_arg:
+            parts.append(f"{p.name}=the optimizer's lr")
+        elif p.name in _STEP_NAMES:
+            parts.append(f"{p.name}=the run's steps")
+        elif p.name == "decay_steps" and name == "wsd":
+            parts.append("decay_steps=the steps left")
+        elif p.default is inspect.Parameter.empty:
+            parts.append(f"{p.name} (needed)")
+        else:
+            d = p.default
+            shown = f"{d:g}" if isinstance(d, float) else str(d).lower() if isinstance(d, bool) else str(d)
+            parts.append(f"{p.name}={shown}")
+    return ", ".join(parts)
+
+
 def make_schedule(spec: str, lr: float, total_steps: int) -> Callable[[int], float]:
     """Build a learning-rate schedule from :mod:`descend.schedules` by name (looked up at run time).
 
@@ -129,16 +177,23 @@ def make_schedule(spec: str, lr: float, total_steps: int) -> Callable[[int], flo
     learning-rate argument (``peak``, ``init``, ``max_lr``, … — the first it has) with the optimizer's
     ``lr``, its length (``total_steps``) with the run's number of steps (epochs × batches per epoch),
     and wsd's ``decay_steps`` with what is left after its warm-up and stable phases.
+
+    A schedule that lasts longer than the run (it would never reach its end, e.g. wsd's decay) is a
+    ValueError; one that ends before the run does draws a :class:`~descend.lab.data.LabWarning` (the
+    rest of the run keeps its final value). ``reduce_on_plateau`` needs a metric: :func:`train_run`
+    feeds it the validation loss after every epoch.
     """
     name, kwargs = parse_schedule(spec)
     reg = _schedule_registry()
+    if name in _NOT_FROM_SPEC:
+        raise ValueError(f"schedule {name!r} cannot be given as NAME:K=V: {_NOT_FROM_SPEC[name]}")
     if name not in reg:
-        raise ValueError(f"unknown schedule {name!r}; valid schedules: {', '.join(reg)}")
+        raise ValueError(f"unknown schedule {name!r}; valid schedules: {', '.join(n for n in reg if n not in _NOT_FROM_SPEC)}")
     fn = reg[name]
     params = inspect.signature(fn).parameters
     for k in kwargs:
         if k not in params:
-            raise ValueError(f"schedule {name} has no argument {k!r}; it takes {', '.join(params)}")
+            raise ValueError(f"schedule {name} has no argument {k!r}; it takes {schedule_parameters(name)}")
     lr_arg = next((n for n in _LR_NAMES if n in params), None)
     if lr_arg is not None and lr_arg not in kwargs:
         kwargs[lr_arg] = lr
@@ -148,10 +203,47 @@ def make_schedule(spec: str, lr: float, total_steps: int) -> Callable[[int], flo
     if "decay_steps" in params and "decay_steps" not in kwargs:
         used = sum(int(kwargs.get(n, 0)) for n in ("warmup_steps", "stable_steps"))
         kwargs["decay_steps"] = max(1, total_steps - used)
+    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in kwargs]
+    if missing:
+        example = ",".join(f"{n}=..." for n in missing)
+        raise ValueError(f"schedule {name} needs {' and '.join(missing)} (e.g. {name}:{example}); "
+                         f"it takes {schedule_parameters(name)}")
     try:
-        return fn(**kwargs)
+        sched = fn(**kwargs)
     except TypeError as e:
-        raise ValueError(f"schedule {name}{inspect.signature(fn)}: {e}") from None
+        raise ValueError(f"schedule {name}: {e}; it takes {schedule_parameters(name)}") from None
+    _check_length(spec, sched, total_steps)
+    return sched
+
+
+def _check_length(spec: str, sched: Any, total_steps: int) -> None:
+    """A schedule longer than the run is an error; one shorter than the run, a warning."""
+    import warnings
+
+    from descend.lab.data import LabWarning
+
+    ends = getattr(sched, "total_steps", None)
+    if isinstance(ends, int) and ends > total_steps:
+        raise ValueError(f"schedule {spec!r} lasts {ends} steps but the run has {total_steps} (epochs × batches "
+                         "per epoch): it would never reach its end; shorten it or train longer")
+    if isinstance(ends, int) and ends < total_steps:
+        warnings.warn(f"schedule {spec!r} ends at step {ends} of the run's {total_steps}; the rest of the run keeps "
+                      f"its final value {sched(total_steps - 1):.3g}", LabWarning, stacklevel=3)
+    late = [m for m in getattr(sched, "milestones", ()) or () if m >= total_steps]
+    step_size = getattr(sched, "step_size", None)
+    if late or (isinstance(step_size, int) and step_size >= total_steps):
+        warnings.warn(f"schedule {spec!r} changes only after the run's {total_steps} steps "
+                      f"({'milestones ' + ', '.join(map(str, late)) if late else f'step_size={step_size}'}): "
+                      "the run sees a constant rate", LabWarning, stacklevel=3)
+
+
+def feeds_on_validation_loss(schedule: Any) -> bool:
+    """Whether ``schedule`` (a spec or a built schedule) is a plateau schedule, fed the validation loss per epoch."""
+    if isinstance(schedule, str):
+        return parse_schedule(schedule)[0] == "reduce_on_plateau"
+    from descend import schedules
+
+    return isinstance(schedule, schedules.reduce_on_plateau)
 
 
 # ------------------------------------------------------------------------------- model and one run
@@ -249,15 +341,21 @@ def train_run(data: Data, optimizer: str, hyperparameters: Mapping[str, Any], *,
     hp = dict(hyperparameters)
     if schedule:
         hp["lr"] = make_schedule(schedule, float(hp["lr"]), epochs * steps_per_epoch)
-    net = make_model(data.n_features, data.n_outputs, hidden, seed, model)
-    opt = descend.create(optimizer, net.parameters(), **hp)
+    plateau = schedule is not None and feeds_on_validation_loss(hp.get("lr"))
+    arch = model  # the keyword names the architecture; from here on ``model`` is the module
+    model = make_model(data.n_features, data.n_outputs, hidden, seed, arch)
+    opt = descend.create(optimizer, model.parameters(), **hp)
     loss_fn = _loss_fn(data.kind)
     order = torch.Generator().manual_seed(seed)
     run = Run(optimizer, seed, dict(hyperparameters))
 
     def record(epoch: int, seconds: float, lr: float) -> float:
-        tl, _ = evaluate(net, xt, yt, data.kind)
-        vl, vm = evaluate(net, xv, yv, data.kind)
+        tl, _ = evaluate(model, xt, yt, data.kind)
+        vl, vm = evaluate(model, xv, yv, data.kind)
+        if plateau and epoch > 0 and math.isfinite(vl):
+            from descend.schedules import observe
+
+            observe(opt, vl)  # reduce_on_plateau: the validation loss after each epoch
         run.rows.append(dict(optimizer=optimizer, seed=seed, epoch=epoch, train_loss=tl, val_loss=vl,
                              val_metric=vm, lr=lr, seconds=seconds))
         return tl
@@ -270,12 +368,12 @@ def train_run(data: Data, optimizer: str, hyperparameters: Mapping[str, Any], *,
         lr = float(opt.param_groups[0]["lr"])
         t0 = time.perf_counter()
         bad = False
-        net.train()
+        model.train()
         for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
             lr = float(opt.param_groups[0]["lr"])  # the value this step uses
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xt[idx]), yt[idx])
+            loss = loss_fn(model(xt[idx]), yt[idx])
             v = loss.item()
             if not math.isfinite(v) or v > limit:
                 bad = True
@@ -343,7 +441,8 @@ class Comparison:
             runs = self.runs_of(name)
             ok = [r for r in runs if not r.diverged]
             finals = np.array([r.rows[-1]["val_metric"] for r in ok], dtype=float)
-            bests = np.array([np.nanmax(r.metric()) for r in ok], dtype=float)
+            bests = np.array([np.nanmax(m) if np.isfinite(m).any() else math.nan for r in ok for m in [r.metric()]],
+                             dtype=float)
             to_goal = []
             for r in ok:
                 hit = [row["epoch"] for row in r.rows if row["val_metric"] >= self.goal]
@@ -377,8 +476,8 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
         seeds: a count K (seeds 0..K−1) or the seeds themselves.
         schedule: e.g. ``"cosine"`` or ``"warmup_cosine:warmup_steps=50"`` (see :func:`make_schedule`);
             the schedule's peak is each optimizer's lr.
-        goal: the validation metric for "epochs to goal"; default 98% of the best value any run reached
-            (or that best itself if it is ≤ 0).
+        goal: the validation metric for "epochs to goal"; default :func:`default_goal` (98% of the best
+            "best val" in the table). An accuracy in (0, 1] or an R² <= 1, else ValueError.
         progress: show a tqdm bar over all epochs.
         threads: torch's intra-op threads during the comparison (restored afterwards); None leaves
             them alone. One is the default: these models are too small to gain from more, and on a
@@ -386,6 +485,9 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
 
     Returns:
         a :class:`Comparison`. Bad names or values raise ValueError/TypeError before any training.
+
+    Raises:
+        Interrupted: on Ctrl-C (a KeyboardInterrupt), carrying the runs finished so far.
     """
     names = [str(o).lower() for o in optimizers]
     if not names:
@@ -405,6 +507,8 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ValueError(f"invalid seeds={seeds!r}; expected at least one seed")
+    if goal is not None:
+        check_goal(goal, data.kind)
     hps = {}
     for name in names:
         hp = hyperparameters_for(name, ({"lr": lr} if lr is not None else {}) | per.get(name, {}))
@@ -412,6 +516,7 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
         if schedule:
             make_schedule(schedule, float(hp["lr"]), epochs * math.ceil(len(data.x_train) / batch_size))  # fail now
         hps[name] = hp
+    check_memory(data, hidden, batch_size)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -421,6 +526,10 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    settings = dict(task=data.name, kind=data.kind, metric=data.metric_name, optimizers=names,
+                    seeds=seed_list, epochs=epochs, batch_size=batch_size, hidden=list(hidden), model=model,
+                    schedule=schedule, divergence_factor=divergence_factor,
+                    train_rows=len(data.x_train), val_rows=len(data.x_val), n_features=data.n_features)
     try:
         for seed in seed_list:
             for name in names:
@@ -432,17 +541,93 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
                 if bar is not None and run.diverged:
                     bar.update(epochs - run.diverged_epoch)  # the epochs it will not run
                 runs.append(run)
+    except KeyboardInterrupt:
+        planned = len(names) * len(seed_list)
+        partial = None
+        if runs:
+            settings["partial"] = dict(runs_done=len(runs), runs_planned=planned)
+            partial = _comparison(data, runs, names, seed_list, settings, goal)
+        raise Interrupted(partial, len(runs), planned) from None
     finally:
         torch.set_num_threads(before)
         if bar is not None:
             bar.close()
-    runs.sort(key=lambda r: (names.index(r.optimizer), seed_list.index(r.seed)))
-    if goal is None:
-        finite = [m for r in runs if not r.diverged for m in r.metric() if math.isfinite(m)]
-        best = max(finite) if finite else math.nan
-        goal = 0.98 * best if best > 0 else best
-    settings = dict(task=data.name, kind=data.kind, metric=data.metric_name, optimizers=names,
-                    seeds=seed_list, epochs=epochs, batch_size=batch_size, hidden=list(hidden), model=model,
-                    schedule=schedule, divergence_factor=divergence_factor,
-                    train_rows=len(data.x_train), val_rows=len(data.x_val), n_features=data.n_features)
-    return Comparison(data=data, runs=runs, settings=settings, goal=float(goal))
+    return _comparison(data, runs, names, seed_list, settings, goal)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`compare`. ``comparison`` holds the runs finished before it (the run in
+    progress is dropped; ``settings["partial"]`` says how many of how many), or is None if none finished."""
+
+    def __init__(self, comparison: Comparison | None, done: int, planned: int):
+        super().__init__(f"interrupted after {done} of {planned} runs")
+        self.comparison, self.done, self.planned = comparison, done, planned
+
+
+def _comparison(data: Data, runs: list[Run], names: list[str], seed_list: list[int], settings: dict[str, Any],
+                goal: float | None) -> Comparison:
+    runs = sorted(runs, key=lambda r: (names.index(r.optimizer), seed_list.index(r.seed)))
+    return Comparison(data=data, runs=runs, settings=settings, goal=float(default_goal(runs) if goal is None else goal))
+
+
+def default_goal(runs: Sequence[Run]) -> float:
+    """98% of the best "best val" of the table (per optimizer: the mean over its seeds that did not
+    diverge of each seed's best validation metric), or that best itself if it is <= 0: the goal sits
+    on the same quantity the table shows, so some optimizer's entry always reaches it on average."""
+    bests = []
+    for name in dict.fromkeys(r.optimizer for r in runs):
+        per_seed = [np.nanmax(m) for r in runs if r.optimizer == name and not r.diverged
+                    for m in [r.metric()] if np.isfinite(m).any()]
+        if per_seed:
+            bests.append(float(np.mean(per_seed)))
+    if not bests:
+        return math.nan
+    best = max(bests)
+    return 0.98 * best if best > 0 else best
+
+
+def check_goal(goal: float, kind: str) -> None:
+    """ValueError naming ``goal`` unless it is a value the validation metric can take: an accuracy in
+    (0, 1], an R² <= 1."""
+    ok = isinstance(goal, (int, float)) and math.isfinite(goal) and (0 < goal <= 1 if kind == "classification"
+                                                                   else goal <= 1)
+    if not ok:
+        expected = "a validation accuracy in (0, 1]" if kind == "classification" else "a finite R² <= 1"
+        raise ValueError(f"invalid goal={goal!r}; expected {expected}")
+
+
+def model_bytes(n_in: int, n_out: int, hidden: Sequence[int], rows: int, batch_size: int) -> int:
+    """A rough upper estimate of the memory one comparison run needs, in bytes (float32): the MLP's
+    parameters four times over (weights, gradients, two optimizer states) and the activations of the
+    largest forward pass (the evaluation on all ``rows`` training rows at once)."""
+    widths = [n_in, *hidden, n_out]
+    params = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
+    activations = max(rows, batch_size) * sum(widths) * 2
+    return 4 * (4 * params + activations)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable; None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(data: Data, hidden: Sequence[int], batch_size: int) -> None:
+    """ValueError naming ``hidden`` if one run's estimated memory (:func:`model_bytes`) exceeds what is available."""
+    need = model_bytes(data.n_features, data.n_outputs, hidden, len(data.x_train), batch_size)
+    have = available_memory()
+    if have is not None and need > have:
+        shape = "→".join(map(str, [data.n_features, *hidden, data.n_outputs]))
+        raise ValueError(f"invalid hidden={tuple(hidden)!r}: the MLP {shape} needs about {need / 1e9:.3g} GB of memory "
+                         f"to train and evaluate, more than the {have / 1e9:.3g} GB available; use smaller hidden widths")
