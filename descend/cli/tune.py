@@ -9,8 +9,8 @@ import time
 
 import click
 
-from descend.cli.options import (data_options, load_data, model_options, optimizer_names, parse_hidden, parse_sets,
-                                 schedule_option)
+from descend.cli.options import (check_out_file, data_options, load_data, model_options, optimizer_names,
+                                 optimizers_help, parse_hidden, parse_sets, schedule_option, tasks_help)
 
 __all__ = ["tune_command", "parse_lrs", "tuning_table"]
 
@@ -63,7 +63,7 @@ def tuning_table(res) -> str:
     return "\n".join(out)
 
 
-@click.command("tune")
+@click.command("tune", epilog="\n\n".join([optimizers_help(), tasks_help()]))
 @data_options
 @model_options
 @click.option("--optimizers", default="gd,momentum,adagrad,rmsprop,adam", show_default=True,
@@ -89,7 +89,7 @@ def tuning_table(res) -> str:
 @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
               help="Write one row per trial (optimizer, lr, seed, epochs, val_metric, diverged, seconds) to this CSV.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def tune_command(task, data_file, target, kind, val_fraction, subsample, model, hidden, optimizers, search, points, lrs,
+def tune_command(task, data_file, target, kind, val_fraction, subsample, features, drop, model, hidden, optimizers, search, points, lrs,
                  rate, epochs, seeds, batch_size, sets, schedule, jobs, ray_address, out_file, progress):
     """Search each optimizer's learning rate on the validation split; print the best and what it cost.
 
@@ -106,11 +106,13 @@ def tune_command(task, data_file, target, kind, val_fraction, subsample, model, 
     per = parse_sets(sets, names)
     widths = parse_hidden(hidden)
     tried = parse_lrs(lrs, points)
+    if out_file:
+        check_out_file(out_file, suffixes=(".csv",))
     if ray_address is not None and importlib.util.find_spec("ray") is None:
         raise click.UsageError("--ray needs Ray: pip install 'descend[ray]'")
     if ray_address is not None and jobs != 1:
         raise click.UsageError("give --jobs or --ray, not both (Ray schedules the trials on its own CPUs)")
-    data = load_data(task, data_file, target, kind, val_fraction, subsample)
+    data = load_data(task, data_file, target, kind, val_fraction, subsample, features, drop)
     click.echo(f"{data.describe()}; model {model}; {len(names)} optimizer(s), {search} search, "
                f"{seeds} seed(s) × {epochs} epoch(s)", err=True)
     t0 = time.perf_counter()
