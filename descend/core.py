@@ -28,6 +28,7 @@ contiguous float32/float64) and the reference otherwise; the tests prove the two
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import warnings
@@ -78,6 +79,7 @@ class Hyper:
         "closed_unit": "a number in [0, 1]",
         "betas": "a pair of numbers, each in [0, 1)",
         "bool": "True or False",
+        "auto_lr": "'auto' (or the number the estimate shows)",
     }
 
     def expected(self) -> str:
@@ -90,6 +92,16 @@ class Hyper:
 
         if self.kind == "bool":
             if not isinstance(value, bool):
+                raise bad()
+            return
+        if self.kind == "auto_lr":  # lr="auto": the group shows the estimate, a number, once it has one
+            if isinstance(value, str) and value == "auto":
+                return
+            try:
+                x = _num(value)
+            except TypeError:
+                raise bad() from None
+            if not (math.isfinite(x) and x >= 0.0):
                 raise bad()
             return
         if self.kind == "betas":
@@ -164,6 +176,8 @@ class Block:
     all_buffers: tuple[str, ...] = ()  # every state tensor the block may keep, whatever ``h``
     supports_sparse: bool = False
     scalar_state: tuple[str, ...] = ()  # plain-number per-parameter state, advanced by ``advance``
+    sums: tuple[str, ...] = ()  # per-group sums gathered during a step and handed to ``finish``
+    group_state: tuple[str, ...] = ()  # keys of per-group plain-number state the block keeps in the group
 
     def __init__(self, **pinned: Any) -> None:
         names = {hp.name for hp in self.hyper}
@@ -194,6 +208,15 @@ class Block:
 
     def scalars(self, h: Mapping[str, Any], st: Mapping[str, Any], new: frozenset) -> dict[str, Any]:
         return {}
+
+    # -- per-group sums (used by lr="auto"): ``apply`` adds into ``c.acc[name]`` (Python floats, in
+    # float64); ``c_code`` into ``r_NAME`` (double), which the kernel sums per group; after every
+    # parameter of the group has stepped, ``finish`` gets the totals and may update group state.
+    def init_group_state(self, group: dict) -> None:
+        pass
+
+    def finish(self, h: Mapping[str, Any], group: dict, acc: Mapping[str, float]) -> None:
+        pass
 
     def apply(self, u, p, s, c):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -250,6 +273,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             self.blocks = tuple(blocks)
         if not self.blocks:
             raise ValueError(f"{self._name()}: a chain needs at least one block")
+        hyperparameters = self._auto_lr(hyperparameters)
         known: dict[str, Hyper] = {}
         for b in self.blocks:
             for hp in b.hyper:
@@ -302,7 +326,13 @@ class ChainOptimizer(torch.optim.Optimizer):
             params = [params]
         if params is not None and len(list(params)) == 0:
             raise ValueError(f"{self._name()}: got an empty parameter list")
-        unknown = set(group) - set(self._known) - {"params", "maximize", "skip_nonfinite", "name",
+        if self._sum_blocks():  # lr="auto": group["lr"] is the estimate's display, never an input
+            given = param_group.get("lr", "auto")
+            if not (isinstance(given, str) and given == "auto"):
+                raise ValueError(f"{self._name()}: invalid lr={given!r} in a parameter group of an lr='auto' "
+                                 "optimizer; every group's rate is estimated (scale one with lr_scale)")
+        unknown = set(group) - set(self._known) - {k for b in self.blocks for k in b.group_state} - {
+            "params", "maximize", "skip_nonfinite", "name",
                                                    "param_names", "initial_lr", "schedules",
                                                    "step", "skipped_steps",
                                                    "differentiable"}  # torch's __setstate__ adds it
@@ -319,7 +349,11 @@ class ChainOptimizer(torch.optim.Optimizer):
         group.setdefault("skipped_steps", 0)
         for k, spec in sched.items():
             group[k] = resolve(spec, group["step"])
+        for b in self.blocks:
+            if not all(k in group for k in b.group_state):
+                b.init_group_state(group)
         super().add_param_group(group)
+        self._show_lr(self.param_groups[-1])
         for p in self.param_groups[-1]["params"]:
             if p.is_sparse:
                 raise ValueError(f"{self._name()}: sparse parameters are not supported")
@@ -398,6 +432,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         super().load_state_dict(sd)
         self.__dict__.pop("_written", None)
         self.__dict__.pop("_fast_plans", None)
+        self.__dict__.pop("_lr_shown", None)
         for g in self.param_groups:
             g["schedules"] = copy.deepcopy(g["schedules"])
 
@@ -460,18 +495,21 @@ class ChainOptimizer(torch.optim.Optimizer):
         if group["schedules"]:
             self._apply_schedules(group, check_overwrite=True)
             self._check_group(group)
+        acc = self._new_sums()
+        if acc is not None:
+            self._check_lr_shown(group)
         plans = self.__dict__.setdefault("_fast_plans", {})  # not pickled: it holds raw pointers
         # the planned step runs no torch op (only the kernel), so it needs no torch.no_grad()
-        if self.fast and kernels.run_planned(self.blocks, group, plans.get(id(group)), self.state):
-            self._finish_group(group)
+        if self.fast and kernels.run_planned(self.blocks, group, plans.get(id(group)), self.state, acc):
+            self._finish_group(group, acc)
             return
         plans.pop(id(group), None)
         views = [b.view(group) for b in self.blocks]
         maximize = group["maximize"]
         with torch.no_grad():
-            self._step_group_generic(group, views, maximize, plans)
+            self._step_group_generic(group, views, maximize, plans, acc)
 
-    def _step_group_generic(self, group, views, maximize, plans) -> None:
+    def _step_group_generic(self, group, views, maximize, plans, acc=None) -> None:
         """The step without a plan: per-parameter bookkeeping, then the kernel where it applies (which
         may leave a plan for the next step) and the readable reference for the rest."""
         params = [p for p in group["params"] if p.grad is not None]
@@ -511,15 +549,90 @@ class ChainOptimizer(torch.optim.Optimizer):
                 cache[key] = [b.scalars(h, st, frozenset(new)) for b, h in zip(self.blocks, views)]
             work.append((p, st, key))
         if self.fast and not sparse:  # returns what it can't run, and may store a plan for next time
-            work = kernels.run_group(self.blocks, views, work, cache, maximize, plans, id(group), group)
+            work = kernels.run_group(self.blocks, views, work, cache, maximize, plans, id(group), group, acc)
         for p, st, key in work:
-            self._reference_step(p, st, cache[key], views, maximize)
-        self._finish_group(group)
+            self._reference_step(p, st, cache[key], views, maximize, acc)
+        self._finish_group(group, acc)
 
-    def _finish_group(self, group: dict[str, Any]) -> None:
+    def _finish_group(self, group: dict[str, Any], acc: list[dict[str, float]] | None = None) -> None:
         group["step"] += 1
         if group["schedules"]:
             self._apply_schedules(group)  # show the value the next step will use
+        if acc is not None:
+            for b, a in zip(self.blocks, acc):
+                if b.sums:
+                    b.finish(b.view(group), group, a)
+            self._show_lr(group)
+
+    # -- lr="auto" ---------------------------------------------------------------------------
+
+    def _auto_lr(self, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+        """``lr="auto"`` or ``lr=descend.auto(...)``: the chain with its learning rate estimated (see
+        :class:`~descend.blocks.ScaleByAutoLearningRate`); returns the hyperparameters to use."""
+        spec = hyperparameters.get("lr")
+        if not isinstance(spec, str) and type(spec).__name__ != "Auto":
+            return hyperparameters
+        from descend.blocks import Auto  # the blocks module imports this one
+
+        if isinstance(spec, str):
+            if spec != "auto":
+                raise ValueError(f"{self._name()}: invalid lr={spec!r}; expected a finite number >= 0, "
+                                 "a schedule, or 'auto'")
+            spec = Auto()
+        try:
+            self.blocks = spec.chain(self.blocks)
+        except ValueError as e:
+            raise ValueError(f"{self._name()}: {e}") from None
+        return {**spec.hyperparameters(), **hyperparameters, "lr": "auto"}
+
+    def _sum_blocks(self) -> bool:
+        return any(b.sums for b in self.blocks)
+
+    def _new_sums(self) -> list[dict[str, float]] | None:
+        """Zeroed accumulators for the blocks' per-group sums (None if no block keeps any)."""
+        if not self._sum_blocks():
+            return None
+        return [dict.fromkeys(b.sums, 0.0) for b in self.blocks]
+
+    def _show_lr(self, group: dict[str, Any]) -> None:
+        """Write the estimated learning rate of the next step into ``group["lr"]`` (lr="auto")."""
+        for b in self.blocks:
+            shown = getattr(b, "lr_in_use", None)
+            if shown is not None and "lr" not in b.pinned:
+                group["lr"] = value = shown(b.view(group), group)
+                self.__dict__.setdefault("_lr_shown", {})[id(group)] = value
+
+    def _check_lr_shown(self, group: dict[str, Any]) -> None:
+        shown = self.__dict__.get("_lr_shown", {}).get(id(group))
+        if shown is not None and group["lr"] != shown and not self.__dict__.get("_warned_auto"):
+            self._warned_auto = True
+            warnings.warn(
+                f"{self._name()}: group['lr'] was changed to {group['lr']!r} (by a torch LRScheduler?), but "
+                "with lr='auto' it only shows the estimate, which is used; give the schedule's shape as "
+                "lr=descend.auto(scale=schedule) (or set group['lr_scale']).", RuntimeWarning, stacklevel=5)
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """``with opt.averaged(): evaluate(model)``: the parameters hold the average of the iterates
+        (:class:`~descend.blocks.AverageIterates`; ``lr=descend.auto(average=True)``) inside the block and their own
+        values again, bitwise, after it. A parameter that has not stepped yet keeps its value.
+        Do not step inside the block."""
+        if not any(type(b).__name__ == "AverageIterates" for b in self.blocks):
+            raise RuntimeError(f"{self._name()}.averaged(): this optimizer keeps no average of the "
+                               "iterates; use lr=descend.auto(average=True) or add "
+                               "descend.blocks.AverageIterates() to the chain")
+        pairs = [(p, self.state[p]["avg"]) for g in self.param_groups for p in g["params"]
+                 if "avg" in self.state.get(p, {})]
+        with torch.no_grad():
+            saved = [p.detach().clone(memory_format=torch.preserve_format) for p, _ in pairs]
+            for p, a in pairs:
+                p.copy_(a)
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                for (p, _), s in zip(pairs, saved):
+                    p.copy_(s)
 
     def _apply_schedules(self, group: dict[str, Any], check_overwrite: bool = False) -> None:
         """Write the scheduled hyperparameters' values for the group's step into the group.
@@ -539,15 +652,20 @@ class ChainOptimizer(torch.optim.Optimizer):
                     f"in descend.schedules.ScheduleLR, not both.", RuntimeWarning, stacklevel=4)
             group[k] = written[key] = value
 
-    def _reference_step(self, p, st, scal, views, maximize) -> None:
+    def _reference_step(self, p, st, scal, views, maximize, acc=None) -> None:
         """The readable path: each block's ``apply`` on this one tensor."""
         as_real = torch.view_as_real if torch.is_complex(p) else (lambda t: t)  # complex: its real view
         g = as_real(p.grad)
         u = -g if maximize else g
         pv = as_real(p)
-        for b, h, c in zip(self.blocks, views, scal):
+        for i, (b, h, c) in enumerate(zip(self.blocks, views, scal)):
             s = {n: as_real(st[n]) for n in b.buffers(h)}
-            u = b.apply(u, pv, s, SimpleNamespace(**c))
+            c = SimpleNamespace(**c)
+            if b.sums:
+                c.acc = acc[i]  # the group's sums for this step: apply adds into them
+            if getattr(b, "reads_grad", False):
+                c.g = -g if maximize else g  # the gradient as the chain received it (C: ``g``)
+            u = b.apply(u, pv, s, c)
         pv.add_(u)
 
     def __repr__(self) -> str:

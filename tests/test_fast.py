@@ -409,4 +409,4 @@ for p, q in zip(ps, qs):
     env = {**os.environ, "DESCEND_CACHE_DIR": str(tmp_path), "CXX": str(tmp_path / "no-such-compiler")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("python (compiling the plan check failed")
+    assert out.stdout.startswith("python (building or loading the plan check failed")

@@ -1,326 +1,202 @@
-"""The fast path: one generated C kernel per chain, streaming every tensor of a group once.
+"""The CPU backend: one generated C kernel per chain, streaming every tensor of a group once.
 
 Why this design. An optimizer step does a handful of flops per parameter and is bound by memory
 traffic: Adam must read θ, g, m, v and write θ, m, v (28 bytes per float32 parameter). Running the
 readable reference (one torch op per line) streams those arrays once *per op*, and its temporaries
 page-fault on large tensors, so it reaches 10–30% of the bandwidth. The fix is to fuse the whole chain
-into one elementwise loop that touches each byte once. Every block already states its rule for one
-element as a C snippet (``Block.c_code``); here the snippets of a chain are pasted, in order, into
-one loop body, compiled once with the system C compiler into a small shared library (a fraction of a
-second, cached on disk by a hash of the source, so later processes just load it), and called through
-ctypes with arrays of pointers: one call per group per step covers all its tensors, split over the
-OpenMP threads torch itself uses (the library links the same libgomp that torch has loaded).
+into one elementwise loop that touches each byte once: :mod:`~descend.kernels.codegen` pastes the
+blocks' C snippets into one loop body, :mod:`~descend.kernels.cache` compiles it once with the
+system C compiler into a small shared library (a fraction of a second, cached on disk, verified
+before it is loaded), and it is called here through ctypes with arrays of pointers: one call per
+group per step covers all its tensors, split over the OpenMP threads torch itself uses (the library
+links the same libgomp that torch has loaded). Threads take the tensors, laid end to end, in chunks
+of 64K elements, in turn.
 
-Threads take the tensors, laid end to end, in chunks of 64K elements, in turn.
+What the kernel may touch is decided by :mod:`~descend.kernels.contract` alone: plain CPU tensors
+(a DTensor by its local shard), dense, contiguous, float32/float64 (complex runs as its real view),
+whose gradient and state tensors match the parameter in dtype, device, layout and size. The rest —
+other tensor subclasses, sparse, non-contiguous, low-precision (bfloat16/float16) tensors, anything
+changed under the optimizer's feet, a machine without a C compiler — takes the reference path, which
+the tests prove equal.
 
 A many-tensor model adds a second cost: the per-step bookkeeping of every parameter (its gradient's
 pointer, its step count, the checks that nothing changed). Right after a kernel has streamed the
 model through the caches every object that touches is a cache miss, and in Python it came to 0.2–0.6
-ms a step, 10–20% of a 10M-parameter GD step. So a group that steps the same way twice keeps a
-:class:`Plan` (the kernel's pointer array), and each later step proves it still holds in
-``csrc/plan_check.cpp``: C++ on torch's c10 headers, compiled once per machine in a background thread
-(about 2 s; steps use the same check in Python until it is there), which checks the tensors on the
-OpenMP threads with prefetching, skips the dict lookups of state dicts CPython's version tags show
-untouched, advances the step counts and calls the kernel — about 70 µs for 200 tensors, cold.
+ms a step, 10–20% of a 10M-parameter GD step. So a group of plain tensors that steps the same way
+twice keeps a :class:`~descend.kernels.contract.Plan` (the kernel's pointer array), and each later
+step proves the contract's :data:`~descend.kernels.contract.PLAN_CONDITIONS` again in
+``csrc/plan_check.cpp``: C++ on torch's c10 headers, compiled once per machine in a background
+thread (about 2 s; steps use the same check in Python until it is there), which checks the tensors
+on the OpenMP threads with prefetching, skips the dict lookups of state dicts CPython's version tags
+show untouched, advances the step counts and calls the kernel — about 70 µs for 200 tensors, cold.
 
-What stays outside: the per-step scalars (bias corrections, η_t, ...) are computed in Python by the
-blocks' ``scalars`` — the same numbers the reference uses — and passed in; sparse, non-contiguous,
-non-CPU or low-precision (bfloat16/float16) tensors, or a machine without a C compiler, use the
-reference path, which the tests prove equal. Complex parameters run as their real view.
-Set ``DESCEND_FAST=0`` in the environment (or pass ``fast=False`` to an optimizer) to run the reference.
+The per-step scalars (bias corrections, η_t, ...) are computed in Python by the blocks' ``scalars`` —
+the same numbers the reference uses — and passed in. Set ``DESCEND_FAST=0`` in the environment (or
+pass ``fast=False`` to an optimizer) to run the reference.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import operator
 import os
-import platform
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import warnings
 from pathlib import Path
 
 import torch
 
-__all__ = ["run_group", "kernel_source", "available", "cache_dir"]
+from descend.kernels import cache, contract
+from descend.kernels.cache import cache_dir
+from descend.kernels.codegen import CTYPES, kernel_source, src_key, sum_names, switches
+from descend.kernels.contract import Plan, state_tensors
 
-_CTYPES = {torch.float32: "float", torch.float64: "double"}
-_MATH = {
-    "float": "#define SQRT sqrtf\n#define ABS fabsf\n",
-    "double": "#define SQRT sqrt\n#define ABS fabs\n",
-}
+__all__ = ["run_group", "run_planned", "kernel_source", "available", "cache_dir", "plan_check", "plan_check_status"]
 
 _lock = threading.Lock()
-_kernels: dict[tuple[str, str], object] = {}  # (body, C type) -> ctypes function, or None if it failed
+_kernels: dict[tuple, object] = {}  # src_key -> ctypes function, or None if it failed
 _compiler_missing = False
 _DISABLED = os.environ.get("DESCEND_FAST", "1") == "0"  # DESCEND_FAST=0: every optimizer runs the reference
 
-
-def cache_dir() -> Path:
-    """Where compiled kernels are kept (``$DESCEND_CACHE_DIR``, else ``~/.cache/descend/kernels``)."""
-    root = os.environ.get("DESCEND_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "descend")
-    return Path(root) / "kernels"
+# -ffp-contract=off: one rounding per written operation, as the reference's separate torch ops
+# (a contracted p + (−η)·g turned GD's inf − inf = NaN into −inf)
+_KERNEL_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp"]
+_KERNEL_ARGS = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
 
 
 def available() -> bool:
     """True if a C compiler is there to build kernels (else everything runs the reference)."""
-    return _cc() is not None
+    return cache.c_compiler() is not None
 
 
-def _cc() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-
-
-def _rename(code: str, i: int) -> str:
-    code = re.sub(r"\bs_(\w+)", rf"s{i}_\1", code)
-    return re.sub(r"\bc_(\w+)", rf"c{i}_\1", code)
-
-
-def kernel_source(blocks, views, ctype: str, maximize: bool, scalar_names, buffer_names) -> str:
-    """The C source of the fused step for one chain under one set of static hyperparameters.
-
-    ``scalar_names[i]`` / ``buffer_names[i]`` are block i's scalars (in the order passed at run time)
-    and state tensors. The exported function is
-    ``step(n, sizes, ptrs, scalars, nthreads)`` with ``ptrs`` = [θ…, g…, state₀…, state₁…] (n each).
-    """
-    decls = []
-    k = 0
-    for i, names in enumerate(scalar_names):
-        for name in names:
-            decls.append(f"    const T c{i}_{name} = (T)sc[{k}];")
-            k += 1
-    bufs = [(i, name) for i, names in enumerate(buffer_names) for name in names]
-    load = [f"            T s{i}_{name} = S{j}[e];" for j, (i, name) in enumerate(bufs)]
-    store = [f"            S{j}[e] = s{i}_{name};" for j, (i, name) in enumerate(bufs)]
-    ptrs = [f"        T* restrict S{j} = (T*)ptrs[{2 + j} * n + tt];" for j in range(len(bufs))]
-    body = []
-    for i, (b, h) in enumerate(zip(blocks, views)):
-        code = b.c_code(h)
-        if code:
-            body.append("            { " + _rename(code, i).replace("\n", "\n              ") + " }")
-    return f"""// generated by descend.kernels.cpu: {' -> '.join(type(b).__name__ for b in blocks)}
-#include <math.h>
-#include <stdint.h>
-#include <omp.h>
-typedef {ctype} T;
-{_MATH[ctype]}#define MAX(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))
-#define SIGN(x) ((x) > 0 ? (T)1 : ((x) < 0 ? (T)-1 : (x)))  /* 0 and NaN pass through */
-
-void step(int64_t n, const int64_t* sizes, void** ptrs, const double* sc, int nthreads) {{
-{chr(10).join(decls)}
-    int64_t total = 0;
-    for (int64_t t = 0; t < n; t++) total += sizes[t];
-    /* The tensors, end to end, are cut into chunks of CHUNK elements that the threads take in turn:
-       two cores do not stream at the same speed (a neighbour, where the pages sit), and a fixed
-       half each left one waiting for the other up to 20% of a step. A chunk (256 KB of float32 per
-       stream) is long enough for the hardware prefetchers, short enough to even out the finish. */
-    const int64_t CHUNK = 1 << 16;
-    int64_t nchunks = (total + CHUNK - 1) / CHUNK, next = 0;
-    #pragma omp parallel num_threads(nthreads)
-    {{
-    int64_t t = 0, base = 0;  /* where this thread's walk over the tensors stands: chunks only go forward */
-    for (int64_t c; (c = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < nchunks;) {{
-    int64_t lo = c * CHUNK, hi = lo + CHUNK < total ? lo + CHUNK : total;
-    while (base + sizes[t] <= lo) base += sizes[t++];
-    for (int64_t tt = t, bb = base; tt < n && bb < hi; bb += sizes[tt], tt++) {{
-        int64_t a = lo > bb ? lo - bb : 0, b = hi - bb < sizes[tt] ? hi - bb : sizes[tt];
-        if (a >= b) continue;
-        T* restrict P = (T*)ptrs[tt];
-        const T* restrict G = (const T*)ptrs[n + tt];
-{chr(10).join(ptrs)}
-        for (int64_t e = a; e < b; e++) {{
-            const T p = P[e];
-            T u = {'-' if maximize else ''}G[e];
-{chr(10).join(load)}
-{chr(10).join(body)}
-            P[e] = p + u;
-{chr(10).join(store)}
-        }}
-    }}
-    }}
-    }}
-}}
-"""
-
-
-def _fingerprint() -> str:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        pass
-    return f"{platform.machine()} {platform.system()} {cpu}"
-
-
-_KERNEL_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
-
-
-def _compile(cc: str, src: str, out: Path, flags=_KERNEL_FLAGS, suffix: str = ".c") -> str | None:
-    """Compile ``src`` into the shared library ``out``; the error text if that failed."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            c_file = Path(tmp) / ("src" + suffix)
-            c_file.write_text(src)
-            tmp_so = Path(tmp) / "lib.so"
-            cmd = [cc, "-shared", "-fPIC", "-o", str(tmp_so), str(c_file), *flags]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                return res.stderr
-            os.replace(tmp_so, out)  # atomic: concurrent processes never see half a file
-    except OSError as e:  # no compiler at $CC, or a cache folder we cannot write
-        return str(e)
-    return None
-
-
-def _build(src: str) -> object | None:
-    """Compile ``src`` (or load it from the cache) and return its ``step`` function, or None."""
-    global _compiler_missing
-    digest = hashlib.sha256((src + _fingerprint()).encode()).hexdigest()[:24]
-    out = cache_dir() / f"step_{digest}.so"
-    if not out.exists():
-        cc = _cc()
-        if cc is None:
-            if not _compiler_missing:
-                warnings.warn("descend: no C compiler found; optimizers run the (slower) reference path",
-                              RuntimeWarning, stacklevel=4)
-            _compiler_missing = True
-            return None
-        err = _compile(cc, src, out)
-        if err is not None:
-            warnings.warn(f"descend: compiling a fast kernel failed, using the reference path:\n{err}",
-                          RuntimeWarning, stacklevel=4)
-            return None
-    lib = ctypes.CDLL(str(out))
-    fn = lib.step
-    fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    fn.restype = None
+def _open_kernel(path: str):
+    fn = ctypes.CDLL(path).step  # AttributeError: not our library
+    fn.argtypes, fn.restype = _KERNEL_ARGS, None
     return fn
 
 
-def _kernel(src_key: tuple, make_src) -> object | None:
-    fn = _kernels.get(src_key, False)
+def _build(src: str) -> object | None:
+    """The ``step`` function of ``src`` (from the cache, or compiled), or None: the reference runs."""
+    global _compiler_missing
+    cmd = cache.c_compiler()
+    if cmd is None:
+        if not _compiler_missing:
+            warnings.warn("descend: no C compiler found; optimizers run the (slower) reference path",
+                          RuntimeWarning, stacklevel=5)
+        _compiler_missing = True
+        return None
+    fn, err = cache.load("step", src, cmd, _KERNEL_FLAGS, ".c", _open_kernel)
+    if fn is None:
+        warnings.warn(f"descend: compiling a fast kernel failed, using the reference path:\n{err}",
+                      RuntimeWarning, stacklevel=5)
+    return fn
+
+
+def _kernel(key: tuple, make_src) -> object | None:
+    fn = _kernels.get(key, False)
     if fn is False:
         with _lock:
-            fn = _kernels.get(src_key, False)
+            fn = _kernels.get(key, False)
             if fn is False:
                 fn = _build(make_src())
-                _kernels[src_key] = fn
+                _kernels[key] = fn
     return fn
 
 
 _MIN_PER_THREAD = 1 << 16  # elements
 
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
-_OK = {torch.float32, torch.float64, torch.complex64, torch.complex128}
+_OK = frozenset({torch.float32, torch.float64, torch.complex64, torch.complex128})
 
 
-def _eligible(p: torch.Tensor, g: torch.Tensor) -> bool:
-    """CPU, dense, contiguous, float32/float64 (or complex of them), gradient of the parameter's dtype."""
-    return (p.is_cpu and g.dtype is p.dtype and p.dtype in _OK and g.layout is torch.strided
-            and p.is_contiguous() and g.is_contiguous())
-
-
-def _src_key(blocks, views, ctype, maximize, scalar_names, buffer_names) -> tuple:
-    return (ctype, maximize, tuple(type(b) for b in blocks), tuple(b.c_code(h) for b, h in zip(blocks, views)),
-            tuple(scalar_names), tuple(buffer_names))
-
-
-class Plan:
-    """One group's kernel call, kept between steps while nothing about the group changes.
-
-    The generic path re-derives every pointer and per-parameter key on every step: about 3 µs a
-    parameter, 0.6 ms a step for a 200-tensor model, which is 20% of a 10M-parameter GD step. A plan
-    keeps the pointer array and the sizes. Each step then only proves that it still describes the
-    group (the same parameters with the same storage, the same state dicts and state tensors, one step
-    count, dense contiguous gradients of the right dtype), writes the new gradient pointers in,
-    advances the step counts, and calls the kernel. The proof runs in the compiled plan check
-    (``csrc/plan_check.cpp``, a few ns a parameter) once it is built, else in Python. Any doubt: the
-    step is not taken here, the plan is dropped, and the generic path builds a new one.
-    """
-
-    __slots__ = ("members", "params", "states", "bufs", "switches", "dtype", "fn", "ptrs", "sizes",
-                 "threads", "keys", "old", "advancing", "c", "keep", "check_threads",
-                 "hyper", "snapshot", "views", "scal", "buf_names")
-
-
-def _switches(blocks, views, maximize) -> tuple:
-    """What decides the generated code beyond the dtype: a change (amsgrad, nesterov, ...) drops a plan."""
-    return (maximize, tuple(tuple(b.buffers(h)) for b, h in zip(blocks, views)),
-            tuple(b.c_code(h) for b, h in zip(blocks, views)))
-
-
-def _scalar_array(scal: list[dict]):
-    """The blocks' scalars for one call, flattened in block order (the order kernel_source reads them)."""
+def _scalar_array(scal: list[dict], n_sums: int = 0):
+    """The blocks' scalars for one call, flattened in block order (the order kernel_source reads them),
+    then ``n_sums`` slots the kernel writes its per-group sums into."""
     flat = [float(v) for c in scal for v in c.values()]
-    return (ctypes.c_double * max(1, len(flat)))(*flat)
+    return (ctypes.c_double * max(1, len(flat) + n_sums))(*flat)
 
 
-def _state_tensors(states, flat_names):
-    return [st[n] for n in flat_names for st in states]
+def _add_sums(blocks, arr, acc) -> None:
+    """Add the sums a kernel call wrote after its scalars into the façade's per-block accumulators."""
+    k = len(arr) - sum(len(b.sums) for b in blocks)
+    for b, a in zip(blocks, acc):
+        for name in b.sums:
+            a[name] += arr[k]
+            k += 1
 
 
-def run_group(blocks, views, work, cache, maximize, plans=None, plan_key=None, group=None) -> list:
+def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, group=None, acc=None) -> list:
     """Run the fused kernel on the eligible parameters of one group; return the rest (for the reference).
 
-    ``work`` holds (param, state, key) triples prepared by the façade; ``cache[key]`` the blocks'
-    scalars for that key. Parameters sharing a key and dtype go to the kernel in one call. If the whole
-    group went in one call, a :class:`Plan` for it is stored in ``plans[plan_key]``.
+    ``work`` holds (param, state, key) triples prepared by the façade; ``cache_[key]`` the blocks'
+    scalars for that key. What the kernel may touch is :func:`contract.eligible`'s answer (a
+    DTensor's local shard). Parameters sharing a key and dtype go to the kernel in one call. If the
+    whole group went in one call and holds only plain tensors, a :class:`Plan` for it is stored in
+    ``plans[plan_key]``.
     """
-    if _compiler_missing or _DISABLED:
+    n_sums = sum(len(names) for names in sum_names(blocks))
+    if _compiler_missing or _DISABLED or (n_sums and acc is None):
         return work
     buffer_names = [tuple(b.buffers(h)) for b, h in zip(blocks, views)]
     flat_names = [n for names in buffer_names for n in names]
     rest = []
     buckets: dict[tuple, list] = {}
+    eligible = contract.eligible
     for item in work:  # runs per parameter per step: keep it to attribute checks
         p, st, key = item
-        if _eligible(p, p.grad) and all(st[n].is_contiguous() for n in flat_names):
-            buckets.setdefault((key, p.dtype), []).append(item)
-        else:
+        seen = eligible(p, p.grad, [st[n] for n in flat_names], "cpu", _OK)
+        if seen is None:
             rest.append(item)
+        else:
+            buckets.setdefault((key, seen[0].dtype), []).append((item, seen))
     nthreads = torch.get_num_threads()
-    for (key, dtype), items in buckets.items():
-        scal = cache[key]
+    for (key, dtype), entries in buckets.items():
+        scal = cache_[key]
         scalar_names = [tuple(c) for c in scal]
-        ctype = _CTYPES[_REAL.get(dtype, dtype)]
-        src_key = _src_key(blocks, views, ctype, maximize, scalar_names, buffer_names)
-        fn = _kernel(src_key, lambda: kernel_source(blocks, views, ctype, maximize, scalar_names, buffer_names))
+        ctype = CTYPES[str(_REAL.get(dtype, dtype)).removeprefix("torch.")]
+        fn = _kernel(src_key(blocks, views, ctype, maximize, scalar_names, buffer_names),
+                     lambda: kernel_source(blocks, views, ctype, maximize, scalar_names, buffer_names))
         if fn is None:
-            rest += items
+            rest.extend(item for item, _ in entries)
             continue
-        n = len(items)
-        params = [p for p, _, _ in items]
-        states = [st for _, st, _ in items]
-        ptrs = [p.data_ptr() for p in params] + [p.grad.data_ptr() for p in params]
-        bufs = _state_tensors(states, flat_names)
-        ptrs += [t.data_ptr() for t in bufs]
-        mult = 2 if params[0].is_complex() else 1
-        sizes = (ctypes.c_int64 * n)(*[p.numel() * mult for p in params])
+        n = len(entries)
+        lps = [seen[0] for _, seen in entries]
+        lbufs = [seen[2][k] for k in range(len(flat_names)) for _, seen in entries]  # name-major
+        data = [p.data_ptr() for p in lps]
+        buf_data = [t.data_ptr() for t in lbufs]
+        ptrs = data + [seen[1].data_ptr() for _, seen in entries] + buf_data
+        numels = [p.numel() for p in lps]
+        mult = 2 if dtype.is_complex else 1
+        sizes = (ctypes.c_int64 * n)(*[k * mult for k in numels])
         # threads only pay off on enough work: waking a second thread costs more than a small step
         threads = max(1, min(nthreads, sum(sizes) // _MIN_PER_THREAD))
         ptr_array = (ctypes.c_void_p * len(ptrs))(*ptrs)
-        fn(n, sizes, ptr_array, _scalar_array(scal), threads)
-        if plans is not None and group is not None and len(buckets) == 1 and not rest and not key[1]:
+        arr = _scalar_array(scal, n_sums)
+        fn(n, sizes, ptr_array, arr, threads)
+        if n_sums:
+            _add_sums(blocks, arr, acc)
+        plain = all(seen[0] is item[0] for item, seen in entries)
+        if plans is not None and group is not None and len(buckets) == 1 and not rest and not key[1] and plain:
             plan = Plan()
             plan.members = list(group["params"])
-            plan.params, plan.states, plan.bufs, plan.buf_names = params, states, bufs, flat_names
-            plan.switches, plan.dtype, plan.fn = _switches(blocks, views, maximize), dtype, fn
+            plan.params = [item[0] for item, _ in entries]
+            plan.states = states = [item[1] for item, _ in entries]
+            plan.bufs, plan.buf_names = lbufs, flat_names
+            plan.dtype, plan.device, plan.numels = dtype, lps[0].device, numels
+            plan.data, plan.buf_data = data, buf_data
+            plan.switches, plan.fn = switches(blocks, views, maximize), fn
             plan.ptrs, plan.sizes, plan.threads = ptr_array, sizes, threads
             plan.advancing = [i for i, b in enumerate(blocks) if b.scalar_state]
             plan.keys = ("step", *[k for b in blocks for k in b.scalar_state])
             plan.old = tuple(states[0][k] for k in plan.keys)  # the key says every state holds these
             plan.c = plan.keep = None
+            plan.n_sums = n_sums
             # the group's values the chain reads (pinned ones live in the blocks' views); two at least,
             # so the getter always returns a tuple
-            names = {"maximize", "skip_nonfinite"} | {hp.name for b in blocks for hp in b.hyper if hp.name in group}
+            # (lr="auto"'s lr only shows the estimate, which the scalars read from the group each step)
+            names = {"maximize", "skip_nonfinite"} | {hp.name for b in blocks for hp in b.hyper
+                                                      if hp.name in group and hp.kind != "auto_lr"}
             plan.hyper = operator.itemgetter(*sorted(names))
             _remember(plan, blocks, views, plan.hyper(group))
             plans[plan_key] = plan
@@ -351,13 +227,14 @@ def _remember(plan: Plan, blocks, views, snapshot) -> None:
     plan.views = views
     sample = _Reads(zip(plan.keys, plan.old))
     scal = [b.scalars(h, sample, frozenset()) for b, h in zip(blocks, views)]
-    plan.scal = _scalar_array(scal) if frozen and not sample.read else None
+    # a chain with sums reads its scalars from state the sums change, and gets its sums back in the array
+    plan.scal = _scalar_array(scal) if frozen and not sample.read and not plan.n_sums else None
 
 
-def run_planned(blocks, group, plan: Plan | None, state_map) -> bool:
+def run_planned(blocks, group, plan: Plan | None, state_map, acc=None) -> bool:
     """Take the step with a stored :class:`Plan` if it still describes the group; False if not (nothing
     has changed then). Also advances each parameter's step count and plain-number state."""
-    if plan is None or _DISABLED:
+    if plan is None or _DISABLED or (plan.n_sums and acc is None):
         return False
     try:
         snapshot = plan.hyper(group)
@@ -365,7 +242,7 @@ def run_planned(blocks, group, plan: Plan | None, state_map) -> bool:
         return False
     if plan.snapshot is None or snapshot != plan.snapshot:  # a hyperparameter changed (or may have)
         views = [b.view(group) for b in blocks]
-        if _switches(blocks, views, group["maximize"]) != plan.switches:
+        if switches(blocks, views, group["maximize"]) != plan.switches:
             return False  # a switch that changes the generated code (amsgrad, nesterov, ...) was flipped
         _remember(plan, blocks, views, snapshot)
     views = plan.views
@@ -378,44 +255,23 @@ def run_planned(blocks, group, plan: Plan | None, state_map) -> bool:
     check = plan_check()
     if check is not None and plan.c is None:
         _attach(plan, check)
-    scal = plan.scal or _scalar_array([b.scalars(h, new, frozenset()) for b, h in zip(blocks, views)])
+    scal = plan.scal or _scalar_array([b.scalars(h, new, frozenset()) for b, h in zip(blocks, views)], plan.n_sums)
     if plan.c is not None:  # the check, the step counts and the kernel in one call
         if not check.step(plan.c, group["params"], state_map, plan.keys, plan.old, new_vals,
                           plan.check_threads, scal):
             return False
     else:
-        if not _python_check(plan, group["params"], state_map, new_vals):
+        if not contract.plan_holds(plan, group["params"], state_map):
             return False
+        keys = plan.keys
+        for st in plan.states:
+            st.update(zip(keys, new_vals))
         n = len(plan.params)
         plan.ptrs[n:2 * n] = [p.grad.data_ptr() for p in plan.params]
         plan.fn(n, plan.sizes, plan.ptrs, scal, plan.threads)
+    if plan.n_sums:
+        _add_sums(blocks, scal, acc)
     plan.old = new_vals
-    return True
-
-
-def _python_check(plan: Plan, group_params, state_map, new_vals) -> bool:
-    """The plan check in Python (until the compiled one is built, or where it cannot be): the same
-    conditions as ``csrc/plan_check.cpp``; on success the new step counts are written."""
-    params, dtype = plan.params, plan.dtype
-    if len(group_params) != len(plan.members) or not all(map(operator.is_, group_params, plan.members)):
-        return False
-    if sum(p.grad is not None for p in group_params) != len(params):
-        return False
-    # one pass over the parameters, touching each object once: the kernel has just flushed the caches,
-    # so every extra pass costs a cache miss per parameter
-    keys, old = plan.keys, plan.old
-    for i, (p, st) in enumerate(zip(params, plan.states)):
-        g = p.grad
-        if (g is None or state_map.get(p) is not st or any(st[k] != v for k, v in zip(keys, old))
-                or p.data_ptr() != plan.ptrs[i] or not p.is_contiguous() or g.dtype is not dtype
-                or g.layout is not torch.strided or not g.is_contiguous()):
-            return False  # another parameter, reset state, replaced storage (model.to()), odd gradient
-    if not all(map(operator.is_, _state_tensors(plan.states, plan.buf_names), plan.bufs)):
-        return False  # a state tensor was replaced
-    if [t.data_ptr() for t in plan.bufs] != plan.ptrs[2 * len(params):]:
-        return False  # ... or given other storage in place (set_, resize_)
-    for st in plan.states:
-        st.update(zip(keys, new_vals))
     return True
 
 
@@ -455,7 +311,6 @@ def _attach(plan: Plan, check: _Check) -> None:
     are the kernel's own (from when the plan was made), not today's: what changed since must fail."""
     members, params, states, bufs = plan.members, plan.params, plan.states, plan.bufs
     n = len(params)
-    mult = 2 if plan.dtype.is_complex else 1  # the kernel's sizes count real numbers
 
     def arr(ctype, values):
         return (ctype * max(1, len(values)))(*values)
@@ -464,10 +319,10 @@ def _attach(plan: Plan, check: _Check) -> None:
     keep = [
         arr(ctypes.py_object, members), arr(ctypes.c_void_p, [p._cdata for p in members]),
         arr(ctypes.c_int64, [slot.get(id(p), -1) for p in members]),
-        arr(ctypes.c_void_p, plan.ptrs[:n]), arr(ctypes.c_int64, [k // mult for k in plan.sizes]),
+        arr(ctypes.c_void_p, plan.data), arr(ctypes.c_int64, plan.numels),
         arr(ctypes.py_object, params), arr(ctypes.py_object, states), arr(ctypes.c_int64, [hash(p) for p in params]),
         arr(ctypes.py_object, plan.buf_names), arr(ctypes.py_object, bufs),
-        arr(ctypes.c_void_p, [t._cdata for t in bufs]), arr(ctypes.c_void_p, plan.ptrs[2 * n:]),
+        arr(ctypes.c_void_p, [t._cdata for t in bufs]), arr(ctypes.c_void_p, plan.buf_data),
         arr(ctypes.c_uint64, [0] * n),  # the state dicts' version tags: unknown until the first check
     ]
     a = [ctypes.addressof(x) for x in keep]
@@ -524,25 +379,21 @@ def _build_check() -> None:
 def _load_check() -> _Check | None:
     import sysconfig
 
-    src = _CHECK_SRC.read_text()
     torch_dir = Path(torch.__file__).parent
     abi = int(bool(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True)))
-    key = "\n".join([src, torch.__version__, str(torch_dir), sys.version, str(abi), _fingerprint()])
-    out = cache_dir() / f"plan_check_{hashlib.sha256(key.encode()).hexdigest()[:24]}.so"
-    if not out.exists():
-        cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-        if cxx is None:
-            _check["status"] = "python (no C++ compiler)"
-            return None
-        lib_dir = torch_dir / "lib"
-        flags = ["-O2", "-std=c++17", "-fopenmp", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{torch_dir / 'include'}",
-                 f"-I{sysconfig.get_paths()['include']}", f"-L{lib_dir}", "-lc10", f"-Wl,-rpath,{lib_dir}"]
-        err = _compile(cxx, src, out, flags, suffix=".cpp")
-        if err is not None:
-            first = next((line for line in err.splitlines() if "error" in line), err.strip()[:200])
-            _check["status"] = f"python (compiling the plan check failed: {first.strip()[:200]})"
-            return None
-    return _Check(ctypes.PyDLL(str(out)))
+    cxx = cache.cxx_compiler()
+    if cxx is None:
+        _check["status"] = "python (no C++ compiler)"
+        return None
+    lib_dir = torch_dir / "lib"
+    flags = ["-O2", "-std=c++17", "-fopenmp", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{torch_dir / 'include'}",
+             f"-I{sysconfig.get_paths()['include']}", f"-L{lib_dir}", "-lc10", f"-Wl,-rpath,{lib_dir}"]
+    lib, err = cache.load("plan_check", _CHECK_SRC.read_text(), cxx, flags, ".cpp", lambda path: _Check(ctypes.PyDLL(path)),
+                          key_extra="\n".join([torch.__version__, str(torch_dir), sys.version]))
+    if lib is None:
+        first = next((line for line in err.splitlines() if "error" in line), err.strip()[:200])
+        _check["status"] = f"python (building or loading the plan check failed: {first.strip()[:200]})"
+    return lib
 
 
 def _self_test(check: _Check) -> bool:
@@ -555,9 +406,10 @@ def _self_test(check: _Check) -> bool:
     plan = Plan()
     plan.members, plan.params, plan.states = list(ps), ps, [states[p] for p in ps]
     plan.bufs, plan.buf_names = [states[p]["b"] for p in ps], ("b",)
-    plan.ptrs = (ctypes.c_void_p * 6)(*([p.data_ptr() for p in ps] + [0, 0] + [b.data_ptr() for b in plan.bufs]))
+    plan.data, plan.buf_data = [p.data_ptr() for p in ps], [b.data_ptr() for b in plan.bufs]
+    plan.ptrs = (ctypes.c_void_p * 6)(*(plan.data + [0, 0] + plan.buf_data))
     plan.keys, plan.old, plan.c = ("step",), (1,), None
-    plan.dtype, plan.sizes, plan.threads = torch.float32, (ctypes.c_int64 * 2)(3, 5), 1
+    plan.dtype, plan.numels, plan.sizes, plan.threads = torch.float32, [3, 5], (ctypes.c_int64 * 2)(3, 5), 1
     plan.fn = _NOOP_KERNEL
     _attach(plan, check)
     if check.scalar_type(ps[0]._cdata) == check.scalar_type(torch.zeros(1, dtype=torch.float64)._cdata):
@@ -569,7 +421,7 @@ def _self_test(check: _Check) -> bool:
     return ok and bad
 
 
-if __name__ == "__main__":  # print the generated source of a named optimizer: python -m descend.kernels.cpu adam
+if __name__ == "__main__":  # the generated source of a named optimizer: python -m descend.kernels.cpu adam
     import descend
 
     opt = descend.create(sys.argv[1] if len(sys.argv) > 1 else "adam", [torch.zeros(1, requires_grad=True)])

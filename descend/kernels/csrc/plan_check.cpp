@@ -1,6 +1,6 @@
 // descend's plan check: the per-step, per-parameter part of a planned step, in C++.
 //
-// A planned step (descend/fast.py, class Plan) re-uses the kernel's pointer array between steps. Each
+// A planned step (descend/kernels/contract.py, class Plan; the conditions are its PLAN_CONDITIONS) re-uses the kernel's pointer array between steps. Each
 // step it must still prove that the array describes the group: the same parameters with the same
 // storage, the same state dicts holding the same state tensors and the same step count, and a
 // gradient that is dense, contiguous and of the parameter's dtype; then it reads the new gradient
@@ -30,7 +30,7 @@
 
 using c10::TensorImpl;
 
-// Mirrors fast._PlanC (ctypes.Structure): every field is 8 bytes wide.
+// Mirrors descend.kernels.cpu._PlanC (ctypes.Structure): every field is 8 bytes wide.
 struct PlanC {
   int64_t n_all;          // len(group["params"])
   PyObject** members;     // [n_all] the group's parameters, in order
@@ -49,7 +49,7 @@ struct PlanC {
   TensorImpl** buf_impls; // [n_bufs * n]
   void** buf_data;        // [n_bufs * n]
   void** grads_out;       // [n] where the gradient pointers go (the kernel's pointer array)
-  // the group's kernel (descend/fast.py, kernel_source), called here once the plan holds
+  // the group's kernel (descend/kernels/codegen.py, kernel_source), called here once the plan holds
   void (*kernel)(int64_t n, const int64_t* sizes, void** ptrs, const double* scalars, int nthreads);
   int64_t* sizes;         // [n] its sizes
   void** ptrs;            // its pointer array (grads_out points into it)

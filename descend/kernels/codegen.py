@@ -1,0 +1,167 @@
+"""Code generation: one chain's C source, pasted together from its blocks' per-element snippets.
+
+Every block states its rule for one element as a C snippet (``Block.c_code``; the conventions are in
+:mod:`descend.blocks`). :func:`kernel_source` renames each block's names apart (``s_NAME`` →
+``s{i}_NAME``, ``c_NAME`` → ``c{i}_NAME``), pastes the snippets in chain order into one elementwise
+loop, and wraps it in the exported function every backend's launcher calls the same way:
+``step(n, sizes, ptrs, scalars, nthreads)``. Nothing here compiles or runs anything.
+
+The semantics the generated code must share with the readable reference (each block's ``apply``) are
+fixed here, in the macros every snippet uses:
+
+- IEEE arithmetic, one rounding per written operation: no contraction of ``a*b + c`` into a fused
+  multiply-add (the CPU backend compiles with ``-ffp-contract=off``), so overflow and ±inf/NaN come
+  out as the reference's separate torch ops give them;
+- ``LERP(a, b, w)`` is torch.lerp's own two-branch formula (``a + w(b − a)`` for |w| < ½, else
+  ``b − (b − a)(1 − w)``), so w = 1 gives exactly b, as ``torch.lerp`` does;
+- ``MAX`` propagates NaN from either side (torch.maximum); ``SIGN`` keeps 0 and NaN (so a NaN reaches
+  the parameter instead of freezing it; the reference's ``_sign`` does the same).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["kernel_source", "CTYPES", "switches", "src_key", "sum_names"]
+
+CTYPES = {"float32": "float", "float64": "double"}  # torch dtype name -> C type; complex runs as its real view
+
+_MATH = {
+    "float": "#define SQRT sqrtf\n#define ABS fabsf\n",
+    "double": "#define SQRT sqrt\n#define ABS fabs\n",
+}
+
+_MACROS = r"""#define MAX(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))  /* NaN on either side wins */
+#define SIGN(x) ((x) > 0 ? (T)1 : ((x) < 0 ? (T)-1 : (x)))  /* 0 and NaN pass through */
+/* torch.lerp's formula, branch by weight: exact at w = 0 and w = 1 */
+#define LERP(a, b, w) (ABS(w) < (T)0.5 ? (a) + (w) * ((b) - (a)) : (b) - ((b) - (a)) * ((T)1 - (w)))
+"""
+
+
+def _rename(code: str, i: int) -> str:
+    code = re.sub(r"\bs_(\w+)", rf"s{i}_\1", code)
+    code = re.sub(r"\br_(\w+)", rf"r{i}_\1", code)
+    return re.sub(r"\bc_(\w+)", rf"c{i}_\1", code)
+
+
+def sum_names(blocks) -> list[tuple[str, ...]]:
+    """Per block, the per-group sums its snippet accumulates (``r_NAME += ...``; :attr:`Block.sums`)."""
+    return [tuple(getattr(b, "sums", ())) for b in blocks]
+
+
+def kernel_source(blocks, views, ctype: str, maximize: bool, scalar_names, buffer_names) -> str:
+    """The C source of the fused step for one chain under one set of static hyperparameters.
+
+    ``scalar_names[i]`` / ``buffer_names[i]`` are block i's scalars (in the order passed at run time)
+    and state tensors. The exported function is
+    ``step(n, sizes, ptrs, scalars, nthreads)`` with ``ptrs`` = [θ…, g…, state₀…, state₁…] (n each).
+
+    Sums (the one extension for lr="auto"): a block that declares ``sums`` adds into the double
+    ``r_NAME`` in its snippet. Each 64K-element chunk sums into its own slot, and after the parallel
+    loop the chunks' partial sums are added up in chunk order, so the totals do not depend on which
+    thread took which chunk (a resumed run is bitwise the same). The totals are written into the
+    scalar array after the scalars (``sc[k]``, k = the number of scalars): the caller allocates
+    those slots and reads them back. ``g`` (the gradient as the chain received it) is visible to
+    every snippet of a chain that has a block with ``reads_grad``.
+    """
+    decls = []
+    k = 0
+    for i, names in enumerate(scalar_names):
+        for name in names:
+            decls.append(f"    const T c{i}_{name} = (T)sc[{k}];")
+            k += 1
+    sums = [(i, name) for i, names in enumerate(sum_names(blocks)) for name in names]
+    nsum = len(sums)
+    sum_zero = " ".join(f"double r{i}_{name} = 0;" for i, name in sums)
+    # a chunk's partial sums go to its own slot (on the stack up to 1024 chunks, 64M elements);
+    # if the heap has no room for more, they are added atomically instead (same totals up to order)
+    to_part = " ".join(f"part[c * {nsum} + {j}] = r{i}_{name};" for j, (i, name) in enumerate(sums))
+    to_fb = " ".join(f'_Pragma("omp atomic") fb[{j}] += r{i}_{name};' for j, (i, name) in enumerate(sums))
+    sum_part = f"if (part) {{ {to_part} }} else {{ {to_fb} }}" if nsum else ""
+    sum_alloc = (f"    double stack_part[1024 * {nsum}], fb[{nsum}] = {{0}};\n"
+                 f"    double* part = nchunks <= 1024 ? stack_part : (double*)malloc((size_t)nchunks * {nsum} * sizeof(double));"
+                 if nsum else "")
+    sum_total = (f"""    for (int j = 0; j < {nsum}; j++) {{
+        double tot = 0;
+        if (part) for (int64_t c = 0; c < nchunks; c++) tot += part[c * {nsum} + j];
+        else tot = fb[j];
+        ((double*)sc)[{k} + j] = tot;
+    }}
+    if (part && part != stack_part) free(part);""" if nsum else "")
+    # the sums vectorise as a reduction (a fixed order for a given layout: chunk bounds and torch's
+    # 64-byte aligned storage decide it, not the threads)
+    simd = f"        #pragma omp simd reduction(+: {', '.join(f'r{i}_{name}' for i, name in sums)})" if nsum else ""
+    # GCC keeps a loop with a select (lr="auto"'s finiteness guards) scalar unless it may assume no
+    # floating-point traps; that changes no value (only when exception flags could be raised)
+    no_trap = ('#if defined(__GNUC__) && !defined(__clang__)\n#pragma GCC optimize("no-trapping-math")\n#endif\n'
+               if nsum else "")
+    grad = "            const T g = u;" if any(getattr(b, "reads_grad", False) for b in blocks) else ""
+    bufs = [(i, name) for i, names in enumerate(buffer_names) for name in names]
+    load = [f"            T s{i}_{name} = S{j}[e];" for j, (i, name) in enumerate(bufs)]
+    store = [f"            S{j}[e] = s{i}_{name};" for j, (i, name) in enumerate(bufs)]
+    ptrs = [f"        T* restrict S{j} = (T*)ptrs[{2 + j} * n + tt];" for j in range(len(bufs))]
+    body = []
+    for i, (b, h) in enumerate(zip(blocks, views)):
+        code = b.c_code(h)
+        if code:
+            body.append("            { " + _rename(code, i).replace("\n", "\n              ") + " }")
+    return f"""// generated by descend.kernels.codegen: {' -> '.join(type(b).__name__ for b in blocks)}
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <omp.h>
+typedef {ctype} T;
+{_MATH[ctype]}{_MACROS}{no_trap}
+void step(int64_t n, const int64_t* sizes, void** ptrs, const double* sc, int nthreads) {{
+{chr(10).join(decls)}
+    int64_t total = 0;
+    for (int64_t t = 0; t < n; t++) total += sizes[t];
+    /* The tensors, end to end, are cut into chunks of CHUNK elements that the threads take in turn:
+       two cores do not stream at the same speed (a neighbour, where the pages sit), and a fixed
+       half each left one waiting for the other up to 20% of a step. A chunk (256 KB of float32 per
+       stream) is long enough for the hardware prefetchers, short enough to even out the finish. */
+    const int64_t CHUNK = 1 << 16;
+    int64_t nchunks = (total + CHUNK - 1) / CHUNK, next = 0;
+{sum_alloc}
+    #pragma omp parallel num_threads(nthreads)
+    {{
+    int64_t t = 0, base = 0;  /* where this thread's walk over the tensors stands: chunks only go forward */
+    for (int64_t c; (c = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < nchunks;) {{
+    int64_t lo = c * CHUNK, hi = lo + CHUNK < total ? lo + CHUNK : total;
+    {sum_zero}
+    while (base + sizes[t] <= lo) base += sizes[t++];
+    for (int64_t tt = t, bb = base; tt < n && bb < hi; bb += sizes[tt], tt++) {{
+        int64_t a = lo > bb ? lo - bb : 0, b = hi - bb < sizes[tt] ? hi - bb : sizes[tt];
+        if (a >= b) continue;
+        T* restrict P = (T*)ptrs[tt];
+        const T* restrict G = (const T*)ptrs[n + tt];
+{chr(10).join(ptrs)}
+{simd}
+        for (int64_t e = a; e < b; e++) {{
+            const T p = P[e];
+            T u = {'-' if maximize else ''}G[e];
+{grad}
+{chr(10).join(load)}
+{chr(10).join(body)}
+            P[e] = p + u;
+{chr(10).join(store)}
+        }}
+    }}
+    {sum_part}
+    }}
+    }}
+{sum_total}
+}}
+"""
+
+
+def src_key(blocks, views, ctype, maximize, scalar_names, buffer_names) -> tuple:
+    """What the generated source depends on: the in-memory table of built kernels is keyed by it."""
+    return (ctype, maximize, tuple(type(b) for b in blocks), tuple(b.c_code(h) for b, h in zip(blocks, views)),
+            tuple(scalar_names), tuple(buffer_names), tuple(sum_names(blocks)))
+
+
+def switches(blocks, views, maximize) -> tuple:
+    """What decides the generated code beyond the dtype: a change (amsgrad, nesterov, ...) drops a plan."""
+    return (maximize, tuple(tuple(b.buffers(h)) for b, h in zip(blocks, views)),
+            tuple(b.c_code(h) for b, h in zip(blocks, views)))

@@ -1,0 +1,64 @@
+"""Step time of lr="auto" against the same chain at a fixed lr, on the fused path (ratios, same rounds).
+
+    nice -n 10 python scripts/auto_lr_bench.py [--numel 4000000] [--rounds 15]
+
+Rows: each optimizer at a fixed lr, with lr=descend.auto(average=False) (the estimator alone: one
+extra state tensor) and with lr="auto" (estimator + iterate averaging: two). The rounds interleave
+the three so a slow stretch of the shared machine falls on all alike; the median ratio is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import descend
+
+
+def make(name, lr, numel, layout):
+    torch.manual_seed(0)
+    if layout == "mlp":  # the lab's digits MLP 64-64-10: six small tensors
+        shapes = [(64, 64), (64,), (10, 64), (10,)]
+    else:
+        shapes = [(numel,)]
+    ps = [torch.randn(s).requires_grad_() for s in shapes]
+    for p in ps:
+        p.grad = torch.randn_like(p) * 1e-3
+    hp = {"momentum": 0.9} if name == "momentum" else {}
+    opt = descend.create(name, ps, lr=lr, **hp)
+    for _ in range(3):
+        opt.step()
+    return opt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--numel", type=int, default=4_000_000)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--optimizers", default="gd,momentum,adagrad,rmsprop,adam")
+    ap.add_argument("--layout", default="flat", choices=["flat", "mlp"])
+    args = ap.parse_args()
+    reps = 20 if args.layout == "flat" else 2000
+    print(f"layout {args.layout}, {torch.get_num_threads()} threads; median over {args.rounds} rounds of {reps} steps")
+    for name in args.optimizers.split(","):
+        variants = {"fixed": 1e-3, "auto (no avg)": descend.auto(average=False), "auto": "auto"}
+        opts = {k: make(name, v, args.numel, args.layout) for k, v in variants.items()}
+        times = {k: [] for k in variants}
+        for _ in range(args.rounds):
+            for k, opt in opts.items():
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    opt.step()
+                times[k].append((time.perf_counter() - t0) / reps)
+        base = times["fixed"]
+        r1 = statistics.median(a / b for a, b in zip(times["auto (no avg)"], base))
+        r2 = statistics.median(a / b for a, b in zip(times["auto"], base))
+        print(f"{name:9s} fixed {statistics.median(base) * 1e6:9.1f} µs   auto(no avg) ×{r1:.2f}   auto(+avg) ×{r2:.2f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
