@@ -249,3 +249,31 @@ def test_tune_command_without_ray_installed(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     res, text = _cli(["tune", "--ray", "--no-progress"])
     assert res.exit_code != 0 and "Error: --ray needs Ray: pip install 'descend[ray]'" in text
+
+
+# ------------------------------------------------------------------------------- compare --tuned
+
+
+def test_compare_tuned_table_and_report(tmp_path):
+    out = tmp_path / "rep"
+    res, text = _cli(["compare", "--tuned", "--subsample", "200", "--epochs", "2", "--seeds", "2", "--hidden", "4",
+                      "--optimizers", "gd,adam", "--no-progress", "--out", str(out)])
+    assert res.exit_code == 0, text
+    auto = U._has_auto()
+    labels = ["gd (tuned)", "adam (tuned)"] + (["gd (lr=auto)", "adam (lr=auto)"] if auto else [])
+    for word in ["tuning cost", "8 runs, 16 epochs", *labels]:
+        assert word in text
+    if auto:
+        assert "1 run (no search)" in text and 'lr="auto" in one run ended at' in text
+    page = (out / "report.html").read_text()
+    assert "tuning cost" in page and "the grid search over 8 rates" in page
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["optimizer"] for r in rows} == set(labels) and len(rows) == len(labels) * 2 * 3
+    tuned_lr = {float(r["lr"]) for r in rows if r["optimizer"] == "adam (tuned)"}
+    assert len(tuned_lr) == 1 and tuned_lr.pop() in U.grid(T.DEFAULT_HYPERPARAMETERS["adam"]["lr"])
+
+
+def test_compare_tuned_errors_before_training():
+    res, text = _cli(["compare", "--tuned", "--schedule", "cosine", "--no-progress"])
+    assert res.exit_code != 0 and text.count("Error:") == 1 and "--schedule" in text

@@ -314,6 +314,13 @@ def table_rows(comp: Comparison) -> tuple[list[str], list[list[str]]]:
         hp = _hp_text(s.hyperparameters) + (f" schedule={sched}" if sched else "")
         rows.append([s.optimizer, hp, final, _fmt(s.best_mean), goal,
                      f"{s.seconds:.1f} s", _status(comp, s)])
+    tuning = comp.settings.get("tuning")
+    if tuning:  # compare --tuned: what finding each row's learning rate cost (descend.lab.tune)
+        from descend.lab.tune import tuning_cost_text
+
+        head.insert(6, "tuning cost")
+        for r in rows:
+            r.insert(6, tuning_cost_text(tuning[r[0]]) if r[0] in tuning else "—")
     return head, rows
 
 
@@ -407,6 +414,31 @@ def reading(comp: Comparison) -> list[str]:
     if sums and not any(s.diverged for s in sums):
         out.append("No run diverged.")
     out += [f"Note: {n}" for n in getattr(comp.data, "notes", [])]
+    out.extend(tuned_reading(comp))
+    return out
+
+
+def tuned_reading(comp: Comparison) -> list[str]:
+    """compare --tuned: per rule, lr="auto" from one run against the grid-tuned rate, in points."""
+    tuning = comp.settings.get("tuning")
+    if not tuning:
+        return []
+    sums = {s.optimizer: s for s in comp.summaries()}
+    out = []
+    for label, cost in tuning.items():
+        if cost.get("search") == "auto" or label not in sums:
+            continue
+        rule = label.rsplit(" (", 1)[0]
+        auto = sums.get(f"{rule} (lr=auto)")
+        t = sums[label]
+        txt = (f"{rule}: the {cost['search']} search over {cost['lrs'][2]} rates "
+               f"({cost['lrs'][0]:.2g} … {cost['lrs'][1]:.2g}) picked lr={cost['lr']:.2g} for "
+               f"{cost['runs']} runs and {cost['epochs']} epochs")
+        if auto is not None and math.isfinite(auto.final_mean) and math.isfinite(t.final_mean):
+            d = 100 * (auto.final_mean - t.final_mean)
+            txt += (f"; lr=\"auto\" in one run ended at {auto.final_mean:.3f} against {t.final_mean:.3f} "
+                    f"({d:+.1f} points)")
+        out.append(txt + ".")
     return out
 
 
