@@ -56,7 +56,7 @@ def model_options(f):
     """``--model mlp|cnn1d`` and ``--hidden`` (the MLP's hidden widths, or the CNN's channels)."""
     f = click.option("--hidden", default=None, metavar="W1,W2,...",
                      help="Hidden layer widths of the MLP (default 64), or the 1-D CNN's channels per conv layer "
-                          "(default 32,32,32).")(f)
+                          "(default 16,16,16).")(f)
     f = click.option("--model", type=click.Choice(["mlp", "cnn1d"]), default="mlp", show_default=True,
                      help="The model: an MLP, or a small 1-D CNN reading the features as a signal (for mnist1d).")(f)
     return f
