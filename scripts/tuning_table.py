@@ -415,6 +415,42 @@ def report(args) -> str:
     return "\n".join(lines)
 
 
+def lr_find_report(args) -> str:
+    """lr_find's gap table: per task and rule, the suggestion (median over seeds), the grid's best rate,
+    the final metric at each (mean over seeds) and the gap in points."""
+    cache = Cache(Path(args.cache))
+    seeds = list(range(args.seeds))
+    lrfind_v = code_hash(LR_FIND)
+    lines = ["| task | rule | suggested (median) | grid best lr | at the suggestion | grid best | gap (points) | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    gaps = []
+    for task in args.tasks.split(","):
+        for rule in RULES:
+            hp = T.hyperparameters_for(rule)
+            best = None
+            for lr in U.grid(float(hp["lr"])):
+                got = [r for r in (cache.get(f"{task}|grid|{rule}|{lr:.6g}|{s}") for s in seeds) if r is not None]
+                if got and not any(r["diverged"] for r in got):
+                    m = statistics.fmean(r["final"] for r in got)
+                    if best is None or m > best[0]:
+                        best = (m, lr)
+            got = [r for r in (cache.get(f"{task}|lrfind@{lrfind_v}|{rule}|?|{s}") for s in seeds) if r is not None]
+            if best is None or not got:
+                continue
+            ok = [r["final"] for r in got if not r["diverged"]]
+            div = len(got) - len(ok)
+            at = statistics.fmean(ok) if ok else math.nan
+            gap = 100 * (at - best[0]) if ok else math.nan
+            if ok:
+                gaps.append(gap)
+            sugg = statistics.median(r["lr"] for r in got if r["lr"] is not None)
+            lines.append(f"| {task} | {rule} | {sugg:.2g} | {best[1]:.2g} | {at:.3f}" + (f" (diverged {div}/{len(got)})" if div else "")
+                         + f" | {best[0]:.3f} | {gap:+.1f} | {len(got)} |")
+    if gaps:
+        lines.append(f"\nmean gap {statistics.fmean(gaps):+.2f} points, worst {min(gaps):+.2f} ({len(gaps)} task × rule pairs)")
+    return "\n".join(lines)
+
+
 def _cell(rows, label, task, recs, runs, note=None):
     m, s = _stats([r["final"] for r in recs if not r["diverged"]])
     rows.setdefault(label, {})[task] = dict(mean=m, std=s, n=len(recs), div=sum(bool(r["diverged"]) for r in recs),
@@ -429,13 +465,14 @@ def main():
     ap.add_argument("--jobs", type=int, default=1, help="local processes for the trials")
     ap.add_argument("--cache", default=str(ROOT / "docs" / "tuning_cache.jsonl"))
     ap.add_argument("--report", action="store_true", help="only print the table from the cache")
+    ap.add_argument("--lr-find", action="store_true", help="print lr_find's gap table instead of the main one")
     args = ap.parse_args()
     bad = [t for t in args.tasks.split(",") if t not in TASKS]
     if bad:
         sys.exit(f"unknown task {bad[0]!r}; tasks: {', '.join(TASKS)}")
     if not args.report:
         run(args)
-    print(report(args))
+    print(lr_find_report(args) if args.lr_find else report(args))
 
 
 if __name__ == "__main__":
