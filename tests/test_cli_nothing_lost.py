@@ -66,7 +66,7 @@ def test_compare_refuses_a_folder_holding_other_files(tmp_path, no_training):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("out", ["{tmp}/lrdir/", "{tmp}/adir", "/nonexistent/dir/lr.png", "/proc/lr.png"])
+@pytest.mark.parametrize("out", ["{tmp}/lrdir/", "{tmp}/adir", "/nonexistent/dir/lr.png", "/proc/lr.png", "{tmp}/lr.txt"])
 def test_lr_find_out_is_checked_before_the_sweep(tmp_path, no_training, out):
     (tmp_path / "adir").mkdir()
     one_error(_invoke("lr-find", "--subsample", "100", "--out", out.format(tmp=tmp_path)), "--out")
@@ -168,7 +168,7 @@ def test_sigint_to_a_running_compare(tmp_path):
     out = tmp_path / "rep"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     p = subprocess.Popen([sys.executable, "-m", "descend.cli", "compare", "--optimizers", "gd,adam", "--subsample",
-                          "200", "--hidden", "8", "--seeds", "3", "--epochs", "400", "--out", str(out)],
+                          "200", "--hidden", "8", "--seeds", "3", "--epochs", "150", "--out", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     seen = b""
     deadline = time.monotonic() + 120
@@ -214,3 +214,13 @@ def test_a_memory_error_anywhere_is_one_line_naming_what_to_change(monkeypatch, 
     monkeypatch.setattr(T, "train_run", oom)
     err = one_error(_invoke("compare", "--out", str(tmp_path / "o"), *TINY), "out of memory")
     assert "--hidden" in err and "--batch-size" in err
+
+
+def test_pictures_are_written_with_ordinary_permissions(tmp_path):
+    out = tmp_path / "s.png"
+    res = _invoke("schedule", "cosine", "--init", "0.1", "--total-steps", "10", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["s.png"]  # no temporary file left

@@ -155,7 +155,7 @@ def test_race_gif_heads_differ_and_progress_is_reported(tmp_path):
     prob = problem("booth")
     runs = [trajectory(prob, n, 10, lr=0.05) for n in ("gd", "momentum")]
     seen = []
-    P.race_gif(prob, runs, tmp_path / "r.gif", frames=4, progress=lambda done, total: seen.append((done, total)))
+    P.race_gif(prob, runs, tmp_path / "r.gif", frames=4, fps=2, progress=lambda done, total: seen.append((done, total)))
     assert seen and seen[-1][0] == seen[-1][1] and [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from descend.cli.options import (batch_stream, check_out_file, data_options, hyperparameters_from_sets, load_data,
-                                 model_options, optimizer_names, optimizers_help, parse_hidden, save_figure, tasks_help)
+from descend.cli.options import (FIGURE_SUFFIXES, batch_stream, check_out_file, data_options, hyperparameters_from_sets,
+                                 load_data, model_options, optimizer_names, optimizers_help, parse_hidden, save_figure,
+                                 tasks_help)
 
 __all__ = ["lr_find_command"]
 
@@ -49,7 +50,7 @@ def lr_find_command(task, data_file, target, kind, val_fraction, subsample, feat
     if name is None:
         raise click.BadParameter("give one optimizer", param_hint="--optimizer")
     if out_file:
-        check_out_file(out_file)  # before the sweep: a bad --out must cost nothing
+        check_out_file(out_file, suffixes=FIGURE_SUFFIXES)  # before the sweep: a bad --out must cost nothing
     hp = hyperparameters_from_sets(sets, [name], hint="--set")[name]
     if "lr" in hp:
         raise click.BadParameter(f"lr={hp['lr']!r}: lr-find sweeps the learning rate from --start-lr to --end-lr; "

@@ -26,7 +26,8 @@ from descend.lab.train import parse_value
 
 __all__ = ["data_options", "model_options", "load_data", "parse_sets", "optimizer_names", "parse_hidden", "command_line", "batch_stream",
            "parse_value", "parse_assignment", "schedule_option",
-           "hyperparameters_from_sets", "check_out_file", "check_out_dir", "save_figure"]
+           "hyperparameters_from_sets", "check_out_file", "check_out_dir", "save_figure",
+           "FIGURE_SUFFIXES"]
 
 
 def _columns(text: str | None) -> list[str] | None:
@@ -182,6 +183,10 @@ def check_out_file(path: str, option: str = "--out", suffixes: tuple[str, ...] =
     return path
 
 
+#: picture formats --out takes for a static figure (matplotlib writes each by its suffix)
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
 def check_out_dir(path: str, option: str = "--out") -> str:
     """:func:`descend.lab.report.check_out_dir` as one ``Error:`` line naming ``option``."""
     from descend.lab.report import check_out_dir as check
@@ -199,6 +204,9 @@ def save_figure(fig, path: str, **kwargs) -> None:
     suffix = os.path.splitext(path)[1]
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".descend-", suffix=suffix)
     os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # as a plainly opened file would be, not mkstemp's 0600
     try:
         fig.savefig(tmp, format=suffix.lstrip(".").lower() or None, **kwargs)
         os.replace(tmp, path)

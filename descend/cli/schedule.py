@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from descend.cli.options import check_out_file
+from descend.cli.options import FIGURE_SUFFIXES, check_out_file
 from descend.schedules import REGISTRY, _landmarks, _length, plot
 
 # the schedules the shell can build (join needs other schedules as arguments)
@@ -125,7 +125,7 @@ def schedule_command(ctx: click.Context, name: str, steps: int | None, out: str 
     --decay-steps 300 --decay sqrt --out wsd.png
     """
     if out is not None:
-        check_out_file(out)
+        check_out_file(out, suffixes=FIGURE_SUFFIXES)
     key = name.lower().replace("-", "_")
     if key not in _CLI_NAMES:
         raise click.BadParameter(f"unknown schedule {name!r}; valid names: {', '.join(_CLI_NAMES)}",

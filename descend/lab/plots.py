@@ -115,9 +115,9 @@ def contour_paths(problem: str | Problem, trajectories: Sequence[Trajectory] = (
             ax.plot(t.points[ok, 0], t.losses[ok], color=st["color"], ls=st["ls"], lw=0.9, marker=st["marker"], ms=4,
                     alpha=0.85, zorder=st["zorder"], label=_label(t))
         for m in prob.minima:
-            ax.plot(m[0], float(prob(m)), "*", color="gold", mec="k", ms=15, zorder=5)
+            ax.plot(m[0], float(prob(m)), "*", color="gold", mec="k", ms=13, zorder=8)
         for m in prob.local_minima:
-            ax.plot(m[0], float(prob(m)), "*", color="white", mec="k", ms=13, zorder=5)
+            ax.plot(m[0], float(prob(m)), "*", color="white", mec="k", ms=12, zorder=8)
         ax.set_xlim(*prob.bounds[0])
         ax.set_xlabel("x")
         ax.set_ylabel("f(x)")
@@ -149,11 +149,11 @@ def contour_paths(problem: str | Problem, trajectories: Sequence[Trajectory] = (
             s = trajectories[0].points[0]
             ax.plot(s[0], s[1], "o", color="k", ms=6, zorder=4)
         for m in prob.minima:
-            ax.plot(*m, "*", color="gold", mec="k", ms=15, zorder=5)
+            ax.plot(*m, "*", color="gold", mec="k", ms=13, zorder=8)
         for m in prob.local_minima:
-            ax.plot(*m, "*", color="white", mec="k", ms=13, zorder=5)
+            ax.plot(*m, "*", color="white", mec="k", ms=12, zorder=8)
         for m in prob.saddles:
-            ax.plot(*m, "x", color="k", ms=9, mew=2, zorder=5)
+            ax.plot(*m, "x", color="k", ms=9, mew=2, zorder=8)
         ax.set_xlim(*prob.bounds[0])
         ax.set_ylim(*prob.bounds[1])
         ax.set_xlabel("x")
@@ -267,7 +267,7 @@ def race_gif(problem: str | Problem, trajectories: Sequence[Trajectory], path: s
         st = _style(i, n)
         style = dict(marker=st["marker"], ms=3, lw=0.8) if prob.dim == 1 else dict(lw=min(st["lw"], 3.0))
         (line,) = ax.plot([], [], color=st["color"], ls=st["ls"], label=_label(t), zorder=st["zorder"], **style)
-        # heads: each its own shape, earlier ones larger, above the minima's stars
+        # heads: each its own shape, earlier ones larger; the minima's stars stay on top of them
         (head,) = ax.plot([], [], st["marker"], color=st["color"], mec="k", ms=8 + 2.5 * (n - 1 - i),
                           zorder=6 + i / max(n, 1))
         lines.append(line)
