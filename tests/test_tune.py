@@ -232,7 +232,8 @@ def test_tune_command_end_to_end(tmp_path):
     (["--set", "adam.lr=-1", "--optimizers", "adam"], "lr"),
     (["--task", "nope"], "unknown task"),
     (["--model", "rnn"], "--model"),
-    (["--out", "."], "folder"),
+    (["--out", "."], "--out"),
+    (["--out", "trials.txt"], ".csv"),
 ])
 def test_tune_command_errors_are_one_line(args, words):
     res, text = _cli(["tune", "--subsample", "200", "--no-progress", *args])
