@@ -387,7 +387,9 @@ def report(args) -> str:
     rows = {k: rows[k] for k in sorted(rows, key=order)}
     names = {"digits": "digits", "breast_cancer": "breast_cancer", "diabetes": "diabetes R²", "mnist1d": "MNIST-1D MLP",
              "mnist1d_cnn": "MNIST-1D CNN", "iris": "iris", "wine": "wine"}
-    head = ["method", *[names[t] for t in tasks], "mean gap", "worst gap", "runs"]
+    n_task = {t: max((c[t]["n"] for c in rows.values() if t in c), default=0) for t in tasks}
+    head = ["method", *[f"{names[t]} ({n_task[t]} seed{'s' if n_task[t] != 1 else ''})" for t in tasks],
+            "mean gap", "worst gap", "runs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, cells in rows.items():
         ref = ref_of[label]
@@ -397,17 +399,18 @@ def report(args) -> str:
             if c is None:
                 parts.append("—")
                 continue
-            txt = "—" if math.isnan(c["mean"]) else f"{c['mean']:.3f} ± {c['std']:.3f}"
+            ok = c["n"] - c["div"]
+            txt = "—" if math.isnan(c["mean"]) else (f"{c['mean']:.3f} ± {c['std']:.3f}" if ok > 1 else f"{c['mean']:.3f}")
             if c["div"]:
                 txt += f" (div {c['div']}/{c['n']})"
-            if c["n"] < len(seeds):
-                txt += f" [{c['n']} seeds]"
+            if c["n"] < n_task[t]:
+                txt += f" [{c['n']} seed{'s' if c['n'] != 1 else ''}]"
             if c.get("note"):
                 txt += f" @{c['note']}"
             parts.append(txt)
             g = grid_best.get((t, ref))
             if g is not None and math.isfinite(c["mean"]):
-                gaps.append(100 * (c["mean"] - g) - (100 * c["div"] if False else 0))
+                gaps.append(100 * (c["mean"] - g))
         mg = f"{statistics.fmean(gaps):+.2f}" if gaps else "—"
         wg = f"{min(gaps):+.2f}" if gaps else "—"
         runs = next(iter(cells.values()))["runs"]
