@@ -45,7 +45,18 @@ _BETAS = Hyper("betas", (0.9, 0.999), "betas", "(β₁, β₂), decay rates of t
 
 
 def _lerp_c(state: str, weight: str) -> str:
-    return f"s_{state} += {weight} * (u - s_{state});"
+    return f"s_{state} = LERP(s_{state}, u, {weight});"  # torch.lerp's own formula (descend.kernels.codegen)
+
+
+def _ema_sq_c(state: str, decay: str, weight: str, x: str = "u") -> str:
+    """``s.mul_(decay).addcmul_(x, x, value=weight)`` as ATen computes it: the product rounded, then
+    one fused multiply-add (descend.kernels.codegen)."""
+    return f"s_{state} = FMA({weight} * {x}, {x}, {decay} * s_{state});"
+
+
+def _sign(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) that keeps NaN (torch.sign(nan) is 0): a NaN must reach the parameter, not freeze it."""
+    return torch.where(torch.isnan(x), x, torch.sign(x))
 
 
 class ScaleByLearningRate(Block):
@@ -164,7 +175,8 @@ class Trace(Block):
         if float(h["momentum"]) == 0:
             return ""
         tail = "u = u + c_momentum * s_momentum_buffer;" if h["nesterov"] else "u = s_momentum_buffer;"
-        return ("s_momentum_buffer = c_first ? u : c_momentum * s_momentum_buffer + c_damp * u;\n" + tail)
+        # v.mul_(γ).add_(u, alpha=1 − δ): ATen's add with alpha is one fused multiply-add
+        return ("s_momentum_buffer = c_first ? u : FMA(u, c_damp, c_momentum * s_momentum_buffer);\n" + tail)
 
 
 class ScaleByRss(Block):
@@ -201,7 +213,7 @@ class ScaleByRss(Block):
 
     def c_code(self, h):
         denom = "SQRT(s_sum + c_eps)" if h["eps_in_sqrt"] else "(SQRT(s_sum) + c_eps)"
-        return f"s_sum += u * u;\nu = u / {denom};"
+        return f"s_sum = FMA(u, u, s_sum);\nu = u / {denom};"  # r.addcmul_(u, u)
 
 
 class ScaleByRms(Block):
@@ -232,11 +244,13 @@ class ScaleByRms(Block):
         v = s["square_avg"].mul_(c.alpha).addcmul_(u, u, value=c.one_m_alpha)
         if c.centered:
             m = s["grad_avg"].lerp_(u, c.one_m_alpha)
-            v = v.addcmul(m, m, value=-1).clamp_min_(0)  # ≥ 0 in exact arithmetic; rounding can dip below
+            # ≥ 0 in exact arithmetic; rounding can dip below. m·m rounded before the subtraction (not
+            # addcmul, which torch fuses): at α = 0, m = u exactly and v − m² is exactly 0 on both paths
+            v = (v - m * m).clamp_min_(0)
         return u / ((v + c.eps).sqrt() if c.inside else v.sqrt().add(c.eps))
 
     def c_code(self, h):
-        code = "s_square_avg = c_alpha * s_square_avg + c_one_m_alpha * u * u;\nT v = s_square_avg;\n"
+        code = _ema_sq_c("square_avg", "c_alpha", "c_one_m_alpha") + "\nT v = s_square_avg;\n"
         if h["centered"]:
             code += _lerp_c("grad_avg", "c_one_m_alpha") + "\nv = MAX(v - s_grad_avg * s_grad_avg, (T)0);\n"
         code += "u = u / SQRT(v + c_eps);" if h["eps_in_sqrt"] else "u = u / (SQRT(v) + c_eps);"
@@ -261,9 +275,9 @@ class ScaleByAdadelta(Block):
         return delta
 
     def c_code(self, h):
-        return ("s_square_avg = c_rho * s_square_avg + c_one_m_rho * u * u;\n"
+        return (_ema_sq_c("square_avg", "c_rho", "c_one_m_rho") + "\n"
                 "T delta = SQRT(s_acc_delta + c_eps) / SQRT(s_square_avg + c_eps) * u;\n"
-                "s_acc_delta = c_rho * s_acc_delta + c_one_m_rho * delta * delta;\n"
+                + _ema_sq_c("acc_delta", "c_rho", "c_one_m_rho", "delta") + "\n"
                 "u = delta;")
 
 
@@ -298,7 +312,7 @@ class ScaleByAdam(Block):
 
     def c_code(self, h):
         code = (_lerp_c("exp_avg", "c_one_m_b1") + "\n"
-                "s_exp_avg_sq = c_b2 * s_exp_avg_sq + c_one_m_b2 * u * u;\nT v = s_exp_avg_sq;\n")
+                + _ema_sq_c("exp_avg_sq", "c_b2", "c_one_m_b2") + "\nT v = s_exp_avg_sq;\n")
         if h["amsgrad"]:
             code += "s_max_exp_avg_sq = MAX(s_max_exp_avg_sq, v);\nv = s_max_exp_avg_sq;\n"
         return code + "u = (s_exp_avg / c_bc1) / (SQRT(v) / c_sqrt_bc2 + c_eps);"
@@ -341,7 +355,7 @@ class ScaleByNadam(Block):
 
     def c_code(self, h):
         return (_lerp_c("exp_avg", "c_one_m_b1") + "\n"
-                "s_exp_avg_sq = c_b2 * s_exp_avg_sq + c_one_m_b2 * u * u;\n"
+                + _ema_sq_c("exp_avg_sq", "c_b2", "c_one_m_b2") + "\n"
                 "T d = SQRT(s_exp_avg_sq / c_bc2) + c_eps;\n"
                 "u = (c_cg * u + c_cm * s_exp_avg) / d;")
 
@@ -374,7 +388,7 @@ class ScaleByRadam(Block):
 
     def c_code(self, h):
         return (_lerp_c("exp_avg", "c_one_m_b1") + "\n"
-                "s_exp_avg_sq = c_b2 * s_exp_avg_sq + c_one_m_b2 * u * u;\n"
+                + _ema_sq_c("exp_avg_sq", "c_b2", "c_one_m_b2") + "\n"
                 "u = s_exp_avg / c_bc1;\n"
                 "if (c_rect) u = u * (c_scale / (SQRT(s_exp_avg_sq) + c_eps));")
 
@@ -413,12 +427,12 @@ class ScaleByLion(Block):
 
     def apply(self, u, p, s, c):
         m = s["exp_avg"]
-        direction = torch.sign(m.lerp(u, c.one_m_b1))
+        direction = _sign(m.lerp(u, c.one_m_b1))
         m.lerp_(u, c.one_m_b2)
         return direction
 
     def c_code(self, h):
-        return ("T dir = SIGN(s_exp_avg + c_one_m_b1 * (u - s_exp_avg));\n"
+        return ("T dir = SIGN(LERP(s_exp_avg, u, c_one_m_b1));\n"
                 + _lerp_c("exp_avg", "c_one_m_b2") + "\nu = dir;")
 
 

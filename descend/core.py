@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -143,12 +144,28 @@ def resolve(spec: Any, step: int) -> Any:
     return float(spec(step)) if is_schedule(spec) else spec
 
 
-def _plain(v: Any, integer: bool) -> Any:
-    """A one-element tensor as a Python int/float (other values unchanged)."""
+def _plain(v: Any) -> Any:
+    """A one-element tensor as a Python float (other values unchanged)."""
     if isinstance(v, torch.Tensor) and v.numel() == 1:
-        x = v.item()
-        return int(x) if integer else float(x)
+        return float(v.item())
     return v
+
+
+def _count(v: Any) -> int | None:
+    """A saved step count as an int: a non-negative integer, or a one-element tensor holding one (as
+    torch.optim saves it); None if ``v`` is anything else."""
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1 or v.is_complex():
+            return None
+        v = v.item()
+        if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+            v = int(v)
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        return None
+    return int(v) if v >= 0 else None
+
+
+_COUNT = "a non-negative integer (or a one-element tensor holding one)"
 
 
 # --------------------------------------------------------------------------- blocks
@@ -400,6 +417,11 @@ class ChainOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{name}.load_state_dict: group {i} has {len(sg['params'])} parameter(s) "
                                  f"in the state and {len(g['params'])} here")
             params += list(zip(sg["params"], g["params"]))
+            for k in ("step", "skipped_steps"):  # the group's counters, as ints
+                if k in sg:
+                    if _count(sg[k]) is None:
+                        raise ValueError(f"{name}.load_state_dict: group {i} has {k}={sg[k]!r}; expected {_COUNT}")
+                    sg[k] = _count(sg[k])
             merged = {**self.defaults, **{k: v for k, v in sg.items() if k != "params"}}
             try:
                 self._check_group(merged)
@@ -407,11 +429,36 @@ class ChainOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{name}.load_state_dict: group {i}: {e}") from None
         allowed = {"step"} | {n for b in self.blocks for n in b.scalar_state}
         buffers = {n for b in self.blocks for n in b.all_buffers}
+        # every state entry belongs to a parameter the saved groups list (torch.optim would keep an
+        # entry under any other key, e.g. the string ids of a JSON round trip, and drop its tensors)
+        ids = dict(params)
+        if not isinstance(state_dict["state"], Mapping):
+            raise ValueError(f"{name}.load_state_dict: 'state' is a {type(state_dict['state']).__name__}, "
+                             "not a dict of parameter id -> state")
+        for pid, st in state_dict["state"].items():
+            if isinstance(pid, (bool, float)) or pid not in ids:  # (True == 1 and 1.0 == 1 as dict keys)
+                listed = list(ids)
+                raise ValueError(
+                    f"{name}.load_state_dict: the state has an entry for parameter id {pid!r} "
+                    f"({type(pid).__name__}), which no saved parameter group lists; they list "
+                    f"{listed[:8]}{' ...' if len(listed) > 8 else ''}"
+                    + (" (string ids, as after a JSON round trip?)" if isinstance(pid, str) else ""))
+            if not isinstance(st, Mapping):
+                raise ValueError(f"{name}.load_state_dict: the state of parameter {pid} is a "
+                                 f"{type(st).__name__}, not a dict")
         for pid, p in params:
             st = state_dict["state"].get(pid)
             if st is None:
                 continue
             for k, v in st.items():
+                if k == "step" and _count(v) is None:
+                    raise ValueError(f"{name}.load_state_dict: state 'step' of parameter {pid} is {v!r}; "
+                                     f"expected {_COUNT}")
+                if k in allowed and k != "step" and not (
+                        isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_complex()
+                        or isinstance(v, numbers.Real) and not isinstance(v, bool)):
+                    raise ValueError(f"{name}.load_state_dict: state {k!r} of parameter {pid} is {v!r}; "
+                                     "expected a real number (or a one-element tensor holding one)")
                 if k in buffers:
                     if not isinstance(v, torch.Tensor) or v.shape != p.shape:
                         got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
@@ -425,7 +472,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         # torch.optim keeps the step count (and NAdam's mu_product) as one-element tensors; here they
         # are Python numbers (the bias corrections are computed in float64 from them), so a state saved
         # by the torch.optim counterpart resumes exactly
-        sd["state"] = {pid: {k: (_plain(v, k == "step") if k in allowed else v) for k, v in st.items()}
+        sd["state"] = {pid: {k: (_count(v) if k == "step" else _plain(v) if k in allowed else v)
+                             for k, v in st.items()}
                        for pid, st in state_dict["state"].items()}
         sd["param_groups"] = [{**self.defaults, "schedules": {}, "step": 0, "skipped_steps": 0, **sg}
                               for sg in saved]
@@ -463,8 +511,16 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     # -- the step ----------------------------------------------------------------------------
 
+    # Under torch.compile the step is opaque: dynamo breaks the graph at the call and the step runs
+    # eagerly (the fused kernel, schedules, hooks). Traced, it would guard on the integer step counts
+    # and recompile every step until torch's limit, then run slower than eager.
+    @torch.compiler.disable
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Take one step for every group; return ``closure()``'s loss if a closure is given."""
+        """Take one step for every group; return ``closure()``'s loss if a closure is given.
+
+        Under ``torch.compile`` (of a training step that calls it, or of ``opt.step`` itself) the step
+        is not traced: it runs eagerly, as does ``closure``, so it never recompiles.
+        """
         # torch.optim wraps every optimizer's step in a profiler region and its step hooks. Here that
         # wrapper runs only when something listens (a hook, or the profiler): on a many-tensor model
         # it costs ~0.2 ms a step, because the kernel has just flushed every cache it touches.

@@ -4,6 +4,7 @@ import copy
 import inspect
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,6 +156,85 @@ def test_load_state_dict_mismatch_changes_nothing(what, sd):
         o.step()
     assert not torch.equal(params[0], make_params()[0])
     assert_bitwise([params], [params2])
+
+
+def _with(edit):
+    """A state_dict of a stepped descend.Adam over make_params(), changed by ``edit(sd)``."""
+    sd = copy.deepcopy(_stepped(descend.Adam, make_params(), lr=0.01).state_dict())
+    edit(sd)
+    return sd
+
+
+def _set_state(pid, key, value):
+    return lambda sd: sd["state"][pid].__setitem__(key, value)
+
+
+def _set_group(key, value):
+    return lambda sd: sd["param_groups"][0].__setitem__(key, value)
+
+
+# what is wrong -> (the change, what the message must say); each of these loaded before, and then
+# failed in step() with a math error, or (string ids) silently dropped every state tensor
+BAD_ENTRIES = {
+    "step -3": (_set_state(1, "step", -3), r"state 'step' of parameter 1 is -3; expected a non-negative integer"),
+    "step '2'": (_set_state(0, "step", "2"), r"state 'step' of parameter 0 is '2'; expected a non-negative"),
+    "step None": (_set_state(2, "step", None), r"'step' of parameter 2 is None"),
+    "step 2.5": (_set_state(0, "step", 2.5), r"'step' of parameter 0 is 2.5"),
+    "step True": (_set_state(0, "step", True), r"'step' of parameter 0 is True"),
+    "step 2-element tensor": (_set_state(0, "step", torch.tensor([2.0, 2.0])), r"'step' of parameter 0 is tensor"),
+    "step tensor -1": (_set_state(0, "step", torch.tensor(-1.0)), r"'step' of parameter 0 is tensor\(-1\.\)"),
+    "step tensor 2.5": (_set_state(0, "step", torch.tensor(2.5)), r"'step' of parameter 0 is tensor\(2\.5"),
+    "step tensor nan": (_set_state(0, "step", torch.tensor(math.nan)), r"'step' of parameter 0 is tensor\(nan"),
+    "string ids (JSON)": (lambda sd: sd.__setitem__("state", {str(k): v for k, v in sd["state"].items()}),
+                          r"parameter id '0' \(str\), which no saved parameter group lists; they list \[0, 1, 2\]"
+                          r" \(string ids, as after a JSON round trip\?\)"),
+    "an unlisted id": (lambda sd: sd["state"].__setitem__(7, dict(sd["state"][0])), r"parameter id 7 \(int\)"),
+    "a state that is not a dict": (lambda sd: sd["state"].__setitem__(1, [1, 2]), r"state of parameter 1 is a list"),
+    "group step -1": (_set_group("step", -1), r"group 0 has step=-1; expected a non-negative integer"),
+    "group step '2'": (_set_group("step", "2"), r"group 0 has step='2'"),
+    "group skipped_steps None": (_set_group("skipped_steps", None), r"group 0 has skipped_steps=None"),
+    "group skipped_steps 0.5": (_set_group("skipped_steps", 0.5), r"group 0 has skipped_steps=0.5"),
+}
+
+
+@pytest.mark.parametrize("what", BAD_ENTRIES)
+def test_load_state_dict_refuses_a_bad_entry_naming_it(what):
+    edit, message = BAD_ENTRIES[what]
+    params = make_params()
+    opt = _stepped(descend.Adam, params, lr=0.01)
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=r"Adam\.load_state_dict: .*" + message):
+        opt.load_state_dict(_with(edit))
+    _assert_unchanged(opt, before)
+    assert all(isinstance(st["step"], int) for st in opt.state.values())
+
+
+def test_nadam_refuses_a_bad_mu_product():
+    opt = _stepped(descend.NAdam, make_params(), lr=0.01)
+    sd = copy.deepcopy(opt.state_dict())
+    before = copy.deepcopy(sd)
+    sd["state"][0]["mu_product"] = torch.ones(2)
+    with pytest.raises(ValueError, match=r"state 'mu_product' of parameter 0 is tensor\(\[1\., 1\.\]\); expected a real"):
+        opt.load_state_dict(sd)
+    _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("step", [torch.tensor(2.0), torch.tensor(2), torch.tensor([2.0]), 2, np.int64(2)],
+                         ids=["f32 tensor", "int tensor", "1-element", "int", "numpy int"])
+def test_load_state_dict_takes_a_count_in_any_form_torch_saves(step):
+    """torch.optim saves step counts as float tensors; they load as ints (and the group's too)."""
+    ref = _stepped(descend.Adam, make_params(), lr=0.01)
+    sd = copy.deepcopy(ref.state_dict())
+    for st in sd["state"].values():
+        st["step"] = step
+    sd["param_groups"][0]["step"] = step
+    sd["param_groups"][0]["skipped_steps"] = np.int64(0)
+    opt = _stepped(descend.Adam, make_params(), lr=0.01)
+    opt.load_state_dict(sd)
+    assert [st["step"] for st in opt.state.values()] == [2, 2, 2]
+    assert all(type(st["step"]) is int for st in opt.state.values())
+    g = opt.param_groups[0]
+    assert (type(g["step"]), g["step"], type(g["skipped_steps"]), g["skipped_steps"]) == (int, 2, int, 0)
 
 
 def test_a_torch_rule_switch_this_optimizer_lacks_is_named():

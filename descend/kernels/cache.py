@@ -39,6 +39,7 @@ from pathlib import Path
 __all__ = ["cache_dir", "c_compiler", "cxx_compiler", "fingerprint", "load"]
 
 _STALE_S = 3600  # a build folder this old belongs to no live build (a build takes seconds)
+_CPUINFO = "/proc/cpuinfo"
 
 
 def cache_dir() -> Path:
@@ -75,11 +76,15 @@ _CPU_KEYS = ("flags", "features", "isa", "model name", "vendor_id", "cpu family"
 
 @functools.lru_cache(maxsize=None)
 def _cpu() -> str:
+    """The first processor's feature lines of /proc/cpuinfo (the rest repeat them), else the platform's
+    description of the processor."""
     lines = set()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(_CPUINFO) as f:
             for line in f:
                 key, sep, value = line.partition(":")
+                if not line.strip() and lines:
+                    break  # the end of the first processor's block
                 if sep and key.strip().lower() in _CPU_KEYS:
                     lines.add(f"{key.strip().lower()}: {' '.join(sorted(value.split()))}")
     except OSError:
@@ -91,12 +96,35 @@ def _cpu() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _identity(cmd: tuple[str, ...]) -> str:
-    """The compiler's own description of itself (``--version``), or its command line if it gives none."""
+    """The compiler's own description of itself (``--version``), or its command line if it gives none.
+
+    Running it costs a few ms per process, so the answer is kept in the cache folder, under the
+    compiler binary's path, size and modification time (an upgrade changes them)."""
+    if not cmd:
+        return ""
+    memo = None
+    try:
+        exe = os.path.realpath(shutil.which(cmd[0]) or cmd[0])
+        st = os.stat(exe)
+        stamp = f"{exe}\n{st.st_size}\n{st.st_mtime_ns}\n{' '.join(cmd)}"
+        memo = cache_dir() / ".compilers" / hashlib.sha256(stamp.encode()).hexdigest()[:24]
+        return memo.read_text()
+    except OSError:
+        pass
     try:
         res = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=30)
-        return " ".join(cmd) + "\n" + res.stdout.strip()
+        text = " ".join(cmd) + "\n" + res.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return " ".join(cmd)
+    if memo is not None and res.returncode == 0:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+            tmp.write_text(text)
+            os.replace(tmp, memo)
+        except OSError:
+            pass
+    return text
 
 
 def fingerprint(cmd: list[str] | None) -> str:

@@ -11,9 +11,11 @@ fixed here, in the macros every snippet uses:
 
 - IEEE arithmetic, one rounding per written operation: no contraction of ``a*b + c`` into a fused
   multiply-add (the CPU backend compiles with ``-ffp-contract=off``), so overflow and ±inf/NaN come
-  out as the reference's separate torch ops give them;
-- ``LERP(a, b, w)`` is torch.lerp's own two-branch formula (``a + w(b − a)`` for |w| < ½, else
-  ``b − (b − a)(1 − w)``), so w = 1 gives exactly b, as ``torch.lerp`` does;
+  out as the reference's separate torch ops give them (a contracted ``p + (−η)·g`` turned GD's
+  ``−inf + inf = NaN`` into ``−inf``);
+- ``LERP(a, b, w)`` is torch.lerp as ATen computes it: ``fma(w, b − a, a)`` for |w| < ½, else
+  ``fma(w − 1, b − a, b)``, so w = 1 gives exactly b (centred RMSProp at α = 0 relies on it) and
+  the moving averages match torch bit for bit;
 - ``MAX`` propagates NaN from either side (torch.maximum); ``SIGN`` keeps 0 and NaN (so a NaN reaches
   the parameter instead of freezing it; the reference's ``_sign`` does the same).
 """
@@ -27,14 +29,14 @@ __all__ = ["kernel_source", "CTYPES", "switches", "src_key", "sum_names"]
 CTYPES = {"float32": "float", "float64": "double"}  # torch dtype name -> C type; complex runs as its real view
 
 _MATH = {
-    "float": "#define SQRT sqrtf\n#define ABS fabsf\n",
-    "double": "#define SQRT sqrt\n#define ABS fabs\n",
+    "float": "#define SQRT sqrtf\n#define ABS fabsf\n#define FMA fmaf\n",
+    "double": "#define SQRT sqrt\n#define ABS fabs\n#define FMA fma\n",
 }
 
 _MACROS = r"""#define MAX(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))  /* NaN on either side wins */
 #define SIGN(x) ((x) > 0 ? (T)1 : ((x) < 0 ? (T)-1 : (x)))  /* 0 and NaN pass through */
-/* torch.lerp's formula, branch by weight: exact at w = 0 and w = 1 */
-#define LERP(a, b, w) (ABS(w) < (T)0.5 ? (a) + (w) * ((b) - (a)) : (b) - ((b) - (a)) * ((T)1 - (w)))
+/* torch.lerp, as ATen computes it: by branch on the weight, each one fused multiply-add (exact at w = 0, 1) */
+#define LERP(a, b, w) (ABS(w) < (T)0.5 ? FMA((w), (b) - (a), (a)) : FMA((w) - (T)1, (b) - (a), (b)))
 """
 
 

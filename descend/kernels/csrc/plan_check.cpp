@@ -63,9 +63,13 @@ namespace {
 // at::Tensor is an intrusive_ptr<TensorImpl>, whose only member is the raw pointer
 inline TensorImpl* impl_of(const at::Tensor& t) { return *reinterpret_cast<TensorImpl* const*>(&t); }
 
+// The contract's conditions on one tensor (descend/kernels/contract.py, PLAN_CONDITIONS): no Python
+// subclass behind it (checked first: such a tensor may answer the others from Python), strided, on the
+// CPU, the planned dtype and number of elements, contiguous, no conjugate/negative bit.
 inline bool same_dense(TensorImpl* t, int64_t st, int64_t numel) {
-  return t->layout() == c10::kStrided && t->device_type() == c10::DeviceType::CPU &&
-         static_cast<int64_t>(t->dtype().toScalarType()) == st && t->numel() == numel && t->is_contiguous();
+  return !t->key_set().has(c10::DispatchKey::Python) && t->layout() == c10::kStrided &&
+         t->device_type() == c10::DeviceType::CPU && static_cast<int64_t>(t->dtype().toScalarType()) == st &&
+         t->numel() == numel && t->is_contiguous() && !t->is_conj() && !t->is_neg();
 }
 
 // optimizer.state[p] without calling Tensor.__hash__ (a Python function) again: the hash is known

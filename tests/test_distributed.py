@@ -1,0 +1,284 @@
+"""Distributed training on CPU: two processes over gloo, as torch's own multiprocess tests run.
+
+One group of two processes (started once for the whole file: start-up is the expensive part) runs
+every scenario and writes what each one raised; the tests below read those results:
+
+- FSDP2 (``fully_shard``, DTensor parameters, one shard per rank, an empty shard on one rank): every
+  optimizer with a torch.optim counterpart (tests/optim_db.py) matches it step by step under the same
+  sharding, at test_parity's tolerances;
+- ``torch.distributed.checkpoint`` with ``get/set_model_state_dict`` and ``get/set_optimizer_state_dict``:
+  saved mid-run, loaded into a fresh model and optimizer, the run goes on bitwise as the uninterrupted one;
+- DDP, and ``ZeroRedundancyOptimizer(optimizer_class=descend.Adam)`` (its consolidated state_dict loads
+  and resumes), match torch.optim.Adam.
+
+descend runs with its default fast path throughout, and a spy on ``descend.kernels.run_group`` checks
+that the fused kernel took every parameter (under FSDP2: each rank's local shard). A crash in a worker
+(before issue 9, every descend optimizer segfaulted here on its first FSDP2 step) fails these tests;
+it cannot take pytest down.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import time
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import descend
+from optim_db import BY_NAME, TOL, WITH_TORCH, Decay
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="torch.distributed with gloo is not available")
+
+WORLD = 2
+STEPS, SAVE_AT = 5, 2
+KERNEL = {"ran": 0, "refused": 0}  # parameters descend.kernels.run_group ran / handed back (in a worker)
+
+
+def _config(info) -> dict:
+    """The richest parity combination that does not maximize (training a real loss)."""
+    return [c for c in info.parity_configs() if not c.get("maximize")][-1]
+
+
+FSDP_CASES = {o.name: (o, _config(o), torch.float64) for o in WITH_TORCH}
+FSDP_CASES["adam-f32"] = (BY_NAME["adam"], _config(BY_NAME["adam"]), torch.float32)
+DCP_CASES = {n: (BY_NAME[n], _config(BY_NAME[n])) for n in ("adam", "nadam", "rmsprop", "sgd")}
+DCP_CASES["adamw-scheduled"] = (BY_NAME["adamw"], {**_config(BY_NAME["adamw"]), "lr": Decay(0.01, 3, warmup=2)})
+
+
+# --------------------------------------------------------------------------- the workers' side
+
+
+def _model(dtype, seed=0):
+    """A small MLP; the last layer's bias (one element) leaves rank 1 an empty shard."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5),
+                               torch.nn.Tanh(), torch.nn.Linear(5, 1)).to(dtype)
+
+
+def _sharded(dtype, mesh, seed=0):
+    from torch.distributed.fsdp import fully_shard
+
+    m = _model(dtype, seed)
+    for layer in m:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    return fully_shard(m, mesh=mesh)
+
+
+def _train(model, opt, steps, rank, start=0):
+    """``steps`` steps on this rank's slice of a global batch that depends only on the step."""
+    dtype = next(model.parameters()).dtype
+    for t in range(start, start + steps):
+        g = torch.Generator().manual_seed(t)
+        X = torch.randn(4 * WORLD, 6, generator=g, dtype=dtype)
+        y = torch.randn(4 * WORLD, 1, generator=g, dtype=dtype)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(X[4 * rank:4 * rank + 4]), y[4 * rank:4 * rank + 4]).backward()
+        opt.step()
+
+
+def _local(model):
+    return [(p.to_local() if hasattr(p, "to_local") else p).detach().clone() for p in model.parameters()]
+
+
+def _assert_close(ours, theirs, dtype):
+    assert len(ours) == len(theirs)
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"parameter {i}: {m}")
+
+
+def _assert_bitwise(ours, theirs):
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert torch.equal(a, b), f"parameter {i} differs by {(a - b).abs().max() if a.numel() else 0}"
+
+
+def _descend(info, hp):
+    return lambda ps: info.make(ps, **hp, **info.torch_fixed)  # the default: the fast path on
+
+
+def _spy_on_the_kernel():
+    """Count the parameters the fused kernel takes, and those it hands back to the reference."""
+    import descend.kernels
+
+    run_group = descend.kernels.run_group
+
+    def counting(blocks, views, work, *args, **kw):
+        rest = run_group(blocks, views, work, *args, **kw)
+        KERNEL["ran"] += len(work) - len(rest)
+        KERNEL["refused"] += len(rest)
+        return rest
+
+    descend.kernels.run_group = counting
+
+
+def _fused(run):
+    """``run()``, which must step every descend parameter with the fused kernel (DTensors: their shards)."""
+    KERNEL.update(ran=0, refused=0)
+    out = run()
+    assert KERNEL["ran"] > 0 and KERNEL["refused"] == 0, f"the fused kernel did not run everything: {KERNEL}"
+    return out
+
+
+def _fsdp_matches_torch(rank, mesh, name):
+    info, hp, dtype = FSDP_CASES[name]
+    with info.torch_dtype_context(dtype):
+        out = []
+        for ours in (True, False):
+            make = _descend(info, hp) if ours else lambda ps: info.torch_cls(ps, foreach=False, **hp)
+            model = _sharded(dtype, mesh)
+            opt = make(model.parameters())
+            (_fused if ours else lambda run: run())(lambda: _train(model, opt, STEPS, rank))
+            out.append(_local(model))
+    assert any(p.numel() == 0 for p in out[0]) == (rank == 1)  # the case is really there
+    _assert_close(*out, dtype)
+
+
+def _dcp_case(rank, mesh, name, root):
+    """Train to SAVE_AT, checkpoint, train on to STEPS (the uninterrupted run); then a fresh model
+    (other initial weights) and optimizer load the checkpoint and train from SAVE_AT to STEPS: bitwise
+    the same parameters."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+
+    make = _descend(*DCP_CASES[name])
+    path = os.path.join(root, f"ckpt-{name}")
+    model = _sharded(torch.float64, mesh)
+    opt = make(model.parameters())
+    _fused(lambda: _train(model, opt, SAVE_AT, rank))
+    dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
+             checkpoint_id=path)
+    _train(model, opt, STEPS - SAVE_AT, rank, start=SAVE_AT)
+
+    model2 = _sharded(torch.float64, mesh, seed=1)
+    opt2 = make(model2.parameters())
+    sd = {"model": get_model_state_dict(model2), "optim": get_optimizer_state_dict(model2, opt2)}
+    dcp.load(sd, checkpoint_id=path)
+    set_model_state_dict(model2, sd["model"])
+    set_optimizer_state_dict(model2, opt2, sd["optim"])
+    assert opt2.param_groups[0]["step"] == SAVE_AT
+    assert opt2.param_groups[0]["schedules"].keys() == opt.param_groups[0]["schedules"].keys()
+    _fused(lambda: _train(model2, opt2, STEPS - SAVE_AT, rank, start=SAVE_AT))
+    _assert_bitwise(_local(model2), _local(model))
+
+
+def _ddp(rank):
+    """DDP (plain tensors, the default fast path) with descend.Adam matches torch.optim.Adam."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    hp = _config(BY_NAME["adam"])
+    out = []
+    for make in (lambda ps: descend.Adam(ps, **hp), lambda ps: torch.optim.Adam(ps, foreach=False, **hp)):
+        model = DDP(_model(torch.float64))
+        opt = make(model.parameters())
+        _train(model, opt, STEPS, rank)
+        out.append(_local(model))
+        if isinstance(opt, descend.Adam):
+            assert opt.__dict__.get("_fast_plans"), "the fused kernel did not run"
+    _assert_close(*out, torch.float64)
+
+
+def _zero(rank):
+    """ZeroRedundancyOptimizer over descend.Adam matches it over torch.optim.Adam; its consolidated
+    state_dict, loaded into a fresh one, resumes bitwise."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer as ZeRO
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    hp = _config(BY_NAME["adam"])
+    runs = []
+    for cls, kw in ((descend.Adam, {}), (torch.optim.Adam, {"foreach": False})):
+        model = DDP(_model(torch.float64))
+        opt = ZeRO(model.parameters(), optimizer_class=cls, **hp, **kw)
+        _train(model, opt, SAVE_AT, rank)
+        runs.append((model, opt))
+    (model, opt), (tmodel, _) = runs
+    _assert_close(_local(model), _local(tmodel), torch.float64)
+    assert opt.optim.__dict__.get("_fast_plans"), "the fused kernel did not run"
+
+    opt.consolidate_state_dict(to=0)
+    sd = [copy.deepcopy(opt.state_dict()) if rank == 0 else None]  # (as saved: not the live tensors)
+    dist.broadcast_object_list(sd, src=0)
+    model2 = DDP(_model(torch.float64, seed=1))
+    model2.load_state_dict(model.state_dict())
+    opt2 = ZeRO(model2.parameters(), optimizer_class=descend.Adam, **{**hp, "lr": 0.5})
+    opt2.load_state_dict(sd[0])
+    for m, o in ((model, opt), (model2, opt2)):
+        _train(m, o, STEPS - SAVE_AT, rank, start=SAVE_AT)
+    _assert_bitwise(_local(model2), _local(model))
+
+
+def _worker(rank: int, init_method: str, root: str) -> None:
+    import torch.distributed.checkpoint  # noqa: F401  (dist.checkpoint.api below)
+    from torch.distributed.device_mesh import init_device_mesh
+
+    torch.set_num_threads(1)
+    _spy_on_the_kernel()
+    # a rank that fails between collectives leaves the other waiting: time out instead of hanging
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
+    mesh = init_device_mesh("cpu", (WORLD,))
+    scenarios = {f"fsdp-{n}": (lambda n=n: _fsdp_matches_torch(rank, mesh, n)) for n in FSDP_CASES}
+    scenarios.update({f"dcp-{n}": (lambda n=n: _dcp_case(rank, mesh, n, root)) for n in DCP_CASES})
+    scenarios["ddp"] = lambda: _ddp(rank)
+    scenarios["zero"] = lambda: _zero(rank)
+    results, times = {}, {}
+    for name, run in scenarios.items():
+        t0 = time.perf_counter()
+        try:
+            run()
+            results[name] = None
+        except (Exception, dist.checkpoint.api.CheckpointException):  # (DCP's is a BaseException)
+            results[name] = traceback.format_exc()  # recorded; the next scenario runs on both ranks
+        times[name] = round(time.perf_counter() - t0, 2)
+    print(f"rank {rank} seconds per scenario: {times}", flush=True)
+    with open(os.path.join(root, f"results-{rank}.json"), "w") as f:
+        json.dump(results, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- pytest's side
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    import torch.multiprocessing as mp
+
+    root = tmp_path_factory.mktemp("dist")
+    mp.spawn(_worker, args=(f"file://{root}/store", str(root)), nprocs=WORLD, join=True)
+    out = []
+    for rank in range(WORLD):
+        with open(root / f"results-{rank}.json") as f:
+            out.append(json.load(f))
+    return out
+
+
+def _check(results, scenario):
+    errors = [f"rank {r}:\n{res[scenario]}" for r, res in enumerate(results) if res[scenario] is not None]
+    if errors:
+        pytest.fail(f"{scenario} failed\n" + "\n".join(errors), pytrace=False)
+
+
+@pytest.mark.parametrize("name", FSDP_CASES)
+def test_fsdp2_matches_torch(results, name):
+    _check(results, f"fsdp-{name}")
+
+
+@pytest.mark.parametrize("name", DCP_CASES)
+def test_distributed_checkpoint_resumes_bitwise(results, name):
+    _check(results, f"dcp-{name}")
+
+
+def test_ddp_matches_torch(results):
+    _check(results, "ddp")
+
+
+def test_zero_redundancy_optimizer(results):
+    _check(results, "zero")
