@@ -7,6 +7,7 @@ fused kernel against the reference, schedules, known minima, and the averaged() 
 from __future__ import annotations
 
 import copy
+import io
 import math
 
 import pytest
@@ -43,10 +44,11 @@ def _run(name, steps, fast=True, dtype=torch.float64, big=False, opt_kw=None, se
     return ps, opt, lrs
 
 
-def test_gd_auto_first_steps_by_hand():
+@pytest.mark.parametrize("doubling", [0.5, 1.0])
+def test_gd_auto_first_steps_by_hand(doubling):
     # θ₀ = (3, 4): ‖θ₀‖ = 5; α = 1e-3, β = 0.1
     w = torch.tensor([3.0, 4.0], dtype=torch.float64, requires_grad=True)
-    opt = descend.GD([w], lr="auto", fast=False)
+    opt = descend.GD([w], lr=descend.auto(doubling=doubling), fast=False)
     assert opt.param_groups[0]["lr"] == 0.0
     g1, g2, g3 = (torch.tensor(v, dtype=torch.float64) for v in ([1.0, 2.0], [2.0, -1.0], [1.0, 1.0]))
     w.grad = g1.clone()
@@ -59,22 +61,41 @@ def test_gd_auto_first_steps_by_hand():
     torch.testing.assert_close(w.detach(), torch.tensor([3.0, 4.0], dtype=torch.float64) - eta * g2)
     assert opt.param_groups[0]["lr"] == pytest.approx(eta, rel=1e-15)
     w.grad = g3.clone()
-    opt.step()  # cos(−g₃, θ₂ − θ₁) = cos(g₃, g₂) = 1/√10: η ← η·exp(0.1/√10)
+    opt.step()  # cos(−g₃, θ₂ − θ₁) = cos(g₃, g₂) = 1/√10
     cos = float(g3 @ g2) / (g3.norm() * g2.norm()).item()
     assert opt.param_groups[0]["lr_estimate"]["cos"] == pytest.approx(cos, rel=1e-12)
-    assert opt.param_groups[0]["lr"] == pytest.approx(eta * math.exp(0.1 * cos), rel=1e-12)
+    if doubling < 1:  # the doubling start ends at the first cos ≤ δ: η halves once
+        assert opt.param_groups[0]["lr"] == pytest.approx(eta / 2, rel=1e-15)
+    else:  # η ← η·exp(β cos)
+        assert opt.param_groups[0]["lr"] == pytest.approx(eta * math.exp(0.1 * cos), rel=1e-12)
+    w.grad = -g2.clone()  # a second doubling-start check: cos(g₂, θ₃ − θ₂ = −η₃g₃)
+    eta3 = opt.param_groups[0]["lr"]
+    opt.step()
+    cos = -float(g2 @ g3) / (g2.norm() * g3.norm()).item()  # < 0: η falls at ρβ = 0.07
+    assert cos < 0 and opt.param_groups[0]["lr"] == pytest.approx(eta3 * math.exp(0.07 * cos), rel=1e-12)
+
+
+def test_doubling_start_doubles_while_steps_are_short():
+    w = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    opt = descend.GD([w], lr=descend.auto(doubling=0.5), fast=False)
+    lrs = []
+    for _ in range(6):  # a gentle linear slope: every step is short, cos = 1
+        w.grad = torch.tensor([1.0, 0.5], dtype=torch.float64)
+        opt.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert [b / a for a, b in zip(lrs[2:], lrs[3:])] == pytest.approx([2.0] * 3)
 
 
 @pytest.mark.parametrize("name", ["gd", "adam", "momentum", "adagrad", "rmsprop"])
 def test_estimate_changes_at_most_by_its_bound_and_never_below_its_floor(name):
     _, opt, lrs = _run(name, 60, fast=False)
     g = opt.param_groups[0]
-    beta, floor = g["lr_adapt"], g["lr_floor"]
+    beta, floor, down = g["lr_adapt"], g["lr_floor"], g["lr_down"]
     peak = 0.0
     for a, b in zip(lrs[1:], lrs[2:]):
         assert b <= a * math.exp(beta) * (1 + 1e-12)  # bounded growth
         peak = max(peak, a)
-        assert b >= min(a * math.exp(-beta), floor * peak) * (1 - 1e-12)  # bounded fall, the floor
+        assert b >= max(a * math.exp(-down * beta), floor * peak) * (1 - 1e-12)  # bounded fall, the floor
     assert all(math.isfinite(x) and x > 0 for x in lrs[1:])
 
 
@@ -115,7 +136,7 @@ def test_nonfinite_gradient_is_ignored_and_training_recovers(name, fast):
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
-@pytest.mark.parametrize("name", ["adam", "momentum", "adagrad"])
+@pytest.mark.parametrize("name", NAMES)
 def test_resume_is_bitwise(name, fast):
     ps, opt, _ = _run(name, 7, fast=fast, dtype=torch.float32)
     saved = copy.deepcopy(opt.state_dict())
@@ -125,9 +146,12 @@ def test_resume_is_bitwise(name, fast):
         _grads(ps, gen)
         opt.step()
     qs = [s.clone().requires_grad_() for s in snap]
-    kw = {"momentum": 0.9} if name == "momentum" else {}
+    kw = {"momentum": 0.9} if name in ("momentum", "nesterov") else {}
     opt2 = descend.create(name, qs, lr="auto", fast=fast, **kw)
-    opt2.load_state_dict(saved)
+    buf = io.BytesIO()  # through torch.save, as a checkpoint goes
+    torch.save(saved, buf)
+    buf.seek(0)
+    opt2.load_state_dict(torch.load(buf))
     gen = torch.Generator().manual_seed(5)
     for _ in range(6):
         _grads(qs, gen)
@@ -138,7 +162,7 @@ def test_resume_is_bitwise(name, fast):
     assert opt.param_groups[0]["lr"] == opt2.param_groups[0]["lr"]
 
 
-@pytest.mark.parametrize("name", ["gd", "momentum", "adagrad", "rmsprop", "adam", "lion", "sgd", "nadam"])
+@pytest.mark.parametrize("name", NAMES)
 def test_fast_equals_reference(name, monkeypatch):
     calls = []
     real = cpu.run_group
@@ -303,6 +327,7 @@ def test_custom_chain_gets_auto():
     (lambda ps: descend.Adam(ps, lr="fast"), r"invalid lr='fast'.*'auto'"),
     (lambda ps: descend.Adam(ps, lr=descend.auto(floor=0.0)), r"invalid lr_floor=0.0"),
     (lambda ps: descend.Adam(ps, lr=descend.auto(adapt=2.0)), r"invalid lr_adapt=2.0"),
+    (lambda ps: descend.Adam(ps, lr=descend.auto(down=0.0)), r"invalid lr_down=0.0"),
     (lambda ps: descend.Adam(ps, lr=descend.auto(init=-1.0)), r"invalid lr_init=-1.0"),
     (lambda ps: descend.Adam([{"params": ps, "lr": 0.1}], lr="auto"), r"invalid lr=0.1 in a parameter group"),
     (lambda ps: descend.ChainOptimizer(ps, [B.ScaleByAdam()], lr="auto"), r"no ScaleByLearningRate"),
@@ -314,3 +339,16 @@ def test_bad_settings_are_value_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make(ps)
     assert all(torch.equal(p, b) for p, b in zip(ps, before))
+
+
+def test_readme_auto_section_runs():
+    """The python block of the README's lr="auto" section runs as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split('## `lr="auto"`', 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {})
