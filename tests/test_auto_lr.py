@@ -46,7 +46,7 @@ def _run(name, steps, fast=True, dtype=torch.float64, big=False, opt_kw=None, se
 
 @pytest.mark.parametrize("doubling", [0.5, 1.0])
 def test_gd_auto_first_steps_by_hand(doubling):
-    # θ₀ = (3, 4): ‖θ₀‖ = 5; α = 1e-3, β = 0.1
+    # θ₀ = (3, 4): ‖θ₀‖ = 5; α = 1e-2, β = 0.2, ρ = 0.7
     w = torch.tensor([3.0, 4.0], dtype=torch.float64, requires_grad=True)
     opt = descend.GD([w], lr=descend.auto(doubling=doubling), fast=False)
     assert opt.param_groups[0]["lr"] == 0.0
@@ -54,7 +54,7 @@ def test_gd_auto_first_steps_by_hand(doubling):
     w.grad = g1.clone()
     opt.step()  # step 1 only measures: η₁ = 0
     assert torch.equal(w.detach(), torch.tensor([3.0, 4.0], dtype=torch.float64))
-    eta = 1e-3 * (1 + 5.0) / math.sqrt(5.0)  # the next step moves θ by α(1 + ‖θ₀‖)
+    eta = 1e-2 * (1 + 5.0) / math.sqrt(5.0)  # the next step moves θ by α(1 + ‖θ₀‖)
     assert opt.param_groups[0]["lr"] == pytest.approx(eta, rel=1e-15)
     w.grad = g2.clone()
     opt.step()  # θ₂ = θ₁ − η g₂; θ had not moved, so the cosine is 0 and η stays
@@ -66,13 +66,13 @@ def test_gd_auto_first_steps_by_hand(doubling):
     assert opt.param_groups[0]["lr_estimate"]["cos"] == pytest.approx(cos, rel=1e-12)
     if doubling < 1:  # the doubling start ends at the first cos ≤ δ: η halves once
         assert opt.param_groups[0]["lr"] == pytest.approx(eta / 2, rel=1e-15)
-    else:  # η ← η·exp(β cos)
-        assert opt.param_groups[0]["lr"] == pytest.approx(eta * math.exp(0.1 * cos), rel=1e-12)
+    else:  # η ← η·exp(β cos), cos > 0
+        assert opt.param_groups[0]["lr"] == pytest.approx(eta * math.exp(0.2 * cos), rel=1e-12)
     w.grad = -g2.clone()  # a second doubling-start check: cos(g₂, θ₃ − θ₂ = −η₃g₃)
     eta3 = opt.param_groups[0]["lr"]
     opt.step()
-    cos = -float(g2 @ g3) / (g2.norm() * g3.norm()).item()  # < 0: η falls at ρβ = 0.07
-    assert cos < 0 and opt.param_groups[0]["lr"] == pytest.approx(eta3 * math.exp(0.07 * cos), rel=1e-12)
+    cos = -float(g2 @ g3) / (g2.norm() * g3.norm()).item()  # < 0: η falls at ρβ = 0.14
+    assert cos < 0 and opt.param_groups[0]["lr"] == pytest.approx(eta3 * math.exp(0.14 * cos), rel=1e-12)
 
 
 def test_doubling_start_doubles_while_steps_are_short():
