@@ -4,7 +4,13 @@ Each block is one gradient transformation ``u ↦ u'`` with its own per-paramete
 is the readable reference (torch ops on one tensor); ``c_code`` is the same rule for one element in
 C, used by :mod:`descend.kernels`. In C snippets ``u`` is the update, ``p`` the parameter value,
 ``s_NAME`` the state tensor NAME and ``c_NAME`` the scalar NAME from ``scalars``;
-``SQRT``, ``ABS``, ``MAX`` and ``SIGN`` work in the parameter's precision.
+``SQRT``, ``ABS``, ``MAX``, ``SIGN``, ``FMA`` and ``LERP`` work in the parameter's precision.
+
+One semantics on both paths, non-finite values included (see :mod:`descend.kernels.codegen`): a
+snippet does what its ``apply`` does as ATen computes it — one rounding per operation, except that
+``lerp``, ``addcmul`` and ``add(alpha=)`` are one fused multiply-add (``LERP``, ``FMA``), ``MAX``
+propagates NaN as ``torch.maximum`` does, and NaN stays NaN (Lion's ``_sign`` keeps it, where
+``torch.sign(nan)`` is 0 and would freeze the coordinate). ``tests/test_differential.py`` checks it.
 
 The learning rate and the sign enter only in :class:`ScaleByLearningRate`. Symbols follow the
 chapter and the papers: η learning rate, γ momentum, β₁/β₂ moment decays, ε, λ weight decay.

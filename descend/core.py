@@ -22,8 +22,10 @@ makes a ``state_dict`` round trip bitwise exact.
 Execution: a block has two equivalent forms. ``apply`` is the readable torch reference for one
 tensor, and is the specification. ``c_code`` is the same rule as a C expression over one element;
 :mod:`descend.kernels` joins the snippets of a chain into one elementwise kernel that streams every
-tensor of a group once (see there for why). The façade uses the kernel when it can (CPU, dense,
-contiguous float32/float64) and the reference otherwise; the tests prove the two equal.
+tensor of a group once (see there for why). The façade uses the kernel where
+:mod:`descend.kernels.contract` allows it (plain or DTensor-local CPU tensors, dense, contiguous
+float32/float64, gradient and state matching the parameter) and the reference otherwise; the tests
+prove the two equal.
 """
 
 from __future__ import annotations

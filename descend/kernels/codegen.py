@@ -16,7 +16,7 @@ fixed here, in the macros every snippet uses:
 - ``LERP(a, b, w)`` is torch.lerp as ATen computes it: ``fma(w, b − a, a)`` for |w| < ½, else
   ``fma(w − 1, b − a, b)``, so w = 1 gives exactly b (centred RMSProp at α = 0 relies on it) and
   the moving averages match torch bit for bit;
-- ``MAX`` propagates NaN from either side (torch.maximum); ``SIGN`` keeps 0 and NaN (so a NaN reaches
+- ``MAX`` propagates NaN from either side (torch.maximum); ``SIGN`` keeps NaN (so a NaN reaches
   the parameter instead of freezing it; the reference's ``_sign`` does the same).
 """
 
@@ -34,9 +34,11 @@ _MATH = {
 }
 
 _MACROS = r"""#define MAX(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))  /* NaN on either side wins */
-#define SIGN(x) ((x) > 0 ? (T)1 : ((x) < 0 ? (T)-1 : (x)))  /* 0 and NaN pass through */
-/* torch.lerp, as ATen computes it: by branch on the weight, each one fused multiply-add (exact at w = 0, 1) */
-#define LERP(a, b, w) (ABS(w) < (T)0.5 ? FMA((w), (b) - (a), (a)) : FMA((w) - (T)1, (b) - (a), (b)))
+/* NaN passes through, else -1, 0 or 1: branch-free, so a loop with random signs vectorizes */
+#define SIGN(x) ((x) != (x) ? (x) : (T)((x) > 0) - (T)((x) < 0))
+/* torch.lerp as ATen computes it: coefficient and base chosen by the weight, one fused multiply-add
+   (exact at w = 0 and 1); written as selects, not branches, so the loop vectorizes */
+#define LERP(a, b, w) FMA(ABS(w) < (T)0.5 ? (w) : (w) - (T)1, (b) - (a), ABS(w) < (T)0.5 ? (a) : (b))
 """
 
 
