@@ -14,27 +14,28 @@ point larger rates only blow up. The model and the optimizer are then restored *
 and buffer values, optimizer state, hyperparameters, schedules, and the parameters' ``.grad``), so
 the finder can be run on the model you are about to train.
 
-Suggestion rules (the result says which one it used):
+Suggestion rules (the result says which one it used), read off a *centred* smoothing of the
+losses (:func:`centred_smoothing`, β_c = 0.7: symmetric, so it does not lag; the blow-up at the end
+capped at the stopping level first) and ignoring the sweep's first tenth (too few batches to tell
+noise from progress):
 
-* ``"min10"`` (default): the η at the minimum of ℓ̄, divided by 10.
+* ``"min10"`` (default): the η at the minimum, divided by 10. On a *flat start* — the minimum is
+  not even 1% below the level where the search begins — the lowest point is noise, so the rule
+  takes the largest η before the loss rose above that level, ÷ 10.
 * ``"steepest"``: the η where the smoothed loss falls fastest, min over i of dℓ̄/d log η (central
-  differences), looked for between the first tenth of the sweep and the minimum of ℓ̄.
+  differences), looked for between the first tenth of the sweep and the minimum.
 
-How reliable it is (scripts/check_lr_find.py: the lab's MLP on scikit-learn's digits, 20 epochs,
-and on diabetes, 40 epochs; 3 seeds; trained at the suggestion, at ×1/10 … ×10 of it and on a
-half-decade grid 1e-5 … 1; the table is in the README section on lr-find):
+For a rule with η inside the velocity (descend's Momentum, Nesterov) the suggestion is multiplied
+by (1 − γ)/(1 − γ/r) (:func:`velocity_factor`): the sweep's growing rate builds a smaller velocity
+than the same rate held fixed.
 
-* ``min10`` on digits came within a factor 4 of the best grid lr for GD, AdaGrad, RMSProp and Adam,
-  and within 0.01 of their best final accuracy; for Momentum (η inside the velocity, effective step
-  η/(1 − γ); the sweep is too short for the velocity to build up) it suggested 0.23 and training at
-  it diverged. On diabetes (354 rows; validation R² prefers much smaller rates than the training
-  loss) it was 2.4× the best lr for GD (R² 0.499 vs 0.507) but 5–40× too high for the others
-  (R² 0.38–0.47 vs 0.51).
-* ``steepest`` over-shot 3–10× on digits and on diabetes was captured by noise at the start of the
-  sweep (≈5e-7: useless).
-
-So treat the suggestion as the top of the range worth trying, also try ÷3 and ÷10, and with
-heavy momentum divide by a further 1/(1 − γ).
+How reliable it is: measured by the tuning harness (scripts/tuning_table.py: lr_find on each seed's
+fresh model, one run at the suggestion, against each rule's 8-point grid; the table is in the
+README). Before these changes (the online average's minimum ÷ 10; scripts/check_lr_find.py, 3 seeds)
+it was too high on diabetes by 5–40× for every rule but GD, and for Momentum it diverged on digits;
+the online average (β = 0.98) lags by about 49 steps, so its minimum falls after the raw curve's.
+Validation prefers smaller rates than the training loss does on small data sets (diabetes' 354
+rows), which no range test can see: treat the suggestion as a starting point.
 
 Not restored: the random number generators and whatever ``loss_fn`` consumes (e.g. a data iterator)
 — the finder calls ``loss_fn`` ``num_steps`` times at most.
@@ -68,6 +69,7 @@ class LRFindResult:
     rule: str
     stopped_early: bool = False
     notes: list[str] = field(default_factory=list)
+    centred: list[float] = field(default_factory=list)  # the zero-lag smoothing the suggestion reads
 
     def __str__(self) -> str:
         s = "none" if self.suggestion is None else f"{self.suggestion:.3g}"
@@ -83,7 +85,9 @@ class LRFindResult:
         else:
             fig = ax.figure
         ax.plot(self.lrs, self.raw_losses, color="0.75", lw=0.8, label="loss")
-        ax.plot(self.lrs, self.losses, color="C0", lw=1.8, label="smoothed loss")
+        ax.plot(self.lrs, self.losses, color="C0", lw=1.8, label="smoothed loss (online)")
+        if self.centred:
+            ax.plot(self.lrs, self.centred, color="C1", lw=1.4, label="centred smoothing")
         if self.suggestion is not None:
             ax.axvline(self.suggestion, color="C3", ls="--", lw=1.2, label=f"suggestion {self.suggestion:.2g}")
         finite = [v for v in self.losses if math.isfinite(v)]
@@ -123,7 +127,7 @@ class LRFinder:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[], torch.Tensor],
                  start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100, *, smoothing: float = 0.98,
-                 diverge_factor: float = 4.0, rule: str = "min10") -> None:
+                 diverge_factor: float = 4.0, rule: str = "min10", centre_smoothing: float = 0.7) -> None:
         _check("start_lr", start_lr, isinstance(start_lr, (int, float)) and 0 < start_lr < math.inf, "a number > 0")
         _check("end_lr", end_lr, isinstance(end_lr, (int, float)) and start_lr < end_lr < math.inf,
                f"a finite number > start_lr={start_lr!r}")
@@ -132,6 +136,8 @@ class LRFinder:
         _check("diverge_factor", diverge_factor, isinstance(diverge_factor, (int, float)) and diverge_factor > 1,
                "a number > 1")
         _check("rule", rule, rule in RULES, f"one of {', '.join(RULES)}")
+        _check("centre_smoothing", centre_smoothing,
+               isinstance(centre_smoothing, (int, float)) and 0 <= centre_smoothing < 1, "a number in [0, 1)")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"lr_find: optimizer must be a torch.optim.Optimizer, not {type(optimizer).__name__}")
         if not callable(loss_fn):
@@ -139,6 +145,7 @@ class LRFinder:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.start_lr, self.end_lr, self.num_steps = float(start_lr), float(end_lr), num_steps
         self.smoothing, self.diverge_factor, self.rule = float(smoothing), float(diverge_factor), rule
+        self.centre_smoothing = float(centre_smoothing)
 
     def lrs(self) -> list[float]:
         """η_i for i = 0 … N − 1 (the whole sweep, before any early stop)."""
@@ -189,22 +196,87 @@ class LRFinder:
             opt.load_state_dict(saved_opt)
             for p, g in zip(params, saved_grads):
                 p.grad = g
-        suggestion, notes = suggest(lrs, smooth, self.rule)
+        # the blow-up at the end can be orders of magnitude above the rest: capped at the stopping
+        # level, so it marks the end as high without spilling over the whole centred curve
+        cap = self.diverge_factor * min(smooth) if smooth else math.inf
+        centred = centred_smoothing([min(v, cap) for v in raw], self.centre_smoothing)
+        suggestion, notes = suggest(lrs, centred, self.rule)
         rule = {"steepest": "steepest descent of the smoothed loss",
                 "min10": "lr at the minimum of the smoothed loss ÷ 10"}[self.rule]
+        factor, why = velocity_factor(opt, lrs)
+        if suggestion is not None and factor != 1.0:
+            suggestion *= factor
+            notes.append(why)
+            rule += f" × {factor:.2g} (η inside the velocity)"
         if stopped:
             notes.append(f"stopped after {len(lrs)} of {self.num_steps} steps: the loss blew up")
-        return LRFindResult(lrs, smooth, raw, suggestion, rule, stopped, notes)
+        return LRFindResult(lrs, smooth, raw, suggestion, rule, stopped, notes, centred)
+
+
+def centred_smoothing(values: list[float], beta: float) -> list[float]:
+    r"""Zero-lag smoothing: s_i = Σ_j β^{|i−j|} ℓ_j / Σ_j β^{|i−j|} over the recorded steps.
+
+    The online average the early stop uses lags: its weights all lie in the past (a mean lag of
+    β/(1 − β) = 49 steps at β = 0.98), so its minimum falls after the raw curve's, on the rise, and
+    min ÷ 10 came out too high. This kernel is symmetric, so a minimum stays where it is; it is
+    normalised by the weight present, so the ends are not biased towards 0. β = 0 returns the losses.
+    """
+    n = len(values)
+    if n == 0 or beta == 0:
+        return list(values)
+    fwd, fmass, bwd, bmass = [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n
+    acc = mass = 0.0
+    for i, v in enumerate(values):
+        acc, mass = v + beta * acc, 1.0 + beta * mass
+        fwd[i], fmass[i] = acc, mass
+    acc = mass = 0.0
+    for i in range(n - 1, -1, -1):
+        acc, mass = values[i] + beta * acc, 1.0 + beta * mass
+        bwd[i], bmass[i] = acc, mass
+    return [(fwd[i] + bwd[i] - values[i]) / (fmass[i] + bmass[i] - 1.0) for i in range(n)]
+
+
+def velocity_factor(optimizer: torch.optim.Optimizer, lrs: list[float]) -> tuple[float, str]:
+    r"""The correction for a rule with η *inside* the velocity (descend's Momentum and Nesterov:
+    ṽ_t = γ ṽ_{t−1} − η_t g_t), where the sweep and training see different effective steps.
+
+    With a steady gradient the velocity sums past rates: during the sweep, whose rate grows by r per
+    step, ṽ ≈ −η_t g / (1 − γ/r); at a fixed η, ṽ = −η g / (1 − γ). The same effective step at a fixed
+    rate is therefore η_t (1 − γ) / (1 − γ/r) — with γ = 0.9 and the default sweep (r ≈ 1.2) about
+    0.4 η_t. torch.optim.SGD keeps η outside its buffer (the step is η_t times the whole buffer), so
+    it and every rule without a velocity get 1.
+    """
+    from descend.blocks import ScaleByLearningRate, Trace
+
+    chain = list(getattr(optimizer, "blocks", ()))
+    lr_at = next((i for i, b in enumerate(chain) if isinstance(b, ScaleByLearningRate)), None)
+    traced = lr_at is not None and any(isinstance(b, Trace) for b in chain[lr_at + 1:])
+    if not traced or len(lrs) < 2:
+        return 1.0, ""
+    gamma = float(optimizer.param_groups[0].get("momentum", 0.0))
+    if not 0 < gamma < 1:
+        return 1.0, ""
+    r = lrs[1] / lrs[0]
+    f = (1 - gamma) / (1 - gamma / r)
+    return f, (f"η sits inside the velocity (γ = {gamma:g}): the sweep's effective step was η/(1 − γ/r), "
+               f"a fixed rate's is η/(1 − γ); multiplied the suggestion by {f:.2g}")
 
 
 def suggest(lrs: list[float], losses: list[float], rule: str = "min10") -> tuple[float | None, list[str]]:
     """Apply a suggestion rule to a smoothed curve; ``(None, [why])`` when there is too little of it."""
     if len(lrs) < 5:
         return None, [f"only {len(lrs)} finite steps before the loss blew up; start lower (start_lr)"]
-    k = min(range(len(losses)), key=losses.__getitem__)
+    skip = max(1, len(lrs) // 10)  # the first tenth: too few batches averaged to tell noise from progress
+    k = min(range(skip, len(losses)), key=losses.__getitem__)
     if rule == "min10":
+        level = losses[skip]
+        if losses[k] > level - 0.01 * abs(level):
+            # a flat start: the loss never went clearly below where it began, so its lowest point is
+            # noise. Take the largest rate before it rose above that level instead.
+            last = max((i for i in range(skip, len(losses)) if losses[i] <= level * 1.01 + 1e-12), default=k)
+            return lrs[last] / 10, ["the loss barely went down during the sweep: suggested the largest lr before "
+                                    "it rose ÷ 10"]
         return lrs[k] / 10, []
-    skip = max(1, len(lrs) // 10)  # the first tenth: the average still warms up and its slope is noise
     if k < skip + 1:
         return lrs[k] / 10, ["the loss did not go down after the first tenth of the sweep; fell back to min/10"]
     logs = [math.log(x) for x in lrs[:k + 1]]

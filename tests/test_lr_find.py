@@ -182,7 +182,8 @@ def test_plot_returns_a_figure():
     fig = res.plot()
     assert isinstance(fig, Figure) and fig.axes[0].get_xscale() == "log"
     assert res.rule == "lr at the minimum of the smoothed loss ÷ 10" and "suggested lr" in str(res)
-    k = min(range(len(res.losses)), key=res.losses.__getitem__)
+    skip = max(1, len(res.lrs) // 10)
+    k = min(range(skip, len(res.centred)), key=res.centred.__getitem__)
     assert res.suggestion == res.lrs[k] / 10
 
 
@@ -195,3 +196,62 @@ def test_bad_arguments(kw, name):
     model = torch.nn.Linear(2, 1)
     with pytest.raises(ValueError, match=name.replace("(", r"\(")):
         LRFinder(model, descend.GD(model.parameters(), lr=0.1), lambda: model(torch.ones(1, 2)).sum(), **kw)
+
+
+# ---------------------------------------------------------------- the suggestion's fixes (issue 11)
+
+
+def test_centred_smoothing_is_the_symmetric_kernel_and_does_not_lag():
+    from descend.lr_find import centred_smoothing
+
+    rng = torch.Generator().manual_seed(0)
+    vals = torch.rand(30, generator=rng).tolist()
+    beta = 0.7
+    direct = [sum(beta ** abs(i - j) * v for j, v in enumerate(vals)) / sum(beta ** abs(i - j) for j in range(30))
+              for i in range(30)]
+    assert centred_smoothing(vals, beta) == pytest.approx(direct, rel=1e-12)
+    assert centred_smoothing(vals, 0.0) == vals
+    # a symmetric dip: the centred curve's minimum stays at the dip, the online average's comes later
+    dip = [abs(i - 50) / 10 for i in range(101)]
+    c = centred_smoothing(dip, 0.9)
+    assert min(range(101), key=c.__getitem__) == 50
+    ema, a = [], 0.0
+    for i, v in enumerate(dip):
+        a = 0.9 * a + 0.1 * v
+        ema.append(a / (1 - 0.9 ** (i + 1)))
+    assert min(range(101), key=ema.__getitem__) > 55
+
+
+def test_flat_start_takes_the_largest_rate_before_the_rise():
+    lrs = [10 ** (-7 + 8 * i / 99) for i in range(100)]
+    # flat (tiny wiggles below 1%) until 1e-2, then a rise: the old rule took the wiggles' minimum
+    losses = [1.0 + 0.002 * math.sin(i) + (0.0 if lr < 1e-2 else 5 * math.log10(lr / 1e-2)) for i, lr in
+              enumerate(lrs)]
+    s, notes = suggest(lrs, losses, "min10")
+    last_flat = max(i for i, v in enumerate(losses) if v <= losses[10] * 1.01)
+    assert s == pytest.approx(lrs[last_flat] / 10) and 1e-4 < s < 1e-2 and "barely went down" in notes[0]
+    # a clear dip is not a flat start
+    dipped = [v - (0.5 if 1e-4 < lr < 1e-3 else 0.0) for v, lr in zip(losses, lrs)]
+    s2, notes2 = suggest(lrs, dipped, "min10")
+    assert notes2 == [] and 1e-5 < s2 < 1e-4
+
+
+def test_momentum_with_lr_inside_the_velocity_is_corrected():
+    from descend.lr_find import velocity_factor
+
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    lrs = [1e-7 * 1.2 ** i for i in range(10)]
+    f, why = velocity_factor(descend.Momentum(p, lr=0.1, momentum=0.9), lrs)
+    assert f == pytest.approx(0.1 / (1 - 0.9 / 1.2)) and "inside the velocity" in why
+    assert velocity_factor(descend.Nesterov(p, lr=0.1, momentum=0.5), lrs)[0] == pytest.approx(0.5 / (1 - 0.5 / 1.2))
+    for opt in (descend.SGD(p, lr=0.1, momentum=0.9), torch.optim.SGD(p, lr=0.1, momentum=0.9),
+                descend.Adam(p), descend.GD(p, lr=0.1)):  # η outside a buffer, or no velocity
+        assert velocity_factor(opt, lrs) == (1.0, "")
+    # end to end: the same sweep with Momentum suggests the factor × what the curve alone says
+    model = torch.nn.Linear(5, 1)
+    x, y = _regression()
+    res = descend.lr_find(model, descend.Momentum(model.parameters(), lr=0.01, momentum=0.9),
+                          lambda: ((model(x).squeeze(1) - y) ** 2).mean(), start_lr=1e-4, end_lr=10, num_steps=40)
+    plain, _ = suggest(res.lrs, res.centred, "min10")
+    f, _ = velocity_factor(descend.Momentum([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9), res.lrs)
+    assert res.suggestion == pytest.approx(plain * f) and "inside the velocity" in res.rule

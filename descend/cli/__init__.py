@@ -1,4 +1,4 @@
-"""The ``descend`` command line: one module per command (compare, lr-find, race, schedule) beside the
+"""The ``descend`` command line: one module per command (compare, lr-find, race, schedule, tune) beside the
 options they share (:mod:`descend.cli.options`). The core never imports this package."""
 
 from __future__ import annotations
@@ -86,3 +86,5 @@ from descend.cli.compare import compare_command  # noqa: E402
 main.add_command(compare_command)
 from descend.cli.lr_find import lr_find_command  # noqa: E402
 main.add_command(lr_find_command)
+from descend.cli.tune import tune_command  # noqa: E402
+main.add_command(tune_command)

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from descend.cli.options import (check_out_dir, command_line, data_options, load_data, optimizer_names,
+from descend.cli.options import (check_out_dir, command_line, data_options, load_data, model_options, optimizer_names,
                                  optimizers_help, parse_hidden, parse_sets, schedule_option, schedules_help,
                                  tasks_help)
 
@@ -16,6 +16,7 @@ __all__ = ["compare_command"]
 
 @click.command("compare", epilog="\n\n".join([optimizers_help(), tasks_help(), schedules_help()]))
 @data_options
+@model_options
 @click.option("--optimizers", default="gd,momentum,adagrad,rmsprop,adam", show_default=True,
               help="Comma-separated optimizer names (listed below with their hyperparameters).")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
@@ -24,7 +25,6 @@ __all__ = ["compare_command"]
               help="Number of seeds (0..K-1); each seed: one initialisation and batch order shared by all optimizers.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Rows per mini-batch (one optimizer step each).")
-@click.option("--hidden", default="64", show_default=True, help="Hidden layer widths of the MLP, e.g. 128,64.")
 @click.option("--lr", type=float, default=None, help="Learning rate for every optimizer (replaces the defaults).")
 @click.option("--set", "sets", multiple=True, metavar="OPT.HP=VALUE",
               help="A hyperparameter of one optimizer, e.g. --set adam.lr=3e-4 --set adam.betas=0.9,0.99 "
@@ -36,9 +36,15 @@ __all__ = ["compare_command"]
                    "(default: 98% of the best 'best val' in the table).")
 @click.option("--out", "out_dir", default="descend-report", show_default=True, type=click.Path(file_okay=False),
               help="Folder for report.html, metrics.csv and the figures.")
+@click.option("--tuned", is_flag=True, default=False,
+              help="Compare each optimizer at its tuned lr (an 8-point grid around its default, on seed 0's "
+                   "validation split: `descend tune`) beside the same rule with lr=auto from one run; the table "
+                   "adds what each rate cost to find.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --tuned: run the search's trials in this many local processes.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def compare_command(task, data_file, target, kind, val_fraction, subsample, features, drop, optimizers, epochs, seeds,
-                    batch_size, hidden, lr, sets, schedule, goal, out_dir, progress):
+def compare_command(task, data_file, target, kind, val_fraction, subsample, features, drop, model, optimizers, epochs, seeds,
+                    batch_size, hidden, lr, sets, schedule, goal, out_dir, tuned, jobs, progress):
     """Train the same MLP with several optimizers on a real data set and write a report.
 
     Every optimizer starts, per seed, from the same weights and sees the same mini-batches. Prints a
@@ -52,12 +58,15 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, feat
       descend compare --task diabetes --epochs 40
       descend compare --data my.csv --target label --optimizers adam,rmsprop --set adam.lr=3e-4
       descend compare --schedule warmup_cosine:warmup_steps=50 --seeds 5
+      descend compare --tuned --optimizers adam,momentum
     """
     from descend.lab import report, train
 
     names = optimizer_names(optimizers)
     per = parse_sets(sets, names)
-    widths = parse_hidden(hidden)
+    widths = parse_hidden(hidden) or train.DEFAULT_HIDDEN[model]
+    if tuned and schedule:
+        raise click.UsageError("--tuned searches constant learning rates; give it without --schedule")
     check_out_dir(out_dir)  # before any training: a bad --out must cost nothing
     data = load_data(task, data_file, target, kind, val_fraction, subsample, features, drop)
     try:
@@ -68,8 +77,17 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, feat
     t0 = time.perf_counter()
     interrupted = None
     try:
-        comp = train.compare(data, names, hyperparameters=per, lr=lr, seeds=seeds, epochs=epochs,
-                             batch_size=batch_size, hidden=widths, schedule=schedule, goal=goal, progress=progress)
+        if tuned:
+            from descend.lab import tune
+
+            centre = {n: ({"lr": lr} if lr is not None else {}) | per.get(n, {}) for n in names}
+            comp = tune.compare_tuned(data, names, seeds=seeds, epochs=epochs, batch_size=batch_size, model=model,
+                                      hidden=widths, hyperparameters={n: v for n, v in centre.items() if v},
+                                      jobs=jobs, goal=goal, progress=progress)
+        else:
+            comp = train.compare(data, names, hyperparameters=per, lr=lr, seeds=seeds, epochs=epochs,
+                                 batch_size=batch_size, hidden=widths, schedule=schedule, goal=goal,
+                                 progress=progress, model=model)
     except train.Interrupted as e:  # Ctrl-C: keep the finished runs
         if e.comparison is None:
             raise Stopped("interrupted before any run finished; nothing written") from None

@@ -24,7 +24,7 @@ import click
 
 from descend.lab.train import parse_value
 
-__all__ = ["data_options", "load_data", "parse_sets", "optimizer_names", "parse_hidden", "command_line", "batch_stream",
+__all__ = ["data_options", "model_options", "load_data", "parse_sets", "optimizer_names", "parse_hidden", "command_line", "batch_stream",
            "parse_value", "parse_assignment", "schedule_option",
            "hyperparameters_from_sets", "check_out_file", "check_out_dir", "save_figure",
            "FIGURE_SUFFIXES"]
@@ -49,7 +49,17 @@ def data_options(f):
     f = click.option("--data", "data_file", metavar="FILE", default=None,
                      help="Your data: a .csv with a header row (and --target COLUMN) or an .npz with arrays X and y.")(f)
     f = click.option("--task", default=None, metavar="NAME",
-                     help="A bundled scikit-learn set: digits (default), iris, wine, breast_cancer, diabetes.")(f)
+                     help="A bundled set: digits (default), iris, wine, breast_cancer, diabetes (scikit-learn), mnist1d (the mnist1d package).")(f)
+    return f
+
+
+def model_options(f):
+    """``--model mlp|cnn1d`` and ``--hidden`` (the MLP's hidden widths, or the CNN's channels)."""
+    f = click.option("--hidden", default=None, metavar="W1,W2,...",
+                     help="Hidden layer widths of the MLP (default 64), or the 1-D CNN's channels per conv layer "
+                          "(default 16,16,16).")(f)
+    f = click.option("--model", type=click.Choice(["mlp", "cnn1d"]), default="mlp", show_default=True,
+                     help="The model: an MLP, or a small 1-D CNN reading the features as a signal (for mnist1d).")(f)
     return f
 
 
@@ -87,7 +97,9 @@ def optimizer_names(text: str) -> list[str]:
     return names
 
 
-def parse_hidden(text: str) -> tuple[int, ...]:
+def parse_hidden(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None  # the model's default
     try:
         widths = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:

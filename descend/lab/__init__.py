@@ -25,4 +25,8 @@ def __getattr__(name: str):
         from descend.lab import plots
 
         return getattr(plots, name)
+    if name == "tune":  # the tuning harness (descend.lab.tune), imported on first use
+        import importlib
+
+        return importlib.import_module("descend.lab.tune")
     raise AttributeError(f"module 'descend.lab' has no attribute {name!r}")

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import random
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "wine": ("load_wine", "classification"),          # 178 × 13, 3 classes
     "breast_cancer": ("load_breast_cancer", "classification"),  # 569 × 30, 2 classes
     "diabetes": ("load_diabetes", "regression"),      # 442 × 10, disease progression
+    "mnist1d": ("mnist1d", "classification"),        # 5000 × 40, 10 classes (the mnist1d package; see load_mnist1d)
 }
 
 KINDS = ("classification", "regression")
@@ -107,12 +111,54 @@ def load_task(name: str) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
     key = str(name).lower().replace("-", "_")
     if key not in TASKS:
         raise DataError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+    if key == "mnist1d":
+        return load_mnist1d()
     import sklearn.datasets
 
     loader, kind = TASKS[key]
     bunch = getattr(sklearn.datasets, loader)()
     names = [str(n) for n in getattr(bunch, "feature_names", [])] or [f"x{i}" for i in range(bunch.data.shape[1])]
     return np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target), kind, names
+
+
+def load_mnist1d() -> tuple[np.ndarray, np.ndarray, str, list[str]]:
+    """MNIST-1D (Greydanus 2020): 5000 one-dimensional signals of length 40, 10 classes.
+
+    Generated offline by the ``mnist1d`` package's ``make_dataset`` with its default arguments (seed
+    42), never its download path; the package's own 4000/1000 train/test split is joined, so the
+    lab's stratified split applies as for every task. Generating takes a few seconds, so the arrays
+    are cached in ``$DESCEND_CACHE_DIR`` (else ``~/.cache/descend``) under the package's version;
+    the global ``random`` / ``numpy.random`` states that ``make_dataset`` reseeds are put back.
+    """
+    try:
+        from importlib.metadata import version
+
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise DataError("the mnist1d task needs the mnist1d package: pip install mnist1d") from None
+    root = Path(os.environ.get("DESCEND_CACHE_DIR") or Path.home() / ".cache" / "descend")
+    cache = root / f"mnist1d-{version('mnist1d')}-default.npz"
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            x, y = z["X"], z["y"]
+    except (OSError, KeyError, ValueError):
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            d = make_dataset(get_dataset_args())
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+        x = np.concatenate([d["x"], d["x_test"]]).astype(np.float64)
+        y = np.concatenate([d["y"], d["y_test"]]).astype(np.int64)
+        try:  # best effort: an unwritable cache only costs the next run a few seconds
+            root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=root, suffix=".npz")
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, X=x, y=y)
+            os.replace(tmp, cache)  # atomic: a concurrent reader never sees half a file
+        except OSError:
+            pass
+    return x, y, "classification", [f"t{i}" for i in range(x.shape[1])]
 
 
 _MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}

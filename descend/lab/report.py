@@ -197,9 +197,17 @@ def _legend(fig, ax) -> None:
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
 
 
+def _model_text(comp: Comparison) -> str:
+    """``MLP 64→64→10`` or ``1-D CNN 40→(32,32,32 channels)→10``."""
+    s = comp.settings
+    if s.get("model") == "cnn1d":
+        return f"1-D CNN {s['n_features']}→({','.join(map(str, s['hidden']))} channels)→{comp.data.n_outputs}"
+    return f"MLP {s['n_features']}→{'→'.join(map(str, s['hidden']))}→{comp.data.n_outputs}"
+
+
 def _title(comp: Comparison) -> str:
     s = comp.settings
-    return (f"{s['task']}: MLP {s['n_features']}→{'→'.join(map(str, s['hidden']))}→{comp.data.n_outputs}, "
+    return (f"{s['task']}: {_model_text(comp)}, "
             f"{_plural(len(s['seeds']), 'seed')}, batch {s['batch_size']}" + (f", schedule {s['schedule']}" if s['schedule'] else "")
             + (" — partial (interrupted)" if s.get("partial") else ""))
 
@@ -306,6 +314,13 @@ def table_rows(comp: Comparison) -> tuple[list[str], list[list[str]]]:
         hp = _hp_text(s.hyperparameters) + (f" schedule={sched}" if sched else "")
         rows.append([s.optimizer, hp, final, _fmt(s.best_mean), goal,
                      f"{s.seconds:.1f} s", _status(comp, s)])
+    tuning = comp.settings.get("tuning")
+    if tuning:  # compare --tuned: what finding each row's learning rate cost (descend.lab.tune)
+        from descend.lab.tune import tuning_cost_text
+
+        head.insert(6, "tuning cost")
+        for r in rows:
+            r.insert(6, tuning_cost_text(tuning[r[0]]) if r[0] in tuning else "—")
     return head, rows
 
 
@@ -399,6 +414,31 @@ def reading(comp: Comparison) -> list[str]:
     if sums and not any(s.diverged for s in sums):
         out.append("No run diverged.")
     out += [f"Note: {n}" for n in getattr(comp.data, "notes", [])]
+    out.extend(tuned_reading(comp))
+    return out
+
+
+def tuned_reading(comp: Comparison) -> list[str]:
+    """compare --tuned: per rule, lr="auto" from one run against the grid-tuned rate, in points."""
+    tuning = comp.settings.get("tuning")
+    if not tuning:
+        return []
+    sums = {s.optimizer: s for s in comp.summaries()}
+    out = []
+    for label, cost in tuning.items():
+        if cost.get("search") == "auto" or label not in sums:
+            continue
+        rule = label.rsplit(" (", 1)[0]
+        auto = sums.get(f"{rule} (lr=auto)")
+        t = sums[label]
+        txt = (f"{rule}: the {cost['search']} search over {cost['lrs'][2]} rates "
+               f"({cost['lrs'][0]:.2g} … {cost['lrs'][1]:.2g}) picked lr={cost['lr']:.2g} for "
+               f"{cost['runs']} runs and {cost['epochs']} epochs")
+        if auto is not None and math.isfinite(auto.final_mean) and math.isfinite(t.final_mean):
+            d = 100 * (auto.final_mean - t.final_mean)
+            txt += (f"; lr=\"auto\" in one run ended at {auto.final_mean:.3f} against {t.final_mean:.3f} "
+                    f"({d:+.1f} points)")
+        out.append(txt + ".")
     return out
 
 
@@ -467,7 +507,7 @@ def render_html(comp: Comparison, figures: dict[str, bytes], command: str | None
     settings = [
         ("task", f"{s['task']} ({s['kind']}; metric: {s['metric']}) — {s['train_rows']} training rows, "
                  f"{s['val_rows']} validation rows, {s['n_features']} features"),
-        ("model", f"MLP {s['n_features']}→{'→'.join(map(str, s['hidden']))}→{comp.data.n_outputs}, ReLU"),
+        ("model", f"{_model_text(comp)}, ReLU"),
         ("training", f"{s['epochs']} epochs, mini-batches of {s['batch_size']}, seeds {', '.join(map(str, s['seeds']))} "
                      "(per seed: the same initial weights and batch order for every optimizer)"),
         ("schedule", (schedule_text(comp) + ", peaking at each optimizer's lr") if s["schedule"]

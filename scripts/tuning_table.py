@@ -1,0 +1,500 @@
+"""The README's tuning table: what a learning rate costs, and how close one-run methods come to a tuned one.
+
+Every row is measured with the same harness (descend.lab.tune.run_trial: per seed the same initial
+weights and mini-batches for every method, batch 32, the final validation metric — accuracy, or R²
+on diabetes — after a fixed number of epochs):
+
+* ``RULE, 8-point grid``: gd, momentum, adagrad, rmsprop, adam, each on descend.lab.tune.grid around
+  its lab default (8 half-decade points); the best rate by mean over the seeds (selected on the same
+  validation split it is reported on, so the grid rows are, if anything, optimistic). Cost: 8 runs.
+* ``RULE at its default lr``: the lab's default (one of the grid's points).
+* ``RULE, lr="auto"``: every rule of descend.available(), one run (only where this descend has it).
+* ``lr_find → RULE``: descend.lr_find (defaults: 1e-7 → 10, 100 steps) on the fresh model, then one
+  run at its suggestion (the sweep's steps are counted in the cost column as a fraction of a run).
+* The published methods, from their own packages at their defaults: Prodigy (prodigyopt, lr=1),
+  D-Adaptation Adam (dadaptation, lr=1), DoG (dog-optimizer), DoG + polynomial decay averaging
+  (dog's PolynomialDecayAverager, γ = 8, evaluated on the averaged weights), Schedule-Free AdamW
+  (schedulefree, its default lr 0.0025, evaluated in its eval mode). They are not descend
+  dependencies; install them with
+
+      pip install torch==2.13.0 prodigyopt dadaptation dog-optimizer schedulefree
+
+Gaps are in points (metric × 100), the row's mean minus the grid-tuned mean of its own rule (the
+``RULE`` rows) or of Adam (everything else), per task; "mean gap" and "worst gap" are over tasks.
+
+Tasks (the issue's setup; iris and wine the lab's MLP): digits MLP 64 (20 epochs), breast_cancer
+logistic regression (30), diabetes MLP 64 (40), MNIST-1D MLP 100-100 (30) and 1-D CNN 16-16-16 (30),
+iris and wine MLP 64 (20).
+
+Resumable: every trial's result is appended to --cache (JSON lines) as it finishes and never run
+again; rows whose code changed (lr="auto", lr_find) are keyed by a hash of that code. Stop it any
+time, run it again to go on; ``--report`` prints the table from the cache without training.
+
+    nice -n 10 python scripts/tuning_table.py --seeds 5 --jobs 2     # everything (hours on 2 cores)
+    python scripts/tuning_table.py --report --seeds 5                  # the table from the cache
+    python scripts/tuning_table.py --tasks iris,wine --seeds 2         # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib
+import inspect
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import descend
+from descend.lab import data as D
+from descend.lab import train as T
+from descend.lab import tune as U
+
+ROOT = Path(__file__).resolve().parent.parent
+LR_FIND = importlib.import_module("descend.lr_find")  # the module (descend.lr_find is the function)
+
+# task label -> (data set, model, hidden, epochs)
+TASKS = {
+    "digits": ("digits", "mlp", (64,), 20),
+    "breast_cancer": ("breast_cancer", "mlp", (), 30),
+    "diabetes": ("diabetes", "mlp", (64,), 40),
+    "mnist1d": ("mnist1d", "mlp", (100, 100), 30),
+    "mnist1d_cnn": ("mnist1d", "cnn1d", (16, 16, 16), 30),
+    "iris": ("iris", "mlp", (64,), 20),
+    "wine": ("wine", "mlp", (64,), 20),
+}
+RULES = ("gd", "momentum", "adagrad", "rmsprop", "adam")
+
+
+# ------------------------------------------------------------------------------- published methods
+# module-level factories (picklable by reference): factory(params, **hyperparameters) -> optimizer
+
+
+def prodigy(params):
+    from prodigyopt import Prodigy
+
+    return Prodigy(params, lr=1.0)
+
+
+def dadapt_adam(params):
+    from dadaptation import DAdaptAdam
+
+    return DAdaptAdam(params, lr=1.0)
+
+
+def dog_plain(params):
+    from dog import DoG
+
+    return DoG(params)
+
+
+class DoGAveraged:
+    """DoG with the package's polynomial decay averager (Shamir & Zhang 2013, γ = 8); ``averaged()``
+    swaps the averaged weights in for evaluation and back."""
+
+    def __init__(self, params):
+        from dog import DoG, PolynomialDecayAverager
+
+        self.params = list(params)
+        self.opt = DoG(self.params)
+        holder = nn.Module()
+        holder.ps = nn.ParameterList(self.params)
+        self.avg = PolynomialDecayAverager(holder, gamma=8.0)
+        self.param_groups = self.opt.param_groups
+
+    def zero_grad(self, set_to_none=True):
+        self.opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self):
+        self.opt.step()
+        self.avg.step()
+
+    @contextlib.contextmanager
+    def averaged(self):
+        saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, a in zip(self.params, self.avg.averaged_model.ps):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, s in zip(self.params, saved):
+                    p.copy_(s)
+
+
+def dog_averaged(params):
+    return DoGAveraged(params)
+
+
+def schedule_free_adamw(params):
+    from schedulefree import AdamWScheduleFree
+
+    return AdamWScheduleFree(params)  # lr 0.0025, its default; run_trial switches its train/eval modes
+
+
+PUBLISHED = {
+    "Prodigy": (prodigy, "prodigyopt"),
+    "D-Adaptation Adam": (dadapt_adam, "dadaptation"),
+    "DoG": (dog_plain, "dog"),
+    "DoG + polynomial averaging": (dog_averaged, "dog"),
+    "Schedule-Free AdamW (its default lr)": (schedule_free_adamw, "schedulefree"),
+}
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def code_hash(*objs) -> str:
+    h = hashlib.sha1()
+    for o in objs:
+        h.update(inspect.getsource(o).encode())
+    return h.hexdigest()[:10]
+
+
+def has_auto() -> bool:
+    try:
+        descend.create("adam", [nn.Parameter(torch.zeros(2))], lr="auto")
+        return True
+    except Exception:
+        return False
+
+
+class Cache:
+    """Trial results as JSON lines, appended as they finish; the last line for a key wins."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[str, dict] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.data[rec["key"]] = rec
+                except (json.JSONDecodeError, KeyError):
+                    pass  # a line cut short by a stop: run that trial again
+
+    def __contains__(self, key):
+        return key in self.data
+
+    def get(self, key):
+        return self.data.get(key)
+
+    def put(self, key, **rec):
+        rec["key"] = key
+        self.data[key] = rec
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+
+
+def lr_find_suggestion(problem: U.Problem, rule: str, seed: int) -> float | None:
+    """descend.lr_find on the seed's fresh model with the rule's lab defaults (as scripts/check_lr_find.py)."""
+    torch.manual_seed(seed)
+    model = problem.model()
+    opt = descend.create(rule, model.parameters(), **T.hyperparameters_for(rule))
+    data = problem._train
+    g = torch.Generator().manual_seed(seed)
+
+    def batches():
+        while True:
+            perm = torch.randperm(data.n, generator=g)
+            for i in range(0, data.n, problem.batch_size):
+                yield perm[i:i + problem.batch_size]
+
+    it = batches()
+
+    def loss_fn():
+        x, y = data.batch(next(it))
+        return problem.loss(model(x), y)
+
+    return descend.lr_find(model, opt, loss_fn).suggestion
+
+
+# ------------------------------------------------------------------------------- running
+
+
+def plan(task: str, seeds: list[int], methods: set[str], auto_ok: bool, lrfind_v: str, auto_v: str):
+    """Every trial a task needs: (cache key, row label, ref rule, Trial or a lr_find request)."""
+    _, model, hidden, epochs = TASKS[task]
+    out = []
+    for s in seeds:
+        if "grid" in methods:
+            for rule in RULES:
+                hp = T.hyperparameters_for(rule)
+                for lr in U.grid(float(hp["lr"])):
+                    trial = U.Trial(rule, rule, tuple(sorted({**hp, "lr": lr}.items())), s, epochs, epochs)
+                    out.append((f"{task}|grid|{rule}|{lr:.6g}|{s}", trial))
+        if "auto" in methods and auto_ok:
+            for rule in descend.available():
+                hp = {k: v for k, v in T.hyperparameters_for(rule).items() if k != "lr"}
+                trial = U.Trial(rule, rule, tuple(sorted({**hp, "lr": "auto"}.items())), s, epochs, epochs)
+                out.append((f"{task}|auto@{auto_v}|{rule}|auto|{s}", trial))
+        if "published" in methods:
+            for label, (factory, module) in PUBLISHED.items():
+                trial = U.Trial(label, factory, (), s, epochs, epochs)
+                out.append((f"{task}|published|{label}|-|{s}", trial))
+        if "lrfind" in methods:
+            for rule in RULES:
+                out.append((f"{task}|lrfind@{lrfind_v}|{rule}|?|{s}", ("lrfind", rule, s)))
+    return out
+
+
+def run(args) -> None:
+    cache = Cache(Path(args.cache))
+    seeds = list(range(args.seeds))
+    methods = set(args.methods.split(","))
+    auto_ok = has_auto()
+    if "auto" in methods and not auto_ok:
+        print("this descend has no lr='auto': skipping those rows", file=sys.stderr)
+    if "published" in methods:
+        missing = [m for _, m in PUBLISHED.values() if not _importable(m)]
+        if missing:
+            sys.exit(f"published methods need their packages ({', '.join(sorted(set(missing)))} missing): "
+                     "pip install torch==2.13.0 prodigyopt dadaptation dog-optimizer schedulefree")
+    lrfind_v, auto_v = code_hash(LR_FIND), auto_version()
+    torch.set_num_threads(1)
+    # seed-major: every task gets seed 0 first, so a run stopped early still covers every task
+    for s in seeds:
+        for task in args.tasks.split(","):
+            name, model, hidden, epochs = TASKS[task]
+            todo = [(k, t) for k, t in plan(task, [s], methods, auto_ok, lrfind_v, auto_v) if k not in cache]
+            if not todo:
+                continue
+            problem = U.problem_from_data(D.load(name), model, hidden, 32)
+            t0 = time.perf_counter()
+            trials = []
+            for key, t in todo:
+                if isinstance(t, tuple):  # lr_find: the suggestion first, then a trial at it
+                    _, rule, seed = t
+                    sugg = lr_find_suggestion(problem, rule, seed)
+                    if sugg is None:
+                        cache.put(key, final=None, diverged=True, seconds=0.0, lr=None)
+                        continue
+                    hp = T.hyperparameters_for(rule, {"lr": sugg})
+                    t = U.Trial(rule, rule, tuple(sorted(hp.items())), seed, epochs, epochs)
+                trials.append((key, t))
+            ex = U.executor(problem, args.jobs)
+            try:
+                step = max(1, 2 * args.jobs)
+                for i in range(0, len(trials), step):
+                    chunk = trials[i:i + step]
+                    for (key, t), res in zip(chunk, ex.run([(t, None, False) for _, t in chunk])):
+                        cache.put(key, final=res.metrics[-1], diverged=res.diverged_epoch is not None,
+                                  seconds=res.seconds, lr=t.hp.get("lr"))
+            finally:
+                ex.close()
+            print(f"seed {s} {task}: {len(todo)} trials in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def auto_version() -> str:
+    """A hash of the code behind lr="auto" (the estimator and averaging blocks, descend.auto, the
+    façade's lr="auto" handling), so a changed estimator re-runs those rows and nothing else does."""
+    from descend import blocks, core
+
+    parts = [getattr(blocks, n) for n in ("ScaleByAutoLearningRate", "AverageIterates", "Auto", "auto")
+             if hasattr(blocks, n)]
+    parts += [getattr(core.ChainOptimizer, n) for n in ("_auto_lr",) if hasattr(core.ChainOptimizer, n)]
+    return code_hash(*parts) if parts else "none"
+
+
+def old_auto_version() -> str:
+    """The key the first runs used: a hash of blocks.py, core.py and optimizers.py (for rekeying)."""
+    h = hashlib.sha1()
+    for n in ("blocks.py", "core.py", "optimizers.py"):
+        f = ROOT / "descend" / n
+        if f.exists():
+            h.update(f.read_bytes())
+    return h.hexdigest()[:10]
+
+
+# ------------------------------------------------------------------------------- the table
+
+
+def _stats(vals):
+    ok = [v for v in vals if v is not None and math.isfinite(v)]
+    if not ok:
+        return math.nan, math.nan
+    return statistics.fmean(ok), (statistics.stdev(ok) if len(ok) > 1 else 0.0)
+
+
+def report(args) -> str:
+    cache = Cache(Path(args.cache))
+    seeds = list(range(args.seeds))
+    tasks = args.tasks.split(",")
+    lrfind_v, auto_v = code_hash(LR_FIND), auto_version()
+    rows: dict[str, dict[str, dict]] = {}  # label -> task -> {"mean", "std", "n", "div", "runs", "sec"}
+    ref_of: dict[str, str] = {}
+    grid_best: dict[tuple[str, str], float] = {}
+
+    def recs(prefix, task):
+        return [cache.get(f"{task}|{prefix}|{s}") for s in seeds]
+
+    for task in tasks:
+        for rule in RULES:
+            hp = T.hyperparameters_for(rule)
+            best = None
+            for lr in U.grid(float(hp["lr"])):
+                rs = recs(f"grid|{rule}|{lr:.6g}", task)
+                got = [r for r in rs if r is not None]
+                if not got:
+                    continue
+                if any(r["diverged"] for r in got):
+                    score = -math.inf
+                else:
+                    score = statistics.fmean(r["final"] for r in got)
+                if best is None or score > best[0]:
+                    best = (score, lr, got)
+                if lr == hp["lr"]:
+                    _cell(rows, f"{rule} at its default lr ({hp['lr']:g})", task, got, 1)
+                    ref_of[f"{rule} at its default lr ({hp['lr']:g})"] = rule
+            if best is not None:
+                label = f"{rule}, 8-point grid (best on validation)"
+                _cell(rows, label, task, best[2], 8, note=f"{best[1]:.2g}")
+                ref_of[label] = rule
+                grid_best[(task, rule)] = rows[label][task]["mean"]
+        for rule in descend.available():
+            label = f"{rule}, lr=\"auto\""
+            got = [r for r in recs(f"auto@{auto_v}|{rule}|auto", task) if r is not None]
+            if got:
+                _cell(rows, label, task, got, 1)
+                ref_of[label] = rule if rule in RULES else "adam"
+        for rule in RULES:
+            label = f"lr_find → {rule}"
+            got = [r for r in recs(f"lrfind@{lrfind_v}|{rule}|?", task) if r is not None]
+            if got:
+                _cell(rows, label, task, got, 1, note=f"{statistics.median(r['lr'] or math.nan for r in got):.2g}")
+                ref_of[label] = rule
+        for label in PUBLISHED:
+            got = [r for r in recs(f"published|{label}|-", task) if r is not None]
+            if got:
+                _cell(rows, label, task, got, 1)
+                ref_of[label] = "adam"
+    # markdown, in the order of the docstring: grids and defaults, lr="auto", lr_find, published
+    def order(label):
+        for i, rule in enumerate(RULES):
+            if label.startswith(f"{rule}, 8-point"):
+                return (0, i, 0)
+            if label.startswith(f"{rule} at its default"):
+                return (0, i, 1)
+        if "auto" in label:
+            return (1, descend.available().index(label.split(",")[0]), 0)
+        if label.startswith("lr_find"):
+            return (2, RULES.index(label.split()[-1]), 0)
+        return (3, list(PUBLISHED).index(label), 0)
+
+    rows = {k: rows[k] for k in sorted(rows, key=order)}
+    names = {"digits": "digits", "breast_cancer": "breast_cancer", "diabetes": "diabetes R²", "mnist1d": "MNIST-1D MLP",
+             "mnist1d_cnn": "MNIST-1D CNN", "iris": "iris", "wine": "wine"}
+    n_task = {t: max((c[t]["n"] for c in rows.values() if t in c), default=0) for t in tasks}
+    head = ["method", *[f"{names[t]} ({n_task[t]} seed{'s' if n_task[t] != 1 else ''})" for t in tasks],
+            "mean gap", "worst gap", "runs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, cells in rows.items():
+        ref = ref_of[label]
+        gaps, parts = [], []
+        for t in tasks:
+            c = cells.get(t)
+            if c is None:
+                parts.append("—")
+                continue
+            ok = c["n"] - c["div"]
+            txt = "—" if math.isnan(c["mean"]) else (f"{c['mean']:.3f} ± {c['std']:.3f}" if ok > 1 else f"{c['mean']:.3f}")
+            if c["div"]:
+                txt += f" (div {c['div']}/{c['n']})"
+            if c["n"] < n_task[t]:
+                txt += f" [{c['n']} seed{'s' if c['n'] != 1 else ''}]"
+            if c.get("note"):
+                txt += f" @{c['note']}"
+            parts.append(txt)
+            g = grid_best.get((t, ref))
+            if g is not None and math.isfinite(c["mean"]):
+                gaps.append(100 * (c["mean"] - g))
+        mg = f"{statistics.fmean(gaps):+.2f}" if gaps else "—"
+        wg = f"{min(gaps):+.2f}" if gaps else "—"
+        runs = next(iter(cells.values()))["runs"]
+        lines.append("| " + " | ".join([label, *parts, mg, wg, str(runs)]) + " |")
+    return "\n".join(lines)
+
+
+def lr_find_report(args) -> str:
+    """lr_find's gap table: per task and rule, the suggestion (median over seeds), the grid's best rate,
+    the final metric at each (mean over seeds) and the gap in points."""
+    cache = Cache(Path(args.cache))
+    seeds = list(range(args.seeds))
+    lrfind_v = code_hash(LR_FIND)
+    lines = ["| task | rule | suggested (median) | grid best lr | at the suggestion | grid best | gap (points) | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    gaps = []
+    for task in args.tasks.split(","):
+        for rule in RULES:
+            hp = T.hyperparameters_for(rule)
+            best = None
+            for lr in U.grid(float(hp["lr"])):
+                got = [r for r in (cache.get(f"{task}|grid|{rule}|{lr:.6g}|{s}") for s in seeds) if r is not None]
+                if got and not any(r["diverged"] for r in got):
+                    m = statistics.fmean(r["final"] for r in got)
+                    if best is None or m > best[0]:
+                        best = (m, lr)
+            got = [r for r in (cache.get(f"{task}|lrfind@{lrfind_v}|{rule}|?|{s}") for s in seeds) if r is not None]
+            if best is None or not got:
+                continue
+            ok = [r["final"] for r in got if not r["diverged"]]
+            div = len(got) - len(ok)
+            at = statistics.fmean(ok) if ok else math.nan
+            gap = 100 * (at - best[0]) if ok else math.nan
+            if ok:
+                gaps.append(gap)
+            sugg = statistics.median(r["lr"] for r in got if r["lr"] is not None)
+            lines.append(f"| {task} | {rule} | {sugg:.2g} | {best[1]:.2g} | {at:.3f}" + (f" (diverged {div}/{len(got)})" if div else "")
+                         + f" | {best[0]:.3f} | {gap:+.1f} | {len(got)} |")
+    if gaps:
+        lines.append(f"\nmean gap {statistics.fmean(gaps):+.2f} points, worst {min(gaps):+.2f} ({len(gaps)} task × rule pairs)")
+    return "\n".join(lines)
+
+
+def _cell(rows, label, task, recs, runs, note=None):
+    m, s = _stats([r["final"] for r in recs if not r["diverged"]])
+    rows.setdefault(label, {})[task] = dict(mean=m, std=s, n=len(recs), div=sum(bool(r["diverged"]) for r in recs),
+                                            runs=runs, note=note)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--methods", default="grid,auto,lrfind,published")
+    ap.add_argument("--jobs", type=int, default=1, help="local processes for the trials")
+    ap.add_argument("--cache", default=str(ROOT / "docs" / "tuning_cache.jsonl"))
+    ap.add_argument("--report", action="store_true", help="only print the table from the cache")
+    ap.add_argument("--lr-find", action="store_true", help="print lr_find's gap table instead of the main one")
+    ap.add_argument("--rekey-auto", action="store_true", help=argparse.SUPPRESS)  # old file-hash keys → code-hash keys
+    args = ap.parse_args()
+    bad = [t for t in args.tasks.split(",") if t not in TASKS]
+    if bad:
+        sys.exit(f"unknown task {bad[0]!r}; tasks: {', '.join(TASKS)}")
+    if args.rekey_auto:
+        old, new = f"|auto@{old_auto_version()}|", f"|auto@{auto_version()}|"
+        path = Path(args.cache)
+        path.write_text(path.read_text().replace(old, new))
+        return
+    if not args.report:
+        run(args)
+    print(lr_find_report(args) if args.lr_find else report(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""The tuning harness (descend.lab.tune, `descend tune`) end to end on tiny settings: the grid, successive
+halving's bookkeeping, the same results from every backend (this process, processes, Ray), the
+user-model paths (tensors and a Dataset), MNIST-1D offline and the 1-D CNN."""
+
+import csv
+import math
+import socket
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from descend.cli import main
+from descend.lab import data as D
+from descend.lab import train as T
+from descend.lab import tune as U
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return D.load("digits", subsample=200)
+
+
+def _trace(res):
+    """Everything a search saw, comparable across backends (floats compared exactly)."""
+    return [(r.trial.label, r.trial.hp["lr"], r.trial.seed, r.trial.epochs, r.metrics, r.diverged_epoch)
+            for t in res.tunings for r in t.trials]
+
+
+# ------------------------------------------------------------------------------- the grid
+
+
+def test_grid_is_eight_half_decades_around_the_default():
+    g = U.grid(1e-3)
+    assert len(g) == 8 and g[3] == 1e-3
+    ratios = [b / a for a, b in zip(g, g[1:])]
+    assert all(r == pytest.approx(10 ** 0.5, rel=1e-9) for r in ratios)
+    assert g[0] == pytest.approx(1e-3 / 10 ** 1.5) and g[-1] == pytest.approx(0.1)
+    assert U.grid(0.1, points=3, step=10) == [0.01, 0.1, 1.0]
+    lg = U.log_grid(1e-4, 1e-1, 4)
+    assert lg == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1])
+    for bad, name in [(lambda: U.grid(0.0), "center"), (lambda: U.grid(1e-3, points=0), "points"),
+                      (lambda: U.grid(1e-3, step=1.0), "step"), (lambda: U.log_grid(1e-2, 1e-3), "high")]:
+        with pytest.raises(ValueError, match=name):
+            bad()
+
+
+def test_tune_grid_uses_each_optimizers_default_as_centre(tiny):
+    res = U.tune(tiny, ["gd", "adam"], epochs=1, hidden=(4,))
+    assert res["gd"].lrs == U.grid(T.DEFAULT_HYPERPARAMETERS["gd"]["lr"])
+    assert res["adam"].lrs == U.grid(T.DEFAULT_HYPERPARAMETERS["adam"]["lr"])
+    t = res["adam"]
+    assert t.runs == 8 and t.epochs == 8 and t.rungs == [(8, 1)]
+    assert t.best_lr == max(t.lrs, key=lambda v: t.scores[v])
+    assert t.best_mean == t.scores[t.best_lr] and t.seconds > 0
+
+
+# ------------------------------------------------------------------------------- successive halving
+
+
+def test_halving_budgets():
+    assert U.halving_budgets(8, 20, 2) == [(8, 3), (4, 5), (2, 10), (1, 20)]
+    assert U.halving_budgets(9, 27, 3) == [(9, 3), (3, 9), (1, 27)]
+    b = U.halving_budgets(8, 3, 2)  # fewer epochs than rungs need: budgets still grow, capped at the run
+    assert [n for n, _ in b] == [8, 4, 2, 1] and b[-1] == (1, 3) and all(x[1] <= y[1] for x, y in zip(b, b[1:]))
+    with pytest.raises(ValueError, match="rate"):
+        U.halving_budgets(8, 20, 1)
+
+
+def test_halving_bookkeeping_and_continuation_is_exact(tiny):
+    lrs = [1e-4, 1e-3, 1e-2, 1e-1]
+    res = U.tune(tiny, ["adam"], search="halving", lrs=lrs, epochs=4, seeds=2, hidden=(8,))
+    t = res["adam"]
+    assert t.rungs == [(4, 1), (2, 2), (1, 4)]
+    # every rung trains its survivors on every seed: 4·2 + 2·2 + 1·2 segments, 4·2·1 + 2·2·1 + 1·2·2 epochs
+    assert len(t.trials) == 8 + 4 + 2 and t.runs == 8
+    assert t.epochs == sum(r.epochs_run for r in t.trials) == 8 + 4 + 4
+    # the survivors of each rung are the best-scoring ones of the rung before
+    rung1 = sorted(lrs, key=lambda v: -np.mean([r.metrics[1] for r in t.trials if r.trial.hp["lr"] == v][:2]))[:2]
+    assert {lr for lr in lrs if t.budget[lr] >= 2} == set(rung1)
+    assert t.budget[t.best_lr] == 4
+    # a survivor continued from its checkpoints ends exactly where one uninterrupted run ends
+    one = U.tune(tiny, ["adam"], lrs=[t.best_lr], epochs=4, seeds=2, hidden=(8,))
+    assert one["adam"].finals[t.best_lr] == t.finals[t.best_lr]
+    assert one["adam"].trials[0].metrics == [r for r in t.trials if r.trial.hp["lr"] == t.best_lr][-2].metrics
+
+
+# ------------------------------------------------------------------------------- the protocol
+
+
+def test_a_trial_is_the_labs_train_run(tiny):
+    res = U.tune(tiny, ["momentum"], lrs=[0.03], epochs=3, seeds=[1], hidden=(8,))
+    torch.set_num_threads(1)
+    run = T.train_run(tiny, "momentum", T.hyperparameters_for("momentum", {"lr": 0.03}), seed=1, epochs=3, hidden=(8,))
+    assert res["momentum"].trials[0].metrics == [row["val_metric"] for row in run.rows]
+
+
+def test_divergence_is_caught_and_never_best(tiny):
+    res = U.tune(tiny, ["gd"], lrs=[0.1, 1e4], epochs=2, hidden=(8,))
+    t = res["gd"]
+    assert t.diverged[1e4] == 1 and t.scores[1e4] == -math.inf and t.best_lr == 0.1
+
+
+class _Rows(torch.utils.data.Dataset):
+    """A plain map-style Dataset (not a TensorDataset): items are collated by the harness."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def _user_problem(as_dataset: bool, metric="loss"):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 3, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(96, generator=g)
+    tr, va = (x[:64], y[:64]), (x[64:], y[64:])
+    if as_dataset:
+        tr, va = _Rows(*tr), _Rows(*va)
+    return U.Problem(model=lambda: nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)),
+                     loss=lambda out, t: nn.functional.mse_loss(out.squeeze(-1), t), train=tr, val=va,
+                     metric=metric, batch_size=16, name="user")
+
+
+def test_user_model_on_tensors_and_on_a_dataset_agree():
+    a = U.tune(_user_problem(False), ["adam", "gd"], lrs=[1e-2, 1e-1], epochs=3, seeds=2)
+    b = U.tune(_user_problem(True), ["adam", "gd"], lrs=[1e-2, 1e-1], epochs=3, seeds=2)
+    assert _trace(a) == _trace(b)
+    assert a.metric_name == "validation loss" and not a.higher_is_better
+    t = a["adam"]
+    assert t.best_lr == min(t.lrs, key=lambda v: np.mean(t.finals[v]))  # lower loss is better
+    r2 = U.tune(_user_problem(False, "r2"), {"sgd": lambda p, lr: torch.optim.SGD(p, lr=lr)}, lrs=[0.05], epochs=3)
+    assert r2["sgd"].best_mean > 0.5  # a torch optimizer from a factory, scored by R²
+
+
+def test_bad_problems_and_arguments_fail_before_training(tiny):
+    with pytest.raises(ValueError, match="metric"):
+        _user_problem(False, metric="f1")
+    with pytest.raises(TypeError, match="Dataset"):
+        U.Problem(model=nn.Linear, loss=nn.functional.mse_loss, train=[1, 2, 3], val=None)
+    for kw, name in [({"search": "random"}, "search"), ({"epochs": 0}, "epochs"), ({"jobs": 0}, "jobs"),
+                     ({"lrs": [-1.0]}, "lrs"), ({"search": "halving", "rate": 1}, "rate")]:
+        with pytest.raises(ValueError, match=name):
+            U.tune(tiny, ["adam"], hidden=(4,), **kw)
+    with pytest.raises(ValueError, match="picklable"):
+        U.tune(tiny, {"sgd": lambda p, lr: torch.optim.SGD(p, lr=lr)}, lrs=[0.1], epochs=1, jobs=2, hidden=(4,))
+
+
+# ------------------------------------------------------------------------------- backends
+
+
+def test_sequential_processes_and_ray_give_identical_results(tiny):
+    kw = dict(search="halving", lrs=[1e-3, 1e-2, 1e-1], epochs=3, seeds=2, hidden=(8,))
+    seq = U.tune(tiny, ["adam", "momentum"], **kw)
+    par = U.tune(tiny, ["adam", "momentum"], jobs=2, **kw)
+    assert par.backend == "2 processes" and _trace(par) == _trace(seq)
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = U.tune(tiny, ["adam", "momentum"], ray=True, **kw)
+    finally:
+        ray.shutdown()
+    assert on_ray.backend == "ray" and _trace(on_ray) == _trace(seq)
+
+
+# ------------------------------------------------------------------------------- MNIST-1D and the CNN
+
+
+def test_mnist1d_is_generated_offline(tmp_path, monkeypatch):
+    pytest.importorskip("mnist1d")
+    monkeypatch.setenv("DESCEND_CACHE_DIR", str(tmp_path))
+
+    def no_network(*a, **k):
+        raise AssertionError("MNIST-1D must not touch the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    np.random.seed(123)
+    x, y, kind, _ = D.load_task("mnist1d")
+    assert np.random.randint(1 << 30) == np.random.RandomState(123).randint(1 << 30)  # global RNG put back
+    assert x.shape == (5000, 40) and kind == "classification" and sorted(np.unique(y)) == list(range(10))
+    x2, y2, _, _ = D.load_task("mnist1d")  # from the cache file now
+    assert np.array_equal(x, x2) and np.array_equal(y, y2) and list(tmp_path.glob("mnist1d-*.npz"))
+
+
+def test_cnn1d_trains_a_step():
+    model = T.make_model(40, 10, None, 0, "cnn1d")
+    x, y = torch.randn(32, 40), torch.randint(0, 10, (32,))
+    assert model(x).shape == (32, 10)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = nn.functional.cross_entropy(model(x), y).item()
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert nn.functional.cross_entropy(model(x), y).item() < before
+    with pytest.raises(ValueError, match="model"):
+        T.make_model(40, 10, model="rnn")
+    assert isinstance(T.make_model(4, 2, (), 0), nn.Sequential)  # an MLP without hidden layers: linear
+
+
+# ------------------------------------------------------------------------------- the command
+
+
+def _cli(args):
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    return res, res.output
+
+
+def test_tune_command_end_to_end(tmp_path):
+    out = tmp_path / "trials.csv"
+    res, text = _cli(["tune", "--subsample", "200", "--hidden", "4", "--epochs", "2", "--optimizers", "gd,adam",
+                      "--lrs", "1e-3:1e-1", "--points", "3", "--no-progress", "--out", str(out)])
+    assert res.exit_code == 0, text
+    for word in ("optimizer", "best lr", "val accuracy at best", "runs", "epochs", "train time", "6 runs"):
+        assert word in text
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 and {r["optimizer"] for r in rows} == {"gd", "adam"}
+    assert sorted({float(r["lr"]) for r in rows}) == pytest.approx([1e-3, 1e-2, 1e-1])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--ray", "--jobs", "2"], "not both"),
+    (["--lrs", "1:0.1"], "--lrs"),
+    (["--optimizers", "adam,nope"], "unknown optimizer"),
+    (["--set", "adam.lr=-1", "--optimizers", "adam"], "lr"),
+    (["--task", "nope"], "unknown task"),
+    (["--model", "rnn"], "--model"),
+    (["--out", "."], "--out"),
+    (["--out", "trials.txt"], ".csv"),
+])
+def test_tune_command_errors_are_one_line(args, words):
+    res, text = _cli(["tune", "--subsample", "200", "--no-progress", *args])
+    assert res.exit_code != 0
+    lines = [ln for ln in text.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in text
+    assert "runs," not in text  # nothing trained
+
+
+def test_tune_command_without_ray_installed(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    res, text = _cli(["tune", "--ray", "--no-progress"])
+    assert res.exit_code != 0 and "Error: --ray needs Ray: pip install 'descend[ray]'" in text
+
+
+# ------------------------------------------------------------------------------- compare --tuned
+
+
+def test_compare_tuned_table_and_report(tmp_path):
+    out = tmp_path / "rep"
+    res, text = _cli(["compare", "--tuned", "--subsample", "200", "--epochs", "2", "--seeds", "2", "--hidden", "4",
+                      "--optimizers", "gd,adam", "--no-progress", "--out", str(out)])
+    assert res.exit_code == 0, text
+    auto = U._has_auto()
+    labels = ["gd (tuned)", "adam (tuned)"] + (["gd (lr=auto)", "adam (lr=auto)"] if auto else [])
+    for word in ["tuning cost", "8 runs, 16 epochs", *labels]:
+        assert word in text
+    if auto:
+        assert "1 run (no search)" in text and 'lr="auto" in one run ended at' in text
+    page = (out / "report.html").read_text()
+    assert "tuning cost" in page and "the grid search over 8 rates" in page
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["optimizer"] for r in rows} == set(labels) and len(rows) == len(labels) * 2 * 3
+    tuned_lr = {float(r["lr"]) for r in rows if r["optimizer"] == "adam (tuned)"}
+    assert len(tuned_lr) == 1 and tuned_lr.pop() in U.grid(T.DEFAULT_HYPERPARAMETERS["adam"]["lr"])
+
+
+def test_compare_tuned_errors_before_training():
+    res, text = _cli(["compare", "--tuned", "--schedule", "cosine", "--no-progress"])
+    assert res.exit_code != 0 and text.count("Error:") == 1 and "--schedule" in text
