@@ -98,8 +98,11 @@ def _block_variants():
     made = [B.ScaleByLearningRate(), B.ScaleByLearningRate(decay=True), B.AddDecayedWeights(),
             B.AddDecayedWeights(when="coupled"), B.AddDecayedWeights(when="decoupled"), B.Trace(), B.ScaleByRss(),
             B.ScaleByRms(), B.ScaleByAdadelta(), B.ScaleByAdam(), B.ScaleByNadam(), B.ScaleByRadam(),
-            B.ScaleByAdamax(), B.ScaleByLion()]
-    assert {type(b) for b in made} == {getattr(B, n) for n in B.__all__}
+            B.ScaleByAdamax(), B.ScaleByLion(), B.ZeroNonfinite(), B.AverageIterates()]
+    # every block of descend.blocks but the lr="auto" estimator, whose per-group sums are a CPU-kernel
+    # extension (chains with sums take the reference on other devices: test_a_chain_with_sums_takes_the_reference)
+    blocks = {getattr(B, n) for n in B.__all__ if isinstance(getattr(B, n), type) and issubclass(getattr(B, n), B.Block)}
+    assert {type(b) for b in made} == blocks - {B.ScaleByAutoLearningRate}
     for b in made:
         names = [hp.name for hp in b.hyper if hp.name in axes]
         for values in itertools.product(*(axes[n] for n in names)):
@@ -157,6 +160,31 @@ def test_an_untranslatable_snippet_takes_the_reference(monkeypatch, caplog):
         descend.ChainOptimizer([p], [Cube()], lr=0.1).step()
     torch.testing.assert_close(p.detach(), torch.tensor([0.95, -2.05]))  # Cube's apply: the reference
     assert "cbrtf" in caplog.text
+
+
+def test_a_chain_with_sums_takes_the_reference(monkeypatch):
+    """lr="auto"'s per-group sums exist only in the C kernel: the items Triton would take run the
+    readable reference instead (never Triton without the sums), and the result is the reference's."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("DESCEND_BACKEND", "triton")
+    called = []
+    real = tb.run_group
+    monkeypatch.setattr(tb, "run_group", lambda *a, **k: called.append(1) or real(*a, **k))
+
+    def run(fast):
+        torch.manual_seed(0)
+        ps = [torch.randn(70, requires_grad=True), torch.randn(3, 5, requires_grad=True)]
+        opt = descend.Adam(ps, lr="auto", fast=fast)
+        for i in range(4):
+            for p in ps:
+                p.grad = torch.sin(p.detach() * (i + 1))
+            opt.step()
+        return [p.detach() for p in ps]
+
+    got = run(True)
+    assert not called
+    for a, b in zip(got, run(False)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------ parity

@@ -201,7 +201,8 @@ class _Parser:
             return x if op == "+" else Unary(op, x)
         if self.at("(") and self.peek(1)[1] in _TYPE_NAMES and self.peek(2)[1] == ")":
             self.i += 3
-            return self.unary()  # a cast to the kernel's type: every value already has it
+            # a cast to the kernel's type: every value already has it, but a comparison becomes 0 or 1
+            return Unary("cast", self.unary())
         return self.primary()
 
     def primary(self):
@@ -331,6 +332,8 @@ class _Writer:
         if isinstance(x, Name):
             return self.name(x.name)
         if isinstance(x, Unary):
+            if x.op == "cast":
+                return f"tl.where({self.expr(x.x)}, 1.0, 0.0)" if self.is_bool(x.x) else self.expr(x.x)
             return f"(~{self.cond(x.x)})" if x.op == "!" else f"(-{self.expr(x.x)})"
         if isinstance(x, Cond):
             return f"tl.where({self.cond(x.c)}, {self.expr(x.a)}, {self.expr(x.b)})"
@@ -359,6 +362,8 @@ _FUNCTIONS = {
     "fmaf": (3, "tl.fma({0}, {1}, {2})", "tl.fma({0}, {1}, {2})"),
     "fma": (3, "tl.fma({0}, {1}, {2})", "tl.fma({0}, {1}, {2})"),
     "isnan": (1, "({0} != {0})", "({0} != {0})"),
+    # finite: |x| at most the type's largest value (false for ±inf and NaN)
+    "isfinite": (1, "(tl.abs({0}) <= 3.4028234663852886e+38)", "(tl.abs({0}) <= 1.7976931348623157e+308)"),
 }
 
 
