@@ -393,15 +393,7 @@ print("p", p.tolist())
 # ------------------------------------------------------------------------------ the PTX
 
 def _chain(name, cfg):
-    opt = descend.create(name, [torch.zeros(1, requires_grad=True)], **cfg)
-    g = opt.param_groups[0]
-    views = [b.view(g) for b in opt.blocks]
-    st = {"step": 1}
-    for b, h in zip(opt.blocks, views):
-        b.init_scalar_state(st)
-        b.advance(h, st)
-    scal = [b.scalars(h, st, frozenset()) for b, h in zip(opt.blocks, views)]
-    return opt.blocks, views, g["maximize"], [tuple(c) for c in scal], [tuple(b.buffers(h)) for b, h in zip(opt.blocks, views)]
+    return descend.kernels.codegen.first_step_inputs(descend.create(name, [torch.zeros(1, requires_grad=True)], **cfg))
 
 
 def _tool(name):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["kernel_source", "CTYPES", "STORAGE", "switches", "src_key", "sum_names"]
+__all__ = ["kernel_source", "CTYPES", "STORAGE", "switches", "src_key", "sum_names", "first_step_inputs"]
 
 # torch dtype name -> C type computed in; complex runs as its real view. 16-bit floats are computed in
 # float ("opmath", as torch's fused optimizers) and stored back rounded to nearest even (STORAGE).
@@ -190,3 +190,17 @@ def switches(blocks, views, maximize) -> tuple:
     """What decides the generated code beyond the dtype: a change (amsgrad, nesterov, ...) drops a plan."""
     return (maximize, tuple(tuple(b.buffers(h)) for b, h in zip(blocks, views)),
             tuple(b.c_code(h) for b, h in zip(blocks, views)))
+
+
+def first_step_inputs(opt) -> tuple:
+    """What a kernel generator needs for ``opt``'s first group on its first step: (blocks, views,
+    maximize, scalar names, buffer names). For printing a chain's source and for compile checks."""
+    g = opt.param_groups[0]
+    views = [b.view(g) for b in opt.blocks]
+    st = {"step": 1}
+    for b, h in zip(opt.blocks, views):
+        b.init_scalar_state(st)
+        b.advance(h, st)
+    scal = [b.scalars(h, st, frozenset()) for b, h in zip(opt.blocks, views)]
+    return (opt.blocks, views, g["maximize"], [tuple(x) for x in scal],
+            [tuple(b.buffers(h)) for b, h in zip(opt.blocks, views)])

@@ -424,13 +424,10 @@ def _self_test(check: _Check) -> bool:
 
 if __name__ == "__main__":  # the generated source of a named optimizer: python -m descend.kernels.cpu adam
     import descend
+    from descend.kernels.codegen import first_step_inputs
 
-    opt = descend.create(sys.argv[1] if len(sys.argv) > 1 else "adam", [torch.zeros(1, requires_grad=True)])
-    g = opt.param_groups[0]
-    views = [b.view(g) for b in opt.blocks]
-    st = {"step": 1}
-    for b in opt.blocks:
-        b.init_scalar_state(st)
-    scal = [b.scalars(h, st, frozenset()) for b, h in zip(opt.blocks, views)]
-    print(kernel_source(opt.blocks, views, "float", g["maximize"], [tuple(c) for c in scal],
-                        [tuple(b.buffers(h)) for b, h in zip(opt.blocks, views)]))
+    name = sys.argv[1] if len(sys.argv) > 1 else "adam"
+    opt = descend.create(name, [torch.zeros(1, requires_grad=True)],
+                         **({"lr": 1e-3} if name in ("gd", "momentum", "nesterov") else {}))
+    blocks, views, maximize, scal, bufs = first_step_inputs(opt)
+    print(kernel_source(blocks, views, "float", maximize, scal, bufs))

@@ -413,16 +413,11 @@ def run_planned(blocks, group, plan: Plan, state_map) -> bool:
 
 if __name__ == "__main__":  # the generated Triton source of a named optimizer: python -m descend.kernels.triton_backend adam
     import descend
+    from descend.kernels.codegen import first_step_inputs
 
-    opt = descend.create(sys.argv[1] if len(sys.argv) > 1 else "adam", [torch.zeros(1, requires_grad=True)],
-                         **({"lr": 1e-3} if (sys.argv[1:] or ["adam"])[0] in ("gd", "momentum", "nesterov") else {}))
-    g = opt.param_groups[0]
-    views = [b.view(g) for b in opt.blocks]
-    st = {"step": 1}
-    for b, h in zip(opt.blocks, views):
-        b.init_scalar_state(st)
-        b.advance(h, st)
-    scal = [b.scalars(h, st, frozenset()) for b, h in zip(opt.blocks, views)]
+    name = sys.argv[1] if len(sys.argv) > 1 else "adam"
+    opt = descend.create(name, [torch.zeros(1, requires_grad=True)],
+                         **({"lr": 1e-3} if name in ("gd", "momentum", "nesterov") else {}))
+    blocks, views, maximize, scal, bufs = first_step_inputs(opt)
     dtype = getattr(torch, sys.argv[2]) if len(sys.argv) > 2 else torch.float32
-    print(kernel_source(opt.blocks, views, dtype, g["maximize"], [tuple(c) for c in scal],
-                        [tuple(b.buffers(h)) for b, h in zip(opt.blocks, views)]))
+    print(kernel_source(blocks, views, dtype, maximize, scal, bufs))
