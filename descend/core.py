@@ -675,12 +675,12 @@ class ChainOptimizer(torch.optim.Optimizer):
     @contextlib.contextmanager
     def averaged(self):
         """``with opt.averaged(): evaluate(model)``: the parameters hold the average of the iterates
-        (:class:`~descend.blocks.AverageIterates`; ``lr=descend.auto(average=True)``) inside the block and their own
+        (:class:`~descend.blocks.AverageIterates`; ``lr="auto"`` keeps one) inside the block and their own
         values again, bitwise, after it. A parameter that has not stepped yet keeps its value.
         Do not step inside the block."""
         if not any(type(b).__name__ == "AverageIterates" for b in self.blocks):
             raise RuntimeError(f"{self._name()}.averaged(): this optimizer keeps no average of the "
-                               "iterates; use lr=descend.auto(average=True) or add "
+                               "iterates; lr='auto' keeps one (unless average=False), or add "
                                "descend.blocks.AverageIterates() to the chain")
         pairs = [(p, self.state[p]["avg"]) for g in self.param_groups for p in g["params"]
                  if "avg" in self.state.get(p, {})]

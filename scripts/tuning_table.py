@@ -14,10 +14,11 @@ on diabetes — after a fixed number of epochs):
 * The published methods, from their own packages at their defaults: Prodigy (prodigyopt, lr=1),
   D-Adaptation Adam (dadaptation, lr=1), DoG (dog-optimizer), DoG + polynomial decay averaging
   (dog's PolynomialDecayAverager, γ = 8, evaluated on the averaged weights), Schedule-Free AdamW
-  (schedulefree, its default lr 0.0025, evaluated in its eval mode). They are not descend
+  (schedulefree, its default lr 0.0025, evaluated in its eval mode), Mechanic around torch's Adam
+  at its default lr 1e-3 (mechanic-pytorch, its default tuner settings). They are not descend
   dependencies; install them with
 
-      pip install torch==2.13.0 prodigyopt dadaptation dog-optimizer schedulefree
+      pip install torch==2.13.0 prodigyopt dadaptation dog-optimizer schedulefree mechanic-pytorch
 
 Gaps are in points (metric × 100), the row's mean minus the grid-tuned mean of its own rule (the
 ``RULE`` rows) or of Adam (everything else), per task; "mean gap" and "worst gap" are over tasks.
@@ -38,6 +39,7 @@ time, run it again to go on; ``--report`` prints the table from the cache withou
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import hashlib
 import importlib
@@ -46,6 +48,7 @@ import json
 import math
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -134,6 +137,12 @@ def dog_averaged(params):
     return DoGAveraged(params)
 
 
+def mechanic_adam(params):
+    from mechanic_pytorch import mechanize
+
+    return mechanize(torch.optim.Adam)(params)  # the package's tuner around torch's Adam at its default lr 1e-3
+
+
 def schedule_free_adamw(params):
     from schedulefree import AdamWScheduleFree
 
@@ -146,6 +155,7 @@ PUBLISHED = {
     "DoG": (dog_plain, "dog"),
     "DoG + polynomial averaging": (dog_averaged, "dog"),
     "Schedule-Free AdamW (its default lr)": (schedule_free_adamw, "schedulefree"),
+    "Mechanic(Adam)": (mechanic_adam, "mechanic_pytorch"),
 }
 
 
@@ -153,9 +163,17 @@ PUBLISHED = {
 
 
 def code_hash(*objs) -> str:
+    """A hash of the objects' code — their syntax trees without docstrings, so editing a docstring
+    or a comment keeps the cached rows."""
     h = hashlib.sha1()
     for o in objs:
-        h.update(inspect.getsource(o).encode())
+        tree = ast.parse(textwrap.dedent(inspect.getsource(o)))
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+                node.body = body[1:] or [ast.Pass()]
+        h.update(ast.dump(tree).encode())
     return h.hexdigest()[:10]
 
 
@@ -258,7 +276,7 @@ def run(args) -> None:
         missing = [m for _, m in PUBLISHED.values() if not _importable(m)]
         if missing:
             sys.exit(f"published methods need their packages ({', '.join(sorted(set(missing)))} missing): "
-                     "pip install torch==2.13.0 prodigyopt dadaptation dog-optimizer schedulefree")
+                     "pip install torch==2.13.0 prodigyopt dadaptation dog-optimizer schedulefree mechanic-pytorch")
     lrfind_v, auto_v = code_hash(LR_FIND), auto_version()
     torch.set_num_threads(1)
     # seed-major: every task gets seed 0 first, so a run stopped early still covers every task

@@ -1,23 +1,28 @@
 """lr="auto": the estimator block (ScaleByAutoLearningRate), its guard, iterate averaging, and the contract.
 
-Hand-computed steps, the estimate's invariants, recovery from non-finite gradients, exact resume, the
-fused kernel against the reference, schedules, known minima, and the averaged() swap.
+Hand-computed steps, the estimate's invariants (bounded growth, the floor, the cap), the anchor θ₀
+(never written after it is made, on either path), the spike clamp, recovery from non-finite
+gradients, exact resume, the fused kernel against the reference, schedules, known minima, and the
+averaged() swap (on by default).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import math
+import re
 
 import pytest
 import torch
 
 import descend
 from descend import blocks as B
-from descend.kernels import cpu
+from descend.kernels import codegen, cpu
 
 NAMES = descend.available()
+MOMENTUM = ("momentum", "nesterov")
 
 
 def _grads(params, gen, scale=1.0):
@@ -31,102 +36,429 @@ def _params(dtype=torch.float64, big=False):
     return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shapes]
 
 
-def _run(name, steps, fast=True, dtype=torch.float64, big=False, opt_kw=None, seed=1, auto=None):
+def _run(name, steps, fast=True, dtype=torch.float64, big=False, opt_kw=None, seed=1, auto=None, record=None):
     ps = _params(dtype, big)
-    kw = {"momentum": 0.9} if name in ("momentum", "nesterov") else {}
+    kw = {"momentum": 0.9} if name in MOMENTUM else {}
     opt = descend.create(name, ps, fast=fast, **(auto or {"lr": "auto"}), **kw, **(opt_kw or {}))
     gen = torch.Generator().manual_seed(seed)
     lrs = []
     for _ in range(steps):
         _grads(ps, gen)
+        if record is not None:  # the parameters before this step, its gradients, and the estimate after it
+            record.append(([p.detach().clone() for p in ps], [p.grad.clone() for p in ps]))
         opt.step()
+        if record is not None:
+            record[-1] = (*record[-1], copy.deepcopy(opt.param_groups[0]["lr_estimate"]))
         lrs.append(opt.param_groups[0]["lr"])
     return ps, opt, lrs
 
 
-@pytest.mark.parametrize("doubling", [0.5, 1.0])
-def test_gd_auto_first_steps_by_hand(doubling):
-    # θ₀ = (3, 4): ‖θ₀‖ = 5; α = 1e-2, β = 0.2, ρ = 0.7
-    w = torch.tensor([3.0, 4.0], dtype=torch.float64, requires_grad=True)
-    opt = descend.GD([w], lr=descend.auto(doubling=doubling), fast=False)
+def _spy_kernel(monkeypatch):
+    """Record, for each call of the C kernel's group runner, how many items it left to the reference."""
+    calls = []
+    real = cpu.run_group
+
+    def spy(*args, **kw):
+        rest = real(*args, **kw)
+        calls.append(len(rest))
+        return rest
+
+    monkeypatch.setattr(cpu, "run_group", spy)
+    return calls
+
+
+# ------------------------------------------------------------------------------ the rule, by hand
+
+def _sub(a, b):
+    return tuple(x - y for x, y in zip(a, b))
+
+
+def _dot(a, b):
+    return sum(x * y for x, y in zip(a, b))
+
+
+def _norm(a):
+    return math.sqrt(_dot(a, a))
+
+
+def test_gd_auto_first_steps_by_hand():
+    # θ₀ = (3, 4): ‖θ₀‖ = 5; α = 1e-2, β = 0.2, ρ = 0.7, κ = 0.01, c = 1. Plain Python floats below.
+    # GD: the direction u is the gradient g, so the cap c r̄ ‖g‖/(‖u‖ √G) is c r̄/√G, G = Σ‖g‖²
+    alpha, beta, rho, kappa, cap = 1e-2, 0.2, 0.7, 0.01, 1.0
+    theta0 = (3.0, 4.0)
+    gs = [(1.0, 2.0), (2.0, -1.0), (-0.1, -0.1), (1.0, -0.5), (1.0, -0.5)]
+    w = torch.tensor(theta0, dtype=torch.float64, requires_grad=True)
+    opt = descend.GD([w], lr=descend.auto(average=False), fast=False)
+    assert [type(b).__name__ for b in opt.blocks] == ["ZeroNonfinite", "ScaleByAutoLearningRate"]
     assert opt.param_groups[0]["lr"] == 0.0
-    g1, g2, g3 = (torch.tensor(v, dtype=torch.float64) for v in ([1.0, 2.0], [2.0, -1.0], [1.0, 1.0]))
-    w.grad = g1.clone()
-    opt.step()  # step 1 only measures: η₁ = 0
-    assert torch.equal(w.detach(), torch.tensor([3.0, 4.0], dtype=torch.float64))
-    eta = 1e-2 * (1 + 5.0) / math.sqrt(5.0)  # the next step moves θ by α(1 + ‖θ₀‖)
-    assert opt.param_groups[0]["lr"] == pytest.approx(eta, rel=1e-15)
-    w.grad = g2.clone()
-    opt.step()  # θ₂ = θ₁ − η g₂; θ had not moved, so the cosine is 0 and η stays
-    torch.testing.assert_close(w.detach(), torch.tensor([3.0, 4.0], dtype=torch.float64) - eta * g2)
-    assert opt.param_groups[0]["lr"] == pytest.approx(eta, rel=1e-15)
-    w.grad = g3.clone()
-    opt.step()  # cos(−g₃, θ₂ − θ₁) = cos(g₃, g₂) = 1/√10
-    cos = float(g3 @ g2) / (g3.norm() * g2.norm()).item()
-    assert opt.param_groups[0]["lr_estimate"]["cos"] == pytest.approx(cos, rel=1e-12)
-    if doubling < 1:  # the doubling start ends at the first cos ≤ δ: η halves once
-        assert opt.param_groups[0]["lr"] == pytest.approx(eta / 2, rel=1e-15)
-    else:  # η ← η·exp(β cos), cos > 0
-        assert opt.param_groups[0]["lr"] == pytest.approx(eta * math.exp(0.2 * cos), rel=1e-12)
-    w.grad = -g2.clone()  # a second doubling-start check: cos(g₂, θ₃ − θ₂ = −η₃g₃)
-    eta3 = opt.param_groups[0]["lr"]
-    opt.step()
-    cos = -float(g2 @ g3) / (g2.norm() * g3.norm()).item()  # < 0: η falls at ρβ = 0.14
-    assert cos < 0 and opt.param_groups[0]["lr"] == pytest.approx(eta3 * math.exp(0.14 * cos), rel=1e-12)
 
-
-def test_doubling_start_doubles_while_steps_are_short():
-    w = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
-    opt = descend.GD([w], lr=descend.auto(doubling=0.5), fast=False)
-    lrs = []
-    for _ in range(6):  # a gentle linear slope: every step is short, cos = 1
-        w.grad = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    def step(g):
+        before = tuple(w.tolist())
+        w.grad = torch.tensor(g, dtype=torch.float64)
         opt.step()
-        lrs.append(opt.param_groups[0]["lr"])
-    assert [b / a for a, b in zip(lrs[2:], lrs[3:])] == pytest.approx([2.0] * 3)
+        return before
+
+    def check(est, eta, **want):
+        assert opt.param_groups[0]["lr"] == pytest.approx(eta, rel=1e-12)
+        assert est["eta"] == pytest.approx(eta, rel=1e-12)
+        for k, v in want.items():
+            assert est[k] == pytest.approx(v, rel=1e-12, abs=0 if v else 1e-300), k
+
+    # step 1 only measures: θ does not move; η₂ = r₀/‖g₁‖, r₀ = α(1 + ‖θ₀‖) = 0.06
+    step(gs[0])
+    assert tuple(w.tolist()) == theta0
+    r0 = alpha * (1 + _norm(theta0))
+    assert r0 == pytest.approx(0.06, rel=1e-15)
+    eta1 = r0 / _norm(gs[0])
+    G = _dot(gs[0], gs[0])
+    check(opt.param_groups[0]["lr_estimate"], eta1, rbar=r0, G=G, steps=1, peak=eta1, cos=0.0)
+
+    # step 2: θ₂ = θ₀ − η g₂. θ₁ − θ₀ = 0, so cos = 0 and the hypergradient keeps η; but G = 5 + 5
+    # and the cap r̄/√G = 0.06/√10 < 0.06/√5: the cap binds
+    step(gs[1])
+    theta2 = tuple(t - eta1 * g for t, g in zip(theta0, gs[1]))
+    torch.testing.assert_close(w.detach(), torch.tensor(theta2, dtype=torch.float64), rtol=1e-15, atol=0)
+    G += min(_dot(gs[1], gs[1]), 10 * G / 1)
+    cap2 = cap * r0 / math.sqrt(G)
+    assert cap2 < eta1  # the cap binds
+    eta2 = cap2
+    check(opt.param_groups[0]["lr_estimate"], eta2, rbar=r0, G=10.0, steps=2, peak=eta1, cos=0.0)
+
+    # step 3: cos against θ₀: −⟨g₃, θ₂ − θ₀⟩ / (‖g₃‖‖θ₂ − θ₀‖) = cos(g₃, g₂) = −1/√10 < 0: η falls at ρβ;
+    # G grows by only ‖g₃‖² = 0.02, so here the hypergradient binds, not the cap
+    step(gs[2])
+    theta3 = tuple(t - eta2 * g for t, g in zip(theta2, gs[2]))
+    torch.testing.assert_close(w.detach(), torch.tensor(theta3, dtype=torch.float64), rtol=1e-15, atol=0)
+    dx = _sub(theta2, theta0)
+    cos3 = -_dot(gs[2], dx) / (_norm(gs[2]) * _norm(dx))
+    assert cos3 == pytest.approx(-1 / math.sqrt(10), rel=1e-12)
+    hyper = max(eta2 * math.exp(beta * rho * cos3), kappa * eta1)
+    rbar = max(r0, _norm(dx))
+    G += min(_dot(gs[2], gs[2]), 10 * G / 2)
+    cap3 = cap * rbar / math.sqrt(G)
+    assert hyper < cap3  # the hypergradient binds
+    eta3 = hyper
+    check(opt.param_groups[0]["lr_estimate"], eta3, rbar=rbar, G=10.02, steps=3, peak=eta1, cos=cos3)
+
+    # step 4: the gradient points back along the path: cos > 0, η grows by e^{β cos}, and the cap binds
+    step(gs[3])
+    theta4 = tuple(t - eta3 * g for t, g in zip(theta3, gs[3]))
+    torch.testing.assert_close(w.detach(), torch.tensor(theta4, dtype=torch.float64), rtol=1e-15, atol=0)
+    dx = _sub(theta3, theta0)
+    cos4 = -_dot(gs[3], dx) / (_norm(gs[3]) * _norm(dx))
+    assert cos4 > 0.99
+    hyper = eta3 * math.exp(beta * cos4)
+    rbar = max(rbar, _norm(dx))
+    assert rbar == r0  # θ₃ is still within r₀ of θ₀
+    G += min(_dot(gs[3], gs[3]), 10 * G / 3)
+    cap4 = cap * rbar / math.sqrt(G)
+    assert cap4 < hyper
+    eta4 = cap4
+    check(opt.param_groups[0]["lr_estimate"], eta4, rbar=rbar, G=11.27, steps=4, peak=eta1, cos=cos4)
+
+    # step 5: θ₄ is farther than r₀ from θ₀: r̄ grows to ‖θ₄ − θ₀‖ and lifts the cap above the hypergradient
+    step(gs[4])
+    dx = _sub(theta4, theta0)
+    cos5 = -_dot(gs[4], dx) / (_norm(gs[4]) * _norm(dx))
+    hyper = eta4 * math.exp(beta * cos5)
+    assert _norm(dx) > r0
+    rbar = _norm(dx)
+    G += min(_dot(gs[4], gs[4]), 10 * G / 4)
+    cap5 = cap * rbar / math.sqrt(G)
+    assert hyper < cap5
+    check(opt.param_groups[0]["lr_estimate"], hyper, rbar=rbar, G=12.52, steps=5, peak=eta1, cos=cos5)
+    assert opt.param_groups[0]["lr_estimate"]["skipped"] == 0
 
 
-@pytest.mark.parametrize("name", ["gd", "adam", "momentum", "adagrad", "rmsprop"])
-def test_estimate_changes_at_most_by_its_bound_and_never_below_its_floor(name):
-    _, opt, lrs = _run(name, 60, fast=False)
+def test_options_reach_the_rule():
+    # init, adapt, down and cap as descend.auto's options, by hand on one coordinate: θ₀ = 2, g = 1, 1, 1, −1
+    alpha, beta, rho, c = 0.5, 0.5, 0.3, 3.0
+    w = torch.tensor([2.0], dtype=torch.float64, requires_grad=True)
+    opt = descend.GD([w], lr=descend.auto(init=alpha, adapt=beta, down=rho, cap=c, average=False), fast=False)
+    for g in (1.0, 1.0, 1.0, -1.0):
+        w.grad = torch.tensor([g], dtype=torch.float64)
+        opt.step()
+    r0 = alpha * (1 + 2.0)  # step 1: η = r₀/|g| = 1.5, G = 1
+    eta = min(r0, c * r0 / math.sqrt(2))  # step 2: θ has not moved: cos = 0; G = 2. θ₂ = 2 − 1.5 = 0.5
+    theta2 = 2.0 - eta
+    eta3 = min(eta * math.exp(beta), c * r0 / math.sqrt(3))  # step 3: θ₂ − θ₀ = −1.5, g = 1: cos = 1
+    theta3 = theta2 - eta
+    dist = abs(theta3 - 2.0)  # step 4: θ₃ − θ₀ = −3, g = −1: cos = −1, η falls at ρβ; r̄ = 3, G = 4
+    eta4 = min(eta3 * math.exp(-rho * beta), c * max(r0, dist) / math.sqrt(4))
+    assert eta3 > eta and eta4 < eta3  # the cap binds at neither step
+    est = opt.param_groups[0]["lr_estimate"]
+    assert est["cos"] == pytest.approx(-1.0, rel=1e-12) and est["rbar"] == pytest.approx(dist, rel=1e-12)
+    assert opt.param_groups[0]["lr"] == pytest.approx(eta4, rel=1e-12)
+    assert w.item() == pytest.approx(theta3 + eta3, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------ invariants
+
+def _flat(ts):
+    return torch.cat([t.detach().double().reshape(-1) for t in ts])
+
+
+@pytest.mark.parametrize("name", ["gd", "adam", "momentum", "nesterov", "adagrad", "rmsprop"])
+def test_estimate_invariants(name):
+    # g_t = the gradients handed to step t; u_t = the direction the estimator received at step t, read
+    # from the move itself: the chain ends [..., ScaleByAutoLearningRate, AverageIterates], so
+    # θ_{t+1} − θ_t = −η_t u_t with η_t = group["lr"] before step t (> 0 from step 2 on)
+    rec = []
+    ps, opt, lrs = _run(name, 80, fast=False, record=rec)
+    assert type(opt.blocks[-2]) is B.ScaleByAutoLearningRate and type(opt.blocks[-1]) is B.AverageIterates
     g = opt.param_groups[0]
-    beta, floor, down = g["lr_adapt"], g["lr_floor"], g["lr_down"]
-    peak = 0.0
-    for a, b in zip(lrs[1:], lrs[2:]):
-        assert b <= a * math.exp(beta) * (1 + 1e-12)  # bounded growth
-        peak = max(peak, a)
-        assert b >= max(a * math.exp(-down * beta), floor * peak) * (1 - 1e-12)  # bounded fall, the floor
-    assert all(math.isfinite(x) and x > 0 for x in lrs[1:])
+    beta, kappa, down, c, alpha = g["lr_adapt"], g["lr_floor"], g["lr_down"], g["lr_cap"], g["lr_init"]
+    thetas = [_flat(before) for before, _, _ in rec] + [_flat(ps)]
+    theta0 = thetas[0]
+    r0 = alpha * (1 + float(theta0.norm()))
+    dist = G = 0.0  # max over the steps so far of ‖θ_i − θ₀‖, and Σ‖g‖² under the spike clamp, by hand
+    binds = {"cap": 0, "hyper": 0}
+    prev = None
+    for i, (_, grads, est) in enumerate(rec):
+        gv, dx = _flat(grads), thetas[i] - theta0
+        g2 = float(gv @ gv)
+        dist = max(dist, float(dx.norm()))
+        assert est["steps"] == i + 1 and est["skipped"] == 0
+        assert est["rbar"] == pytest.approx(max(r0, dist), rel=1e-12)  # r̄ = max(r₀, distance so far)
+        G = g2 if i == 0 else G + min(g2, 10 * G / i)
+        assert est["G"] == pytest.approx(G, rel=1e-12)  # Σ‖g‖², each step adding ≤ 10 × the mean so far
+        assert -1 <= est["cos"] <= 1
+        assert lrs[i] == est["eta"]  # group["lr"] shows the estimate (scale 1)
+        if prev is None:
+            assert est["cos"] == 0.0 and est["eta"] > 0
+            prev = est
+            continue
+        if dist > 0:
+            cos = -float(gv @ dx) / (math.sqrt(g2) * float(dx.norm()))
+            assert est["cos"] == pytest.approx(cos, rel=1e-9, abs=1e-12)
+        u = (thetas[i] - thetas[i + 1]) / lrs[i - 1]  # the direction of step i + 1, scaled by its rate
+        u2 = float(u @ u)
+        bound = c * est["rbar"] * math.sqrt(g2 / (u2 * est["G"]))  # ‖η u‖ ≤ c r̄ ‖g‖/√G: DoG's GD step
+        assert est["eta"] <= bound * (1 + 1e-9)  # the cap, every step
+        assert est["eta"] <= prev["eta"] * math.exp(beta) * (1 + 1e-12)  # bounded growth
+        # the hypergradient's part falls by at most e^{−ρβ} and stays ≥ κ × the peak; the cap may go lower
+        capped = est["eta"] == pytest.approx(bound, rel=1e-9)
+        assert capped or est["eta"] >= prev["eta"] * math.exp(-down * beta) * (1 - 1e-12)
+        assert capped or est["eta"] >= kappa * prev["peak"] * (1 - 1e-12)
+        binds["cap" if capped else "hyper"] += 1
+        assert est["peak"] == max(prev["peak"], est["eta"])
+        prev = est
+    assert all(math.isfinite(x) and x > 0 for x in lrs)
+    assert binds["hyper"] > 0  # the run moved the estimate by its hypergradient, not only by the cap
+    assert binds["cap"] > 0  # ... and the cap held it at some step
+    # the last step's direction, independently: u = the move over the rate, against the rule for GD
+    if name == "gd":
+        torch.testing.assert_close((thetas[-2] - thetas[-1]) / lrs[-2], _flat(rec[-1][1]), rtol=1e-9, atol=1e-12)
 
 
 def test_estimate_comes_down_when_steps_overshoot():
     # a steep quadratic: from a first step far too long the gradient flips sign, and η̂ falls
     w = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
-    opt = descend.GD([w], lr=descend.auto(init=3.0, floor=1e-6), fast=False)
+    opt = descend.GD([w], lr=descend.auto(init=3.0, floor=1e-6, average=False), fast=False)
     lrs = []
     for _ in range(30):
         opt.zero_grad()
         (50 * w ** 2).sum().backward()
         opt.step()
         lrs.append(opt.param_groups[0]["lr"])
-    assert lrs[-1] < lrs[1] / 3  # from 6× the stable step to about 1/h
+    assert lrs[-1] < lrs[0] / 3  # from 3× the stable step 2/h = 0.02 to below it
+    assert all(lr < 0.02 for lr in lrs[-10:])  # and it stays there: θ contracts every step
     assert abs(w.item()) < 1e-3
 
+
+def test_a_growing_gradient_halves_the_rate_in_use_at_once():
+    # the same quadratic: the overshoot makes |g| grow 16× in one step (> 4× the recent mean of ‖g‖²);
+    # the brake halves the rate in use at once, and the damping wears off by ×1.1 per calm step
+    w = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    opt = descend.GD([w], lr=descend.auto(init=3.0, floor=1e-6, average=False), fast=False)
+    seen = []
+    for _ in range(40):
+        opt.zero_grad()
+        (50 * w ** 2).sum().backward()
+        g2 = float(w.grad.double() ** 2)
+        before = dict(opt.param_groups[0]["lr_estimate"])
+        opt.step()
+        est = opt.param_groups[0]["lr_estimate"]
+        if before["steps"] >= 1:  # (the first step only measures)
+            recent = before["E"]  # the recent mean of ‖g‖²: E ← E + 0.1(min(g², 10E) − E)
+            hit = g2 > B.ScaleByAutoLearningRate.brake * recent
+            want = 0.5 * before["damp"] if hit else min(1.0, 1.1 * before["damp"])
+            assert est["damp"] == pytest.approx(want, rel=1e-15)
+            assert est["E"] == pytest.approx(recent + 0.1 * (min(g2, 10 * recent) - recent), rel=1e-12)
+            seen.append(hit)
+        assert opt.param_groups[0]["lr"] == pytest.approx(est["eta"] * est["damp"], rel=1e-15)
+    assert any(seen) and not all(seen) and est["damp"] == 1.0
+
+
+def _spike_run(spike_at, n0=50, n1=200):
+    """GD on a noisy quadratic; at step ``spike_at`` the gradient is 1e6× larger and the schedule's
+    scale is 0 there, so that the spike reaches the estimate but does not move θ."""
+    gen = torch.Generator().manual_seed(0)
+    h = torch.linspace(0.1, 2.0, 50, dtype=torch.float64)
+    w = torch.randn(50, generator=gen, dtype=torch.float64).requires_grad_()
+    opt = descend.GD([w], lr=descend.auto(scale=lambda t: 0.0 if t == spike_at else 1.0, average=False),
+                     fast=False)
+    gen = torch.Generator().manual_seed(1)
+    at = None
+    for t in range(n0 + 1 + n1):
+        w.grad = h * w.detach() + 0.1 * torch.randn(50, generator=gen, dtype=torch.float64)
+        if t == spike_at:
+            w.grad *= 1e6
+            before, theta = copy.deepcopy(opt.param_groups[0]["lr_estimate"]), w.detach().clone()
+        opt.step()
+        if t == spike_at:
+            assert torch.equal(w.detach(), theta)
+            at = (before, copy.deepcopy(opt.param_groups[0]["lr_estimate"]))
+    return opt.param_groups[0]["lr_estimate"], at, float((0.5 * h * w.detach() ** 2).sum())
+
+
+def test_one_gradient_spike_adds_at_most_ten_times_the_mean_and_training_recovers():
+    calm, _, calm_loss = _spike_run(-1)
+    est, (before, after), loss = _spike_run(50)
+    # the spike's ‖g‖² is ~1e12 × the mean: G (the sum of ‖g‖²) takes exactly 10 × the mean so far
+    assert after["G"] - before["G"] == pytest.approx(10 * before["G"] / before["steps"], rel=1e-12)
+    assert before["steps"] == 50 and after["steps"] == 51 and after["skipped"] == 0  # counted, not skipped
+    assert after["G"] > before["G"]
+    # 200 steps later the estimate and the loss are those of a run without the spike
+    assert calm["eta"] / 1.5 < est["eta"] < calm["eta"] * 1.5
+    assert loss < 2 * calm_loss
+
+
+# ------------------------------------------------------------------------------ the anchor
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+def test_anchor_is_theta0_bitwise_after_many_steps(fast, dtype, monkeypatch):
+    calls = _spy_kernel(monkeypatch)
+    theta0 = [p.detach().clone() for p in _params(dtype, big=True)]
+    ps, opt, _ = _run("adam", 15, fast=fast, dtype=dtype, big=True)
+    if fast:
+        assert calls and all(r == 0 for r in calls)  # the C kernel ran every parameter
+        assert opt.__dict__.get("_fast_plans")  # ... and later steps ran on its plan
+    else:
+        assert not calls
+    for p, t0 in zip(ps, theta0):
+        assert not torch.equal(p.detach(), t0)  # θ moved
+        assert torch.equal(opt.state[p]["anchor"], t0)  # θ₀, bitwise
+    assert "prev" not in opt.state[ps[0]]
+    assert opt.param_groups[0]["lr_estimate"]["steps"] == 15
+
+
+def test_generated_c_source_loads_the_anchor_and_never_stores_it():
+    opt = descend.Adam([torch.zeros(3, requires_grad=True)], lr="auto")
+    blocks, views, maximize, scal, bufs = codegen.first_step_inputs(opt)
+    src = codegen.kernel_source(blocks, views, "double", maximize, scal, bufs)
+    slots = {f"s{i}_{name}": j for j, (i, name) in enumerate((i, n) for i, names in enumerate(bufs) for n in names)}
+    anchor = [k for k in slots if k.endswith("_anchor")]
+    others = [k for k in slots if not k.endswith("_anchor")]
+    assert len(anchor) == 1 and {k.split("_", 1)[1] for k in others} == {"exp_avg", "exp_avg_sq", "avg"}
+    j = slots[anchor[0]]
+    assert f"T {anchor[0]} = LD(S{j}[e]);" in src  # loaded ...
+    assert not re.search(rf"\bS{j}\[e\]\s*=", src)  # ... never stored
+    assert re.search(rf"const M\* restrict S{j} = \(const M\*\)", src)
+    for k in others:  # every other buffer is still stored
+        assert f"S{slots[k]}[e] = ST({k});" in src
+
+
+def test_generated_triton_source_never_stores_a_read_only_buffer():
+    from descend.kernels import triton_backend as tb
+
+    class Pull(B.Block):  # a block with a read-only buffer and no sums (Triton takes no chain with sums)
+        all_buffers = ("origin",)
+        read_only_buffers = ("origin",)
+
+        def init_buffer(self, name, p, h):
+            return p.detach().clone()
+
+        def apply(self, u, p, s, c):
+            return u + (p - s["origin"])
+
+        def c_code(self, h):
+            return "u = u + (p - s_origin);"
+
+    opt = descend.ChainOptimizer([torch.zeros(3, requires_grad=True)], [Pull(), B.Trace(), B.ScaleByLearningRate()],
+                                 lr=0.1, momentum=0.5)
+    blocks, views, maximize, scal, bufs = codegen.first_step_inputs(opt)
+    assert bufs[:2] == [("origin",), ("momentum_buffer",)]
+    src = tb.kernel_source(blocks, views, torch.float32, maximize, scal, bufs)
+    assert "s0_origin = tl.load(S0 + offs" in src
+    assert "tl.store(S0" not in src
+    assert src.count("tl.store(S1 + offs, s1_momentum_buffer") == 2  # full and partial blocks
+    c_src = codegen.kernel_source(blocks, views, "float", maximize, scal, bufs)
+    assert "S0[e] =" not in c_src and "S1[e] = ST(s1_momentum_buffer);" in c_src
+
+
+# ------------------------------------------------------------------------------ momentum: the estimator after Trace
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_chains_put_the_estimator_after_trace_and_step_by_hand(nesterov):
+    name = "nesterov" if nesterov else "momentum"
+    fixed = descend.create(name, [torch.zeros(2, requires_grad=True)], lr=0.1, momentum=0.9)
+    assert [type(b).__name__ for b in fixed.blocks] == ["ScaleByLearningRate", "Trace"]  # the chapter's ṽ ← γṽ − ηg
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    opt = descend.create(name, [w], lr=descend.auto(average=False), momentum=0.9, fast=False)
+    assert [type(b).__name__ for b in opt.blocks] == ["ZeroNonfinite", "Trace", "ScaleByAutoLearningRate"]
+    # v ← γv + g (v ← g first), θ ← θ − η̂ v (Nesterov: θ ← θ − η̂ (g + γv)), η̂ the estimate at that step.
+    # The estimate by hand, plain floats: u is the direction the estimator receives (v, or g + γv), g the
+    # gradient; G sums ‖g‖² (not ‖u‖²) and the cap is c r̄ ‖g_t‖ / (‖u_t‖ √G): DoG's step for GD
+    alpha, beta, rho, kappa, c = 1e-2, 0.2, 0.7, 0.01, 1.0
+    gen = torch.Generator().manual_seed(0)
+    theta0 = w.detach().clone()
+    v, theta = None, theta0.clone()
+    eta = peak = rbar = G = 0.0
+    binds = []
+    for t in range(12):
+        g = torch.randn(3, generator=gen, dtype=torch.float64)
+        assert opt.param_groups[0]["lr"] == pytest.approx(eta, rel=1e-12, abs=0)
+        w.grad = g.clone()
+        opt.step()
+        v = g.clone() if v is None else 0.9 * v + g
+        u = (g + 0.9 * v) if nesterov else v
+        dx = theta - theta0
+        theta = theta - eta * u
+        torch.testing.assert_close(w.detach(), theta, rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(opt.state[w]["momentum_buffer"], v, rtol=1e-14, atol=1e-15)
+        g2, u2, x2 = float(g @ g), float(u @ u), float(dx @ dx)
+        est = opt.param_groups[0]["lr_estimate"]
+        if t == 0:  # only measures: η̂ = r₀/‖u₁‖, G = ‖g₁‖²
+            r0 = alpha * (1 + float(theta0.norm()))
+            eta, rbar, G = r0 / math.sqrt(u2), r0, g2
+        else:
+            cos = -float(g @ dx) / math.sqrt(g2 * x2) if x2 > 0 else 0.0
+            hyper = max(eta * math.exp(beta * cos * (1.0 if cos > 0 else rho)), kappa * peak)
+            rbar = max(rbar, math.sqrt(x2))
+            G += min(g2, 10 * G / t)
+            cap = c * rbar * math.sqrt(g2 / (u2 * G))
+            assert cap != pytest.approx(c * rbar / math.sqrt(G), rel=1e-3)  # ‖g‖ ≠ ‖u‖: not GD's cap
+            binds.append(cap < hyper)
+            eta = min(hyper, cap)
+            assert est["cos"] == pytest.approx(cos, rel=1e-12, abs=1e-15)
+        peak = max(peak, eta)
+        assert est["G"] == pytest.approx(G, rel=1e-12)
+        assert est["rbar"] == pytest.approx(rbar, rel=1e-12)
+        assert est["eta"] == pytest.approx(eta, rel=1e-12) and est["peak"] == pytest.approx(peak, rel=1e-12)
+        assert est["steps"] == t + 1
+    assert any(binds) and not all(binds)  # the cap bound some steps, the hypergradient others
+    assert eta > 0
+
+
+# ------------------------------------------------------------------------------ robustness
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
 @pytest.mark.parametrize("name", ["adam", "gd", "rmsprop"])
 def test_nonfinite_gradient_is_ignored_and_training_recovers(name, fast):
     ps, opt, _ = _run(name, 5, fast=fast)
     before = copy.deepcopy(opt.param_groups[0]["lr_estimate"])
+    anchors = [opt.state[p]["anchor"].clone() for p in ps]
     gen = torch.Generator().manual_seed(9)
     _grads(ps, gen)
     ps[0].grad[0, 0] = float("nan")
     ps[1].grad[1] = float("inf")
     opt.step()
     est = opt.param_groups[0]["lr_estimate"]
-    assert est["skipped"] == before["skipped"] + 1 and est["eta"] == before["eta"]
-    for p in ps:
-        assert torch.isfinite(p).all()
+    assert est == {**before, "skipped": before["skipped"] + 1}  # only the count changed
+    for p, a in zip(ps, anchors):
+        assert torch.isfinite(p).all() and torch.equal(opt.state[p]["anchor"], a)
         assert all(torch.isfinite(t).all() for t in opt.state[p].values() if isinstance(t, torch.Tensor))
     for _ in range(5):
         _grads(ps, gen)
@@ -135,18 +467,21 @@ def test_nonfinite_gradient_is_ignored_and_training_recovers(name, fast):
     assert all(torch.isfinite(p).all() for p in ps)
 
 
+# ------------------------------------------------------------------------------ resume, the kernel
+
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
 @pytest.mark.parametrize("name", NAMES)
 def test_resume_is_bitwise(name, fast):
     ps, opt, _ = _run(name, 7, fast=fast)
     saved = copy.deepcopy(opt.state_dict())
+    assert all({"anchor", "avg"} <= set(st) for st in saved["state"].values())
     snap = [p.detach().clone() for p in ps]
     gen = torch.Generator().manual_seed(5)
     for _ in range(6):
         _grads(ps, gen)
         opt.step()
     qs = [s.clone().requires_grad_() for s in snap]
-    kw = {"momentum": 0.9} if name in ("momentum", "nesterov") else {}
+    kw = {"momentum": 0.9} if name in MOMENTUM else {}
     opt2 = descend.create(name, qs, lr="auto", fast=fast, **kw)
     buf = io.BytesIO()  # through torch.save, as a checkpoint goes
     torch.save(saved, buf)
@@ -158,31 +493,28 @@ def test_resume_is_bitwise(name, fast):
         opt2.step()
     for p, q in zip(ps, qs):
         assert torch.equal(p, q)
+        assert torch.equal(opt.state[p]["anchor"], opt2.state[q]["anchor"])
+        assert torch.equal(opt.state[p]["avg"], opt2.state[q]["avg"])
     assert opt.param_groups[0]["lr_estimate"] == opt2.param_groups[0]["lr_estimate"]
     assert opt.param_groups[0]["lr"] == opt2.param_groups[0]["lr"]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fast_equals_reference(name, monkeypatch):
-    calls = []
-    real = cpu.run_group
-
-    def spy(*args, **kw):
-        rest = real(*args, **kw)
-        calls.append((len(args[2]), len(rest)))
-        return rest
-
-    monkeypatch.setattr(cpu, "run_group", spy)
-    avg = {"lr": descend.auto(average=True)}
-    a, oa, la = _run(name, 15, fast=True, big=True, opt_kw=None, auto=avg)
-    assert calls and all(r == 0 for _, r in calls)  # the kernel ran every parameter
+    calls = _spy_kernel(monkeypatch)
+    a, oa, la = _run(name, 15, fast=True, big=True)
+    assert calls and all(r == 0 for r in calls)  # the kernel ran every parameter
     assert oa.__dict__.get("_fast_plans")  # ... and later steps ran on its plan
-    b, ob, lb = _run(name, 15, fast=False, big=True, auto=avg)
+    b, ob, lb = _run(name, 15, fast=False, big=True)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
     assert la == pytest.approx(lb, rel=1e-9)
+    ea, eb = oa.param_groups[0]["lr_estimate"], ob.param_groups[0]["lr_estimate"]
+    assert ea.keys() == eb.keys()
+    assert [ea[k] for k in sorted(ea)] == pytest.approx([eb[k] for k in sorted(eb)], rel=1e-9, abs=1e-12)
     for p, q in zip(a, b):
         torch.testing.assert_close(oa.state[p]["avg"], ob.state[q]["avg"], rtol=1e-10, atol=1e-12)
+        assert torch.equal(oa.state[p]["anchor"], ob.state[q]["anchor"])
 
 
 def test_kernel_sums_do_not_depend_on_threads():
@@ -197,6 +529,8 @@ def test_kernel_sums_do_not_depend_on_threads():
     assert oa.param_groups[0]["lr_estimate"] == ob.param_groups[0]["lr_estimate"]
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
+
+# ------------------------------------------------------------------------------ schedules, groups
 
 def test_schedule_multiplies_the_estimate():
     from descend import schedules as S
@@ -215,6 +549,7 @@ def test_schedule_multiplies_the_estimate():
         opt.step()
         for p, o, gr in zip(ps, old, grads):  # GD: θ ← θ − (η̂ s_t) g
             torch.testing.assert_close(p.detach(), o - shown * gr, rtol=1e-12, atol=1e-15)
+    assert 0 < sched(29) < 0.5  # the schedule did shape the steps
 
 
 def test_lr_scale_per_group_and_the_estimate_per_group():
@@ -226,7 +561,10 @@ def test_lr_scale_per_group_and_the_estimate_per_group():
         opt.step()
     g0, g1 = opt.param_groups
     assert g1["lr"] == pytest.approx(0.5 * g1["lr_estimate"]["eta"])
+    assert g0["lr"] == pytest.approx(g0["lr_estimate"]["eta"])
     assert g0["lr_estimate"] != g1["lr_estimate"]  # one estimate per group
+    # the first group's r₀ is α(1 + ‖a₀‖), its own parameter's norm: r̄ ≥ that
+    assert g0["lr_estimate"]["rbar"] >= 1e-2 * (1 + float(opt.state[a]["anchor"].norm())) * (1 - 1e-12)
 
 
 def test_torch_scheduler_writing_lr_warns_and_the_estimate_is_used():
@@ -242,67 +580,115 @@ def test_torch_scheduler_writing_lr_warns_and_the_estimate_is_used():
     assert opt.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr_estimate"]["eta"])
 
 
+# ------------------------------------------------------------------------------ known minima
+
 def test_quadratic_and_rosenbrock_reached_without_tuning():
     torch.manual_seed(0)
     q = torch.randn(10, 10, dtype=torch.float64)
     a = q @ q.T / 10 + 0.1 * torch.eye(10, dtype=torch.float64)
     b = torch.randn(10, dtype=torch.float64)
     star = torch.linalg.solve(a, b)
-    for name in ("gd", "adam", "momentum"):
+    # the last iterate reaches the minimum; the average (γ = 1: weights ∝ t) keeps the share ~(k/T)² of
+    # the first k steps, so on these deterministic problems it lags (measured: gd 6e-3, adam 1.4e-2,
+    # momentum 8e-2 from θ*, |θ*|∞ = 8.9). Momentum's estimate settles near its floor here: it takes longer
+    for name, steps, lag in (("gd", 2000, 2e-2), ("adam", 2000, 5e-2), ("momentum", 4000, 0.2)):
         w = torch.zeros(10, dtype=torch.float64, requires_grad=True)
         kw = {"momentum": 0.9} if name == "momentum" else {}
-        opt = descend.create(name, [w], lr=descend.auto(average=True), **kw)
-        for _ in range(2000):
+        opt = descend.create(name, [w], lr="auto", **kw)
+        for _ in range(steps):
             opt.zero_grad()
             (0.5 * w @ a @ w - b @ w).backward()
             opt.step()
-        with opt.averaged():  # the average of the last iterates: Adam's constant-size steps average out
-            assert (w.detach() - star).abs().max() < 1e-3, name
+        assert (w.detach() - star).abs().max() < 1e-3, name
+        with opt.averaged():
+            assert (w.detach() - star).abs().max() < lag, name
+    last, avg = _rosenbrock("momentum", 4000)  # measured: 6e-6 (last), 0.10 (average)
+    assert (last - 1).abs().max() < 1e-3 and (avg - 1).abs().max() < 0.3
+    last, avg = _rosenbrock("adam", 4000)  # measured: 7e-7 (last), 0.12 (average)
+    assert (last - 1).abs().max() < 1e-3 and (avg - 1).abs().max() < 0.3
+
+
+@functools.lru_cache(maxsize=None)
+def _rosenbrock(name, steps):
+    """The last iterate and the average (opt.averaged()) after ``steps`` from (−1.5, 2)."""
     xy = torch.tensor([-1.5, 2.0], dtype=torch.float64, requires_grad=True)
-    opt = descend.Adam([xy], lr=descend.auto(average=True))
-    for _ in range(4000):
+    opt = descend.create(name, [xy], lr="auto", **({"momentum": 0.9} if name in MOMENTUM else {}))
+    for _ in range(steps):
         opt.zero_grad()
         ((1 - xy[0]) ** 2 + 100 * (xy[1] - xy[0] ** 2) ** 2).backward()
         opt.step()
+    last = xy.detach().clone()
     with opt.averaged():
-        assert (xy.detach() - 1).abs().max() < 1e-2
+        return last, xy.detach().clone()
 
+
+@pytest.mark.xfail(strict=True, reason="the average (γ = 1, weights ∝ t) lags on Rosenbrock's long valley: "
+                   "0.12 from (1, 1) after 4000 steps, 0.03 after 8000, 0.02 after 10000, while Adam's last "
+                   "iterate is 7e-7 away after 4000 (checked in test_quadratic_and_rosenbrock_reached_...)")
+def test_adam_reaches_rosenbrock_without_tuning():
+    assert (_rosenbrock("adam", 4000)[1] - 1).abs().max() < 1e-2  # the averaged point, as evaluated
+
+
+# ------------------------------------------------------------------------------ averaging (on by default)
 
 def test_averaged_swaps_in_the_average_and_back_bitwise():
-    ps, opt, _ = _run("adam", 12, dtype=torch.float32, auto={"lr": descend.auto(average=True)})
+    ps, opt, _ = _run("adam", 12, dtype=torch.float32)  # lr="auto": averaging on by default
     own = [p.detach().clone() for p in ps]
     with opt.averaged():
-        for p in ps:
+        for p, o in zip(ps, own):
             assert torch.equal(p, opt.state[p]["avg"])
-            assert not torch.equal(p, own[0]) or p.shape != own[0].shape
+            assert not torch.equal(p, o)
     for p, o in zip(ps, own):
         assert torch.equal(p, o)
     sd = opt.state_dict()
     assert all("avg" in st for st in sd["state"].values())
-    # the average by hand: θ̄ = θ₁, then θ̄ += w_t (θ_{t+1} − θ̄), w_t = 9/(t + 8)
+    # the average by hand: θ̄ = θ after step 1, then θ̄ += w_t (θ_{t+1} − θ̄), w_t = (1 + γ)/(t + γ)
+    # with lr="auto"'s γ = 1: w_t = 2/(t + 1), weights ∝ t (the linearly weighted average)
     w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    opt = descend.GD([w], lr=descend.auto(average=True), fast=False)
+    opt = descend.GD([w], lr="auto", fast=False)
+    assert opt.param_groups[0]["avg_gamma"] == 1.0
     avg = None
     for t in range(1, 6):
         w.grad = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) * t
         opt.step()
-        avg = w.detach().clone() if avg is None else avg + (w.detach() - avg) * (9 / (t + 8))
+        avg = w.detach().clone() if avg is None else avg + (w.detach() - avg) * (2 / (t + 1))
+    assert not torch.equal(avg, w.detach())
     torch.testing.assert_close(opt.state[w]["avg"], avg, rtol=1e-15, atol=1e-15)
 
 
-def test_averaged_needs_averaging():
+def test_averaging_is_on_by_default_and_average_false_removes_it():
     ps = _params()
-    for opt in (descend.Adam(ps, lr=1e-3), descend.Adam(ps, lr="auto")):
+    on = descend.Adam(ps, lr="auto")
+    assert type(on.blocks[-1]) is B.AverageIterates
+    assert [type(b) for b in descend.Adam(ps, lr=descend.auto()).blocks] == [type(b) for b in on.blocks]
+    off = descend.Adam(ps, lr=descend.auto(average=False))
+    assert not any(isinstance(b, B.AverageIterates) for b in off.blocks)
+    assert [type(b) for b in off.blocks] == [type(b) for b in on.blocks][:-1]
+    assert "avg_gamma" in on.param_groups[0] and "avg_gamma" not in off.param_groups[0]
+    assert on.param_groups[0]["avg_gamma"] == 1.0  # the default: descend.auto(avg_gamma=1.0)
+    assert descend.Adam(ps, lr=descend.auto(avg_gamma=8.0)).param_groups[0]["avg_gamma"] == 8.0
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        _grads(ps, gen)
+        on.step()
+    with on.averaged():
+        pass
+    for opt in (descend.Adam(ps, lr=1e-3), off):
         with pytest.raises(RuntimeError, match="average"):
             with opt.averaged():
                 pass
+    assert "avg" in on.state[ps[0]]
 
+
+# ------------------------------------------------------------------------------ the contract
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_optimizer_takes_auto(name):
     ps, opt, lrs = _run(name, 8)
     assert all(torch.isfinite(p).all() for p in ps)
     assert lrs[0] > 0 and opt.param_groups[0]["lr_estimate"]["steps"] == 8
+    assert isinstance(opt.blocks[0], B.ZeroNonfinite) and isinstance(opt.blocks[-1], B.AverageIterates)
+    assert sum(isinstance(b, B.ScaleByAutoLearningRate) for b in opt.blocks) == 1
     # drop-in: a closure's loss comes back, zero_grad clears
     loss = opt.step(lambda: torch.tensor(1.5))
     assert float(loss) == 1.5
@@ -310,12 +696,17 @@ def test_every_optimizer_takes_auto(name):
     assert all(p.grad is None for p in ps)
 
 
-def test_custom_chain_gets_auto():
+@pytest.mark.parametrize("blocks,want", [
+    ([B.ScaleByRms(), B.Trace(), B.ScaleByLearningRate()], ["ScaleByRms", "Trace", "ScaleByAutoLearningRate"]),
+    # a Trace after the learning rate: the estimator moves after it (and before what follows the Trace)
+    ([B.ScaleByRms(), B.ScaleByLearningRate(), B.Trace()], ["ScaleByRms", "Trace", "ScaleByAutoLearningRate"]),
+    ([B.ScaleByLearningRate(), B.Trace(), B.AddDecayedWeights()],
+     ["Trace", "ScaleByAutoLearningRate", "AddDecayedWeights"]),
+], ids=["trace-first", "trace-after", "trace-then-decay"])
+def test_custom_chain_gets_auto(blocks, want):
     ps = _params()
-    opt = descend.ChainOptimizer(ps, [B.ScaleByRms(), B.Trace(), B.ScaleByLearningRate()],
-                                 lr=descend.auto(average=True), momentum=0.5)
-    assert [type(b).__name__ for b in opt.blocks] == ["ZeroNonfinite", "ScaleByRms", "Trace",
-                                                      "ScaleByAutoLearningRate", "AverageIterates"]
+    opt = descend.ChainOptimizer(ps, blocks, lr="auto", momentum=0.5)
+    assert [type(b).__name__ for b in opt.blocks] == ["ZeroNonfinite", *want, "AverageIterates"]
     gen = torch.Generator().manual_seed(0)
     for _ in range(4):
         _grads(ps, gen)
@@ -329,6 +720,11 @@ def test_custom_chain_gets_auto():
     (lambda ps: descend.Adam(ps, lr=descend.auto(adapt=2.0)), r"invalid lr_adapt=2.0"),
     (lambda ps: descend.Adam(ps, lr=descend.auto(down=0.0)), r"invalid lr_down=0.0"),
     (lambda ps: descend.Adam(ps, lr=descend.auto(init=-1.0)), r"invalid lr_init=-1.0"),
+    (lambda ps: descend.Adam(ps, lr=descend.auto(cap=0)), r"invalid lr_cap=0\b"),
+    (lambda ps: descend.Adam(ps, lr=descend.auto(cap=-1)), r"invalid lr_cap=-1\b"),
+    (lambda ps: descend.Adam(ps, lr=descend.auto(cap=math.inf)), r"invalid lr_cap=inf"),
+    (lambda ps: descend.Adam(ps, lr=descend.auto(cap=math.nan)), r"invalid lr_cap=nan"),
+    (lambda ps: descend.Adam([{"params": ps, "lr_cap": 0.0}], lr="auto"), r"invalid lr_cap=0.0"),
     (lambda ps: descend.Adam([{"params": ps, "lr": 0.1}], lr="auto"), r"invalid lr=0.1 in a parameter group"),
     (lambda ps: descend.ChainOptimizer(ps, [B.ScaleByAdam()], lr="auto"), r"no ScaleByLearningRate"),
     (lambda ps: descend.Adam(ps, lr=descend.auto(average="yes")), r"invalid average='yes'"),
@@ -341,9 +737,17 @@ def test_bad_settings_are_value_errors(make, match):
     assert all(torch.equal(p, b) for p, b in zip(ps, before))
 
 
+def test_doubling_is_gone():
+    with pytest.raises(TypeError, match="doubling"):
+        descend.auto(doubling=0.5)
+    ps = _params()
+    opt = descend.Adam(ps, lr="auto")
+    assert "lr_doubling" not in opt.param_groups[0]
+    assert "doubling" not in opt.param_groups[0]["lr_estimate"]
+
+
 def test_readme_auto_section_runs():
     """The python block of the README's lr="auto" section runs as written."""
-    import re
     from pathlib import Path
 
     text = (Path(__file__).parent.parent / "README.md").read_text()
@@ -352,3 +756,21 @@ def test_readme_auto_section_runs():
     assert blocks
     for code in blocks:
         exec(compile(code, "README.md", "exec"), {})
+
+
+def test_the_brake_follows_the_recent_gradient_scale_not_the_whole_run():
+    # gradients that grow 10% a step for 60 steps (‖g‖² ×1.21: the recent mean keeps up, ratio ≈ 3 < 4)
+    # never brake; the mean over the whole run falls far behind (ratio ≫ 4) and must not be the measure.
+    # A sudden ×3 (‖g‖² ×9) then brakes at once.
+    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = descend.GD([w], lr=descend.auto(average=False), fast=False)
+    direction = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    for t in range(60):
+        w.grad = direction * 1.1 ** t
+        opt.step()
+        assert opt.param_groups[0]["lr_estimate"]["damp"] == 1.0, t
+    est = opt.param_groups[0]["lr_estimate"]
+    assert float((direction * 1.1 ** 59).pow(2).sum()) > 4 * est["G"] / est["steps"]  # the whole run's mean would brake
+    w.grad = direction * 1.1 ** 60 * 3
+    opt.step()
+    assert opt.param_groups[0]["lr_estimate"]["damp"] == 0.5

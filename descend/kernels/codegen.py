@@ -122,8 +122,11 @@ def kernel_source(blocks, views, ctype: str, maximize: bool, scalar_names, buffe
     grad = "            const T g = u;" if any(getattr(b, "reads_grad", False) for b in blocks) else ""
     bufs = [(i, name) for i, names in enumerate(buffer_names) for name in names]
     load = [f"            T s{i}_{name} = LD(S{j}[e]);" for j, (i, name) in enumerate(bufs)]
-    store = [f"            S{j}[e] = ST(s{i}_{name});" for j, (i, name) in enumerate(bufs)]
-    ptrs = [f"        M* restrict S{j} = (M*)ptrs[{2 + j} * n + tt];" for j in range(len(bufs))]
+    # a buffer a block only reads (lr="auto"'s anchor) is loaded and never stored: one stream, not two
+    ro = [name in getattr(blocks[i], "read_only_buffers", ()) for i, name in bufs]
+    store = [f"            S{j}[e] = ST(s{i}_{name});" for j, (i, name) in enumerate(bufs) if not ro[j]]
+    ptrs = [f"        {'const ' if ro[j] else ''}M* restrict S{j} = ({'const ' if ro[j] else ''}M*)ptrs[{2 + j} * n + tt];"
+            for j in range(len(bufs))]
     body = []
     for i, (b, h) in enumerate(zip(blocks, views)):
         code = b.c_code(h)

@@ -166,7 +166,8 @@ def kernel_source(blocks, views, dtype: torch.dtype, maximize: bool, scalar_name
         out += [f"s{i}_{name} = {_load(f'S{j} + offs', dtype, mask)}" for j, (i, name) in enumerate(bufs)]
         out += body
         out.append(_store("P + offs", "p + u", dtype, mask))
-        out += [_store(f"S{j} + offs", f"s{i}_{name}", dtype, mask) for j, (i, name) in enumerate(bufs)]
+        out += [_store(f"S{j} + offs", f"s{i}_{name}", dtype, mask) for j, (i, name) in enumerate(bufs)
+                if name not in getattr(blocks[i], "read_only_buffers", ())]  # a read-only buffer is never stored
         return out
 
     ptrs = [f"    P = tl.load(row).to(tl.pointer_type({elem}))",

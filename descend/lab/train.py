@@ -313,6 +313,45 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str) -> t
     return loss, 1.0 - float(((y - pred) ** 2).sum()) / sst if sst > 0 else math.nan
 
 
+def _keeps_average(opt) -> bool:
+    """May ``opt`` evaluate other weights than its iterate (descend's chain with an AverageIterates
+    block; any other optimizer: perhaps, via ``averaged()`` or ``eval()``)?"""
+    blocks = getattr(opt, "blocks", None)
+    if blocks is None:
+        return True
+    return any(type(b).__name__ == "AverageIterates" for b in blocks)
+
+
+class evaluated_weights:
+    """Evaluate with the weights the optimizer means to be evaluated: the averaged iterate where the
+    optimizer keeps one (``with opt.averaged():``; descend's raises RuntimeError when its chain keeps
+    none, and then the weights are evaluated as they are), schedule-free's ``opt.eval()`` / ``opt.train()``."""
+
+    def __init__(self, opt):
+        self.opt, self.ctx = opt, None
+
+    def __enter__(self):
+        if callable(getattr(self.opt, "averaged", None)):
+            ctx = self.opt.averaged()
+            try:
+                ctx.__enter__()
+                self.ctx = ctx
+            except RuntimeError:
+                pass
+        elif callable(getattr(self.opt, "eval", None)) and callable(getattr(self.opt, "train", None)):
+            self.opt.eval()
+
+    def __exit__(self, *exc):
+        if self.ctx is not None:
+            return self.ctx.__exit__(*exc)
+        if callable(getattr(self.opt, "averaged", None)):
+            return False
+        if callable(getattr(self.opt, "eval", None)) and callable(getattr(self.opt, "train", None)):
+            self.opt.train()
+        return False
+
+
+
 @dataclass
 class Run:
     """One (optimizer, seed) run: its rows (one per epoch, epoch 0 = before training) and how it ended."""
@@ -351,15 +390,19 @@ def train_run(data: Data, optimizer: str, hyperparameters: Mapping[str, Any], *,
     run = Run(optimizer, seed, dict(hyperparameters))
 
     def record(epoch: int, seconds: float, lr: float) -> float:
-        tl, _ = evaluate(model, xt, yt, data.kind)
-        vl, vm = evaluate(model, xv, yv, data.kind)
+        """One row; returns the training loss of the weights as they are (the divergence check's)."""
+        tl = own = evaluate(model, xt, yt, data.kind)[0]
+        with evaluated_weights(opt):  # the averaged iterate where the optimizer keeps one (lr="auto")
+            if _keeps_average(opt):
+                tl, _ = evaluate(model, xt, yt, data.kind)
+            vl, vm = evaluate(model, xv, yv, data.kind)
         if plateau and epoch > 0 and math.isfinite(vl):
             from descend.schedules import observe
 
             observe(opt, vl)  # reduce_on_plateau: the validation loss after each epoch
         run.rows.append(dict(optimizer=optimizer, seed=seed, epoch=epoch, train_loss=tl, val_loss=vl,
                              val_metric=vm, lr=lr, seconds=seconds))
-        return tl
+        return own
 
     initial = record(0, 0.0, float(opt.param_groups[0]["lr"]))
     limit = divergence_factor * max(initial, 1e-12)
@@ -382,10 +425,10 @@ def train_run(data: Data, optimizer: str, hyperparameters: Mapping[str, Any], *,
             loss.backward()
             opt.step()
         seconds += time.perf_counter() - t0
-        record(epoch, seconds, lr)
+        own_loss = record(epoch, seconds, lr)
         if on_epoch is not None:
             on_epoch()
-        if bad or not math.isfinite(run.rows[-1]["train_loss"]) or run.rows[-1]["train_loss"] > limit:
+        if bad or not math.isfinite(own_loss) or own_loss > limit:
             run.diverged_epoch = epoch
             break
     return run

@@ -331,35 +331,6 @@ class TrialResult:
         return -math.inf if self.diverged_epoch is not None or not math.isfinite(self.metrics[-1]) else self.metrics[-1]
 
 
-class _evaluation:
-    """Evaluate with the weights the optimizer means to be evaluated: the averaged iterate where the
-    optimizer keeps one (``with opt.averaged():``; descend's raises RuntimeError when its chain keeps
-    none, and then the weights are evaluated as they are), schedule-free's ``opt.eval()`` / ``opt.train()``."""
-
-    def __init__(self, opt):
-        self.opt, self.ctx = opt, None
-
-    def __enter__(self):
-        if callable(getattr(self.opt, "averaged", None)):
-            ctx = self.opt.averaged()
-            try:
-                ctx.__enter__()
-                self.ctx = ctx
-            except RuntimeError:
-                pass
-        elif callable(getattr(self.opt, "eval", None)) and callable(getattr(self.opt, "train", None)):
-            self.opt.eval()
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            return self.ctx.__exit__(*exc)
-        if callable(getattr(self.opt, "averaged", None)):
-            return False
-        if callable(getattr(self.opt, "eval", None)) and callable(getattr(self.opt, "train", None)):
-            self.opt.train()
-        return False
-
-
 def _make_optimizer(trial: Trial, params, problem: Problem):
     hp = trial.hp
     if trial.schedule and isinstance(hp.get("lr"), (int, float)):
@@ -380,7 +351,7 @@ def run_trial(problem: Problem, trial: Trial, checkpoint: bytes | None = None, k
         order = torch.Generator().manual_seed(trial.seed)
         initial, _ = problem.evaluate(model, "train")
         limit = problem.divergence_factor * max(initial, 1e-12)
-        with _evaluation(opt):
+        with T.evaluated_weights(opt):
             metrics = [problem.evaluate(model)[1]]
         start, seconds = 0, 0.0
     else:
@@ -410,7 +381,7 @@ def run_trial(problem: Problem, trial: Trial, checkpoint: bytes | None = None, k
             loss.backward()
             opt.step()
         seconds += time.perf_counter() - t0
-        with _evaluation(opt):
+        with T.evaluated_weights(opt):
             metrics.append(problem.evaluate(model)[1])
         if bad:
             diverged = epoch
