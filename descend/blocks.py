@@ -581,20 +581,19 @@ class ScaleByAutoLearningRate(Block):
         return {"neg_lr": -lr}
 
     def apply(self, u, p, s, c):
-        # in float64; a non-finite g or u makes its sums non-finite, and ``finish`` then skips the step
-        g, pd, d = c.g.double(), p.double(), u.double()
-        dx = pd - s["anchor"].double()
+        # the kernel adds blocks of 1024 in T, then in float64 (a float32 sum may differ in its last
+        # ~5 digits); a non-finite g or u makes its sums non-finite, and ``finish`` then skips the step
+        g, dx = c.g, p - s["anchor"]  # products in the parameter's dtype, as the kernel; sums in float64
         a = c.acc
-        a["gx"] += float((g * dx).sum())
-        a["g2"] += float((g * g).sum())
-        a["x2"] += float((dx * dx).sum())
-        a["u2"] += float((d * d).sum())
-        a["p2"] += float((pd * pd).sum())
+        for name, x, y in (("gx", g, dx), ("g2", g, g), ("x2", dx, dx), ("u2", u, u), ("p2", p, p)):
+            a[name] += float(torch.sum(x * y, dtype=torch.float64))
         return torch.where(torch.isfinite(u), u * c.neg_lr, torch.zeros((), dtype=u.dtype))
 
     def c_code(self, h):
-        return ("{ double gg = (double)g, dd = (double)u, pp = (double)p, dx = pp - (double)s_anchor;\n"
-                "  r_gx += gg * dx; r_g2 += gg * gg; r_x2 += dx * dx; r_u2 += dd * dd; r_p2 += pp * pp; }\n"
+        # in T: float32 products for float32 parameters (8 to a vector), float64 for float64
+        return ("{ const T dx = p - s_anchor;\n"
+                "  r_gx = FMA(g, dx, r_gx); r_g2 = FMA(g, g, r_g2); r_x2 = FMA(dx, dx, r_x2); r_u2 = FMA(u, u, r_u2);\n"
+                "  r_p2 = FMA(p, p, r_p2); }\n"
                 "u = isfinite(u) ? c_neg_lr * u : (T)0;")
 
     def finish(self, h, group, acc):
