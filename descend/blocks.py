@@ -678,8 +678,9 @@ class Auto:
         down: ρ in (0, 1], the estimate falls at the rate ρβ and rises at β (default 0.7).
         cap: c > 0, the step stays ≤ c × DoG's step for gradient descent (default 1).
         average: keep a polynomial-decay average of the iterates for ``opt.averaged()`` (one more
-            state tensor per parameter). On by default: with this estimator, dropping it cost 5 to
-            13 points on diabetes and up to 4 on MNIST-1D (2 seeds, scripts/tuning_table.py's tasks).
+            state tensor per parameter). On by default: while this estimator was designed, dropping
+            it cost 1 to 11 points on diabetes by rule and up to 4 on MNIST-1D (2 seeds, the tasks
+            of scripts/tuning_table.py).
         avg_gamma: γ of that average (default 1: weights ∝ t, the linearly weighted average;
             γ = 8 kept 1–4 points less on diabetes and ~0.5 less on MNIST-1D).
 
