@@ -251,15 +251,22 @@ def test_estimate_invariants(name):
         torch.testing.assert_close((thetas[-2] - thetas[-1]) / lrs[-2], _flat(rec[-1][1]), rtol=1e-9, atol=1e-12)
 
 
-def test_estimate_comes_down_when_steps_overshoot():
-    # a steep quadratic: from a first step far too long the gradient flips sign, and η̂ falls
+def _steep_quadratic(steps, before_step=lambda w, opt: None):
+    """GD with lr="auto" on 50w² from w = 1, its first step 3× too long (2/h = 0.02); yields after each step."""
     w = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
     opt = descend.GD([w], lr=descend.auto(init=3.0, floor=1e-6, average=False), fast=False)
-    lrs = []
-    for _ in range(30):
+    for _ in range(steps):
         opt.zero_grad()
         (50 * w ** 2).sum().backward()
+        ctx = before_step(w, opt)
         opt.step()
+        yield w, opt, ctx
+
+
+def test_estimate_comes_down_when_steps_overshoot():
+    # a steep quadratic: from a first step far too long the gradient flips sign, and η̂ falls
+    lrs = []
+    for w, opt, _ in _steep_quadratic(30):
         lrs.append(opt.param_groups[0]["lr"])
     assert lrs[-1] < lrs[0] / 3  # from 3× the stable step 2/h = 0.02 to below it
     assert all(lr < 0.02 for lr in lrs[-10:])  # and it stays there: θ contracts every step
@@ -269,15 +276,9 @@ def test_estimate_comes_down_when_steps_overshoot():
 def test_a_growing_gradient_halves_the_rate_in_use_at_once():
     # the same quadratic: the overshoot makes |g| grow 16× in one step (> 4× the recent mean of ‖g‖²);
     # the brake halves the rate in use at once, and the damping wears off by ×1.1 per calm step
-    w = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
-    opt = descend.GD([w], lr=descend.auto(init=3.0, floor=1e-6, average=False), fast=False)
     seen = []
-    for _ in range(40):
-        opt.zero_grad()
-        (50 * w ** 2).sum().backward()
-        g2 = float(w.grad.double() ** 2)
-        before = dict(opt.param_groups[0]["lr_estimate"])
-        opt.step()
+    for w, opt, (g2, before) in _steep_quadratic(
+            40, lambda w, opt: (float(w.grad.double() ** 2), dict(opt.param_groups[0]["lr_estimate"]))):
         est = opt.param_groups[0]["lr_estimate"]
         if before["steps"] >= 1:  # (the first step only measures)
             recent = before["E"]  # the recent mean of ‖g‖²: E ← E + 0.1(min(g², 10E) − E)
