@@ -263,7 +263,9 @@ class ChainOptimizer(torch.optim.Optimizer):
             (parameters, state and the step counter stay as they were) and
             ``group["skipped_steps"]`` counts it. If False (the default, as torch.optim),
             non-finite gradients flow into the state and the parameters.
-        fast: use the fused kernel of :mod:`descend.kernels` where possible (default True).
+        fast: use the fused kernel of :mod:`descend.kernels` where possible (default True). A
+            parameter group may say ``"fast": False`` for itself (as ZeroRedundancyOptimizer,
+            which copies every keyword into the groups, does with ``fast=False``).
         **hyperparameters: values for the blocks' hyperparameters; the blocks' defaults fill the rest.
             Any of them may be a schedule ``f(step) -> value`` (or a tuple holding one).
 
@@ -351,8 +353,10 @@ class ChainOptimizer(torch.optim.Optimizer):
             if not (isinstance(given, str) and given == "auto"):
                 raise ValueError(f"{self._name()}: invalid lr={given!r} in a parameter group of an lr='auto' "
                                  "optimizer; every group's rate is estimated (scale one with lr_scale)")
+        if "fast" in group and not isinstance(group["fast"], bool):
+            raise ValueError(f"{self._name()}: invalid fast={group['fast']!r} in a parameter group; expected True or False")
         unknown = set(group) - set(self._known) - {k for b in self.blocks for k in b.group_state} - {
-            "params", "maximize", "skip_nonfinite", "name",
+            "params", "maximize", "skip_nonfinite", "name", "fast",
                                                    "param_names", "initial_lr", "schedules",
                                                    "step", "skipped_steps",
                                                    "differentiable"}  # torch's __setstate__ adds it
@@ -559,7 +563,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             self._check_lr_shown(group)
         plans = self.__dict__.setdefault("_fast_plans", {})  # not pickled: it holds raw pointers
         # the planned step runs no torch op (only the kernel), so it needs no torch.no_grad()
-        if self.fast and kernels.run_planned(self.blocks, group, plans.get(id(group)), self.state,
+        if self.fast and group.get("fast", True) and kernels.run_planned(self.blocks, group, plans.get(id(group)), self.state,
                                                    **({} if acc is None else {"acc": acc})):
             self._finish_group(group, acc)
             return
@@ -608,7 +612,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             if key not in cache:
                 cache[key] = [b.scalars(h, st, frozenset(new)) for b, h in zip(self.blocks, views)]
             work.append((p, st, key))
-        if self.fast and not sparse:  # returns what it can't run, and may store a plan for next time
+        if self.fast and group.get("fast", True) and not sparse:  # returns what it can't run, and may store a plan
             work = kernels.run_group(self.blocks, views, work, cache, maximize, plans, id(group), group,
                                      **({} if acc is None else {"acc": acc}))
         for p, st, key in work:

@@ -398,3 +398,63 @@ for p, q in zip(ps, qs):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("python (building or loading the plan check failed")
+
+
+def test_a_group_can_turn_the_kernel_off_for_itself(monkeypatch):
+    # {"fast": False} in one group: that group takes the reference, the other the kernel; both
+    # match an all-reference run; a non-bool is a ValueError that changes nothing
+    ran = []
+    real = fast.run_group
+
+    def spy(blocks, views, work, *args):
+        ran.append({id(p) for p, _, _ in work})
+        return real(blocks, views, work, *args)
+
+    monkeypatch.setattr(fast, "run_group", spy)
+
+    def run(group_fast):
+        torch.manual_seed(0)
+        a, b = torch.randn(3000, requires_grad=True), torch.randn(2000, requires_grad=True)
+        opt = descend.Adam([{"params": [a]}, {"params": [b], "fast": group_fast}], lr=1e-2)
+        for _ in range(3):
+            a.grad, b.grad = torch.cos(a.detach()), torch.sin(b.detach())
+            opt.step()
+        return opt, a, b
+
+    ran.clear()
+    opt, a, b = run(False)
+    assert ran and all(ids == {id(a)} for ids in ran)  # the kernel saw only the first group's tensor
+    ref, ra, rb = run(True)
+    for x, y in ((a, ra), (b, rb)):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"invalid fast='no'"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "fast": "no"})
+    assert len(opt.param_groups) == 2
+
+
+ZERO_SCRIPT = r"""
+import os, torch, torch.distributed as dist, descend
+from torch.distributed.optim import ZeroRedundancyOptimizer as ZeRO
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"])
+dist.init_process_group("gloo", rank=0, world_size=1)
+torch.manual_seed(0)
+m = torch.nn.Linear(4, 2)
+opt = ZeRO(m.parameters(), optimizer_class=descend.Adam, lr=1e-3, fast=False)
+m(torch.randn(3, 4)).sum().backward()
+opt.step()
+assert opt.optim.fast is False and all(g["fast"] is False for g in opt.optim.param_groups)
+dist.destroy_process_group()
+print("ok")
+"""
+
+
+def test_zero_redundancy_optimizer_takes_fast_false():
+    # ZeroRedundancyOptimizer copies every keyword into the parameter groups: fast=False was a TypeError
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = subprocess.run([sys.executable, "-c", ZERO_SCRIPT], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PORT": str(port)})
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
