@@ -207,6 +207,24 @@ def test_a_model_too_large_for_memory_names_hidden(cmd, out, no_training, tmp_pa
     one_error(_invoke(*cmd, "--hidden", "100000000", "--out", str(tmp_path / out)), "--hidden", "memory")
 
 
+@pytest.mark.parametrize("cmd, out", [(["compare", *TINY[:-3]], "o"), (["lr-find", "--subsample", "200"], "o.png")])
+def test_a_cnn_too_large_for_memory_names_hidden(cmd, out, no_training, tmp_path):
+    # one conv layer of 10⁶ channels on digits' 64 pixels: ~40 GB of activations, which the MLP estimate
+    # (a 64 → 10⁶ → 10 MLP, ~2.5 GB) let through to training
+    res = _invoke(*cmd, "--model", "cnn1d", "--hidden", "1000000", "--out", str(tmp_path / out))
+    one_error(res, "--hidden", "memory", "1-D CNN")
+
+
+def test_the_cnn_memory_estimate_counts_each_layers_channels_times_length():
+    from descend.lab.train import model_bytes
+
+    # (40 samples → 20 → 10 → 5) × channels (16, 16, 16): params (1·5+1)·16 + (16·5+1)·16·2 + (16·5+1)·10
+    params = 6 * 16 + 81 * 16 * 2 + 81 * 10
+    units = 40 + 16 * 20 + 16 * 10 + 16 * 5 + 10
+    assert model_bytes(40, 10, (16, 16, 16), 4000, 32, "cnn1d") == 4 * (4 * params + 4000 * units * 2)
+    assert model_bytes(40, 10, (16, 16, 16), 4000, 32, "cnn1d") > model_bytes(40, 10, (16, 16, 16), 4000, 32)
+
+
 def test_a_memory_error_anywhere_is_one_line_naming_what_to_change(monkeypatch, tmp_path):
     def oom(*a, **k):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "

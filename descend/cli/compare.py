@@ -70,7 +70,7 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, feat
     check_out_dir(out_dir)  # before any training: a bad --out must cost nothing
     data = load_data(task, data_file, target, kind, val_fraction, subsample, features, drop)
     try:
-        train.check_memory(data, widths, batch_size)
+        train.check_memory(data, widths, batch_size, model)
     except ValueError as e:
         raise click.BadParameter(str(e).replace("hidden widths", "--hidden widths"), param_hint="--hidden") from None
     click.echo(f"{data.describe()}; {len(names)} optimizer(s) × {seeds} seed(s) × {epochs} epoch(s)", err=True)

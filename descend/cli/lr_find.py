@@ -63,7 +63,7 @@ def lr_find_command(task, data_file, target, kind, val_fraction, subsample, feat
         raise click.ClickException(str(e)) from None
     data = load_data(task, data_file, target, kind, val_fraction, subsample, features, drop)
     try:
-        train.check_memory(data, widths, batch_size)
+        train.check_memory(data, widths, batch_size, model)
     except ValueError as e:
         raise click.BadParameter(str(e).replace("hidden widths", "--hidden widths"), param_hint="--hidden") from None
     net = train.make_model(data.n_features, data.n_outputs, widths, seed, model)

@@ -560,7 +560,7 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
         if schedule:
             make_schedule(schedule, float(hp["lr"]), epochs * math.ceil(len(data.x_train) / batch_size))  # fail now
         hps[name] = hp
-    check_memory(data, hidden, batch_size)
+    check_memory(data, hidden, batch_size, model)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -640,13 +640,24 @@ def check_goal(goal: float, kind: str) -> None:
         raise ValueError(f"invalid goal={goal!r}; expected {expected}")
 
 
-def model_bytes(n_in: int, n_out: int, hidden: Sequence[int], rows: int, batch_size: int) -> int:
-    """A rough upper estimate of the memory one comparison run needs, in bytes (float32): the MLP's
+def model_bytes(n_in: int, n_out: int, hidden: Sequence[int], rows: int, batch_size: int, model: str = "mlp") -> int:
+    """A rough upper estimate of the memory one comparison run needs, in bytes (float32): the model's
     parameters four times over (weights, gradients, two optimizer states) and the activations of the
-    largest forward pass (the evaluation on all ``rows`` training rows at once)."""
-    widths = [n_in, *hidden, n_out]
-    params = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
-    activations = max(rows, batch_size) * sum(widths) * 2
+    largest forward pass (the evaluation on all ``rows`` training rows at once). For ``"cnn1d"`` the
+    activations are each conv layer's channels × its length (kernel 5, stride 2, as make_model)."""
+    if model == "cnn1d":
+        channels, length, params, units = [1, *hidden], n_in, 0, n_in
+        for a, b in zip(channels[:-1], channels[1:]):
+            length = (length - 1) // 2 + 1
+            params += (a * 5 + 1) * b
+            units += b * length
+        params += (channels[-1] * length + 1) * n_out
+        units += n_out
+    else:
+        widths = [n_in, *hidden, n_out]
+        params = sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
+        units = sum(widths)
+    activations = max(rows, batch_size) * units * 2
     return 4 * (4 * params + activations)
 
 
@@ -667,11 +678,12 @@ def available_memory() -> int | None:
         return None
 
 
-def check_memory(data: Data, hidden: Sequence[int], batch_size: int) -> None:
+def check_memory(data: Data, hidden: Sequence[int], batch_size: int, model: str = "mlp") -> None:
     """ValueError naming ``hidden`` if one run's estimated memory (:func:`model_bytes`) exceeds what is available."""
-    need = model_bytes(data.n_features, data.n_outputs, hidden, len(data.x_train), batch_size)
+    need = model_bytes(data.n_features, data.n_outputs, hidden, len(data.x_train), batch_size, model)
     have = available_memory()
     if have is not None and need > have:
         shape = "→".join(map(str, [data.n_features, *hidden, data.n_outputs]))
-        raise ValueError(f"invalid hidden={tuple(hidden)!r}: the MLP {shape} needs about {need / 1e9:.3g} GB of memory "
+        what = f"the 1-D CNN with channels {tuple(hidden)!r}" if model == "cnn1d" else f"the MLP {shape}"
+        raise ValueError(f"invalid hidden={tuple(hidden)!r}: {what} needs about {need / 1e9:.3g} GB of memory "
                          f"to train and evaluate, more than the {have / 1e9:.3g} GB available; use smaller hidden widths")
