@@ -164,7 +164,7 @@ class LRFinder:
             if isinstance(g.get("schedules"), dict):
                 g["schedules"].pop("lr", None)
         lrs, raw, smooth = [], [], []
-        avg, best, stopped = 0.0, math.inf, False
+        avg, best, stopped, blew = 0.0, math.inf, False, None
         try:
             for i, lr in enumerate(self.lrs()):
                 for g in opt.param_groups:
@@ -178,7 +178,7 @@ class LRFinder:
                     raise TypeError("lr_find: loss_fn() must return a one-element loss tensor")
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    stopped = True
+                    stopped, blew = True, (i + 1, lr)
                     break
                 loss.backward()
                 opt.step()
@@ -189,7 +189,7 @@ class LRFinder:
                 smooth.append(s)
                 best = min(best, s)
                 if s > self.diverge_factor * best:
-                    stopped = True
+                    stopped, blew = True, (i + 1, lr)
                     break
         finally:
             model.load_state_dict(saved_model)
@@ -209,7 +209,8 @@ class LRFinder:
             notes.append(why)
             rule += f" × {factor:.2g} (η inside the velocity)"
         if stopped:
-            notes.append(f"stopped after {len(lrs)} of {self.num_steps} steps: the loss blew up")
+            notes.append(f"the loss blew up at step {blew[0]} of {self.num_steps} (lr {blew[1]:.3g}): the sweep "
+                         "stopped there")
         return LRFindResult(lrs, smooth, raw, suggestion, rule, stopped, notes, centred)
 
 

@@ -255,3 +255,23 @@ def test_momentum_with_lr_inside_the_velocity_is_corrected():
     plain, _ = suggest(res.lrs, res.centred, "min10")
     f, _ = velocity_factor(descend.Momentum([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9), res.lrs)
     assert res.suggestion == pytest.approx(plain * f) and "inside the velocity" in res.rule
+
+
+@pytest.mark.parametrize("bad_at", [3, 10])
+def test_the_blow_up_note_names_the_step_and_its_rate(bad_at):
+    # the loss turns non-finite at step `bad_at`: the note says that step, of how many, at which lr
+    # (it said "stopped after 10 of 10 steps" when the last step blew up)
+    w = torch.nn.Parameter(torch.ones(2))
+    model = torch.nn.Module()
+    model.w = w
+    opt = descend.GD([w], lr=0.1)
+    calls = []
+
+    def loss_fn():
+        calls.append(1)
+        return (w ** 2).sum() * (math.inf if len(calls) == bad_at else 1.0)
+
+    res = descend.lr_find(model, opt, loss_fn, start_lr=1e-4, end_lr=1e-1, num_steps=10)
+    lr = 1e-4 * (1e-1 / 1e-4) ** ((bad_at - 1) / 9)
+    assert res.stopped_early
+    assert f"the loss blew up at step {bad_at} of 10 (lr {lr:.3g})" in " ".join(res.notes), res.notes
