@@ -313,6 +313,26 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str) -> t
     return loss, 1.0 - float(((y - pred) ** 2).sum()) / sst if sst > 0 else math.nan
 
 
+def train_epoch(model: nn.Module, opt, batches: Iterable[Any], loss_of: Callable[[Any], torch.Tensor],
+                limit: float) -> tuple[bool, Any]:
+    """One epoch of steps, one per batch (``loss_of(batch)`` is its loss), in training mode. Stops at
+    the first loss that is not finite or exceeds ``limit`` (before stepping on it). Returns (stopped,
+    the learning rate of the last step begun) — the one loop of :func:`train_run` and
+    :func:`descend.lab.tune.run_trial`."""
+    lr = opt.param_groups[0].get("lr")
+    model.train()
+    for batch in batches:
+        lr = opt.param_groups[0].get("lr")  # the value this step uses
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(batch)
+        v = loss.item()
+        if not math.isfinite(v) or v > limit:
+            return True, lr
+        loss.backward()
+        opt.step()
+    return False, lr
+
+
 def _keeps_average(opt) -> bool:
     """May ``opt`` evaluate other weights than its iterate (descend's chain with an AverageIterates
     block; any other optimizer: perhaps, via ``averaged()`` or ``eval()``)?"""
@@ -409,21 +429,10 @@ def train_run(data: Data, optimizer: str, hyperparameters: Mapping[str, Any], *,
     seconds = 0.0
     for epoch in range(1, epochs + 1):
         perm = torch.randperm(n, generator=order)
-        lr = float(opt.param_groups[0]["lr"])
         t0 = time.perf_counter()
-        bad = False
-        model.train()
-        for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
-            lr = float(opt.param_groups[0]["lr"])  # the value this step uses
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xt[idx]), yt[idx])
-            v = loss.item()
-            if not math.isfinite(v) or v > limit:
-                bad = True
-                break
-            loss.backward()
-            opt.step()
+        bad, lr = train_epoch(model, opt, (perm[i:i + batch_size] for i in range(0, n, batch_size)),
+                              lambda idx: loss_fn(model(xt[idx]), yt[idx]), limit)
+        lr = float(lr)
         seconds += time.perf_counter() - t0
         own_loss = record(epoch, seconds, lr)
         if on_epoch is not None:

@@ -368,18 +368,9 @@ def run_trial(problem: Problem, trial: Trial, checkpoint: bytes | None = None, k
     for epoch in range(start + 1, trial.epochs + 1):
         perm = torch.randperm(data.n, generator=order)
         t0 = time.perf_counter()
-        bad = False
-        model.train()
-        for i in range(0, data.n, problem.batch_size):
-            x, y = data.batch(perm[i:i + problem.batch_size])
-            opt.zero_grad(set_to_none=True)
-            loss = problem.loss(model(x), y)
-            v = loss.item()
-            if not math.isfinite(v) or v > limit:
-                bad = True
-                break
-            loss.backward()
-            opt.step()
+        bad, _ = T.train_epoch(model, opt, (data.batch(perm[i:i + problem.batch_size])
+                                            for i in range(0, data.n, problem.batch_size)),
+                               lambda xy: problem.loss(model(xy[0]), xy[1]), limit)
         seconds += time.perf_counter() - t0
         with T.evaluated_weights(opt):
             metrics.append(problem.evaluate(model)[1])
