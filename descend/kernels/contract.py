@@ -122,6 +122,34 @@ class Plan:
                  "check_threads", "hyper", "snapshot", "views", "scal", "n_sums")
 
 
+def bucket_pointers(entries, nbuf: int) -> tuple:
+    """For one bucket of proven ``(item, seen)`` entries (``seen`` as :func:`eligible` returns it): the
+    tensors the kernel runs on, their state tensors name-major, and the addresses it is given — data,
+    gradient, state (name-major) — with the tensors' element counts. Both backends build their
+    pointer tables from this."""
+    lps = [seen[0] for _, seen in entries]
+    lbufs = [seen[2][j] for j in range(nbuf) for _, seen in entries]
+    return (lps, lbufs, [p.data_ptr() for p in lps], [seen[1].data_ptr() for _, seen in entries],
+            [t.data_ptr() for t in lbufs], [p.numel() for p in lps])
+
+
+def new_plan(cls, group, entries, blocks, flat_names, lbufs, dtype, device, numels, data, buf_data, switches, fn):
+    """A ``cls`` (:class:`Plan` or a backend's subclass) holding what the contract proved for a
+    bucket that is the whole group; the backend adds its launch arguments."""
+    plan = cls()
+    plan.members = list(group["params"])
+    plan.params = [item[0] for item, _ in entries]
+    plan.states = states = [item[1] for item, _ in entries]
+    plan.bufs, plan.buf_names = lbufs, flat_names
+    plan.dtype, plan.device, plan.numels = dtype, device, numels
+    plan.data, plan.buf_data = data, buf_data
+    plan.switches, plan.fn = switches, fn
+    plan.advancing = [i for i, b in enumerate(blocks) if b.scalar_state]
+    plan.keys = ("step", *[k for b in blocks for k in b.scalar_state])
+    plan.old = tuple(states[0][k] for k in plan.keys)  # the key says every state holds these
+    return plan
+
+
 def state_tensors(states, flat_names) -> list:
     """The state tensors of ``states`` (one dict per parameter), name-major."""
     return [st[n] for n in flat_names for st in states]

@@ -162,12 +162,8 @@ def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, 
             rest.extend(item for item, _ in entries)
             continue
         n = len(entries)
-        lps = [seen[0] for _, seen in entries]
-        lbufs = [seen[2][k] for k in range(len(flat_names)) for _, seen in entries]  # name-major
-        data = [p.data_ptr() for p in lps]
-        buf_data = [t.data_ptr() for t in lbufs]
-        ptrs = data + [seen[1].data_ptr() for _, seen in entries] + buf_data
-        numels = [p.numel() for p in lps]
+        lps, lbufs, data, gptrs, buf_data, numels = contract.bucket_pointers(entries, len(flat_names))
+        ptrs = data + gptrs + buf_data
         mult = 2 if dtype.is_complex else 1
         sizes = (ctypes.c_int64 * n)(*[k * mult for k in numels])
         # threads only pay off on enough work: waking a second thread costs more than a small step
@@ -179,18 +175,9 @@ def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, 
             _add_sums(blocks, arr, acc)
         plain = all(seen[0] is item[0] for item, seen in entries)
         if plans is not None and group is not None and len(buckets) == 1 and not rest and not key[1] and plain:
-            plan = Plan()
-            plan.members = list(group["params"])
-            plan.params = [item[0] for item, _ in entries]
-            plan.states = states = [item[1] for item, _ in entries]
-            plan.bufs, plan.buf_names = lbufs, flat_names
-            plan.dtype, plan.device, plan.numels = dtype, lps[0].device, numels
-            plan.data, plan.buf_data = data, buf_data
-            plan.switches, plan.fn = switches(blocks, views, maximize), fn
+            plan = contract.new_plan(Plan, group, entries, blocks, flat_names, lbufs, dtype, lps[0].device, numels,
+                                     data, buf_data, switches(blocks, views, maximize), fn)
             plan.ptrs, plan.sizes, plan.threads = ptr_array, sizes, threads
-            plan.advancing = [i for i, b in enumerate(blocks) if b.scalar_state]
-            plan.keys = ("step", *[k for b in blocks for k in b.scalar_state])
-            plan.old = tuple(states[0][k] for k in plan.keys)  # the key says every state holds these
             plan.c = plan.keep = None
             plan.n_sums = n_sums
             # the group's values the chain reads (pinned ones live in the blocks' views); two at least,

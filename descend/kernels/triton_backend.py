@@ -343,12 +343,7 @@ def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, 
             rest.extend(item for item, _ in entries)
             continue
         k = len(entries)
-        lps = [seen[0] for _, seen in entries]
-        lbufs = [seen[2][j] for j in range(len(flat_names)) for _, seen in entries]  # name-major
-        data = [p.data_ptr() for p in lps]
-        buf_data = [t.data_ptr() for t in lbufs]
-        gptrs = [seen[1].data_ptr() for _, seen in entries]
-        numels = [p.numel() for p in lps]
+        _, lbufs, data, gptrs, buf_data, numels = contract.bucket_pointers(entries, len(flat_names))
         mult = 2 if dtype.is_complex else 1
         rows, wk, block = [], [], BLOCK
         for t in range(k):
@@ -364,17 +359,8 @@ def run_group(blocks, views, work, cache_, maximize, plans=None, plan_key=None, 
         plain = all(seen[0] is item[0] for item, seen in entries)
         if (plans is not None and group is not None and len(buckets) == 1 and not rest and not key[1] and plain
                 and wk):
-            plan = Plan()
-            plan.members = list(group["params"])
-            plan.params = [item[0] for item, _ in entries]
-            plan.states = states = [item[1] for item, _ in entries]
-            plan.bufs, plan.buf_names = lbufs, flat_names
-            plan.dtype, plan.device, plan.numels = dtype, device, numels
-            plan.data, plan.buf_data = data, buf_data
-            plan.switches, plan.fn = codegen.switches(blocks, views, maximize), fn
-            plan.advancing = [i for i, b in enumerate(blocks) if b.scalar_state]
-            plan.keys = ("step", *[k for b in blocks for k in b.scalar_state])
-            plan.old = tuple(states[0][k] for k in plan.keys)
+            plan = contract.new_plan(Plan, group, entries, blocks, flat_names, lbufs, dtype, device, numels,
+                                     data, buf_data, codegen.switches(blocks, views, maximize), fn)
             plan.table, plan.grads, plan.gptrs, plan.work, plan.nwork = table, grads, gptrs, wtab, len(wk) // 2
             plan.aligned, plan.block = aligned, block
             plans[plan_key] = plan
