@@ -280,3 +280,25 @@ def assert_bitwise(a, b, what: str = ""):
     for t, (pa, pb) in enumerate(zip(a, b)):
         for i, (x, y) in enumerate(zip(pa, pb)):
             assert torch.equal(x, y), f"{what} step {t} param {i} differs: {x} vs {y}"
+
+
+# name -> configurations that between them flip every switch that changes a generated kernel (every
+# static flag both ways): the fast-path tests of both backends (test_fast, test_triton) run them all
+SWITCH_CONFIGS = {
+    "gd": [dict(lr=0.05), dict(lr=0.05, maximize=True)],
+    "momentum": [dict(lr=0.05, momentum=0.9)],
+    "nesterov": [dict(lr=0.05, momentum=0.8)],
+    "sgd": [dict(lr=0.05), dict(lr=0.05, momentum=0.9, dampening=0.2, weight_decay=0.01),
+            dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True)],
+    "adagrad": [dict(lr=0.05), dict(lr=0.05, eps_in_sqrt=False, lr_decay=0.01, weight_decay=0.01,
+                                    initial_accumulator_value=0.1)],
+    "rmsprop": [dict(lr=0.01), dict(lr=0.01, centered=True),
+                dict(lr=0.01, centered=True, momentum=0.5, eps_in_sqrt=False, weight_decay=0.01)],
+    "adadelta": [dict(), dict(weight_decay=0.01, rho=0.5, maximize=True)],
+    "adam": [dict(lr=0.01), dict(lr=0.01, amsgrad=True, weight_decay=0.01, maximize=True)],
+    "adamw": [dict(lr=0.01), dict(lr=0.01, amsgrad=True, weight_decay=0.0)],
+    "nadam": [dict(lr=0.01), dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)],
+    "radam": [dict(lr=0.01), dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)],
+    "adamax": [dict(lr=0.01), dict(lr=0.01, weight_decay=0.01)],
+    "lion": [dict(lr=0.01), dict(lr=0.01, weight_decay=0.1, betas=(0.5, 0.9))],
+}

@@ -19,25 +19,9 @@ import torch
 import descend
 from descend.kernels import cpu as fast
 from descend.optimizers import REGISTRY
+from optim_db import SWITCH_CONFIGS
 
-# name -> configurations covering each switch its chain reads (every static flag both ways)
-CONFIGS = {
-    "gd": [dict(lr=0.05), dict(lr=0.05, maximize=True)],
-    "momentum": [dict(lr=0.05, momentum=0.9)],
-    "nesterov": [dict(lr=0.05, momentum=0.8)],
-    "sgd": [dict(lr=0.05), dict(lr=0.05, momentum=0.9, dampening=0.2, weight_decay=0.01),
-            dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True)],
-    "adagrad": [dict(lr=0.05), dict(lr=0.05, eps_in_sqrt=False, lr_decay=0.01, weight_decay=0.01,
-                                    initial_accumulator_value=0.1)],
-    "rmsprop": [dict(lr=0.01), dict(lr=0.01, centered=True, momentum=0.5, eps_in_sqrt=False, weight_decay=0.01)],
-    "adadelta": [dict(), dict(weight_decay=0.01, rho=0.5)],
-    "adam": [dict(lr=0.01), dict(lr=0.01, amsgrad=True, weight_decay=0.01, maximize=True)],
-    "adamw": [dict(lr=0.01), dict(lr=0.01, amsgrad=True)],
-    "nadam": [dict(lr=0.01), dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)],
-    "radam": [dict(lr=0.01), dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)],
-    "adamax": [dict(lr=0.01), dict(lr=0.01, weight_decay=0.01)],
-    "lion": [dict(lr=0.01), dict(lr=0.01, weight_decay=0.1, betas=(0.5, 0.9))],
-}
+CONFIGS = SWITCH_CONFIGS  # every switch that changes the generated code, both ways
 CASES = [(name, cfg) for name, cfgs in CONFIGS.items() for cfg in cfgs]
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-6, atol=1e-6)}
 STEPS = 12  # RAdam's rectification switches on at step 6 with β₂ = 0.999
@@ -435,8 +419,7 @@ def test_a_group_can_turn_the_kernel_off_for_itself(monkeypatch):
 ZERO_SCRIPT = r"""
 import os, torch, torch.distributed as dist, descend
 from torch.distributed.optim import ZeroRedundancyOptimizer as ZeRO
-os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"])
-dist.init_process_group("gloo", rank=0, world_size=1)
+dist.init_process_group("gloo", init_method="file://" + os.environ["STORE"], rank=0, world_size=1)
 torch.manual_seed(0)
 m = torch.nn.Linear(4, 2)
 opt = ZeRO(m.parameters(), optimizer_class=descend.Adam, lr=1e-3, fast=False)
@@ -448,13 +431,9 @@ print("ok")
 """
 
 
-def test_zero_redundancy_optimizer_takes_fast_false():
+def test_zero_redundancy_optimizer_takes_fast_false(tmp_path):
     # ZeroRedundancyOptimizer copies every keyword into the parameter groups: fast=False was a TypeError
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # (a file store, as test_distributed: no TCP port to race for)
     out = subprocess.run([sys.executable, "-c", ZERO_SCRIPT], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PORT": str(port)})
+                         env={**os.environ, "STORE": str(tmp_path / "store")})
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

@@ -36,29 +36,12 @@ import descend
 from descend import blocks as B
 from descend.kernels import translate as tr
 from descend.optimizers import REGISTRY
+from optim_db import SWITCH_CONFIGS
 
 triton = pytest.importorskip("triton", reason="the Triton backend's tests need triton (.ci/run installs it)")
 from descend.kernels import triton_backend as tb  # noqa: E402
 
-# name -> configurations that between them flip every switch that changes the generated code
-CONFIGS = {
-    "gd": [dict(lr=0.05), dict(lr=0.05, maximize=True)],
-    "momentum": [dict(lr=0.05, momentum=0.9)],
-    "nesterov": [dict(lr=0.05, momentum=0.8)],
-    "sgd": [dict(lr=0.05), dict(lr=0.05, momentum=0.9, dampening=0.2, weight_decay=0.01),
-            dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True)],
-    "adagrad": [dict(lr=0.05), dict(lr=0.05, eps_in_sqrt=False, lr_decay=0.01, weight_decay=0.01,
-                                    initial_accumulator_value=0.1)],
-    "rmsprop": [dict(lr=0.01), dict(lr=0.01, centered=True),
-                dict(lr=0.01, centered=True, momentum=0.5, eps_in_sqrt=False, weight_decay=0.01)],
-    "adadelta": [dict(), dict(weight_decay=0.01, rho=0.5, maximize=True)],
-    "adam": [dict(lr=0.01), dict(lr=0.01, amsgrad=True, weight_decay=0.01, maximize=True)],
-    "adamw": [dict(lr=0.01), dict(lr=0.01, amsgrad=True, weight_decay=0.0)],
-    "nadam": [dict(lr=0.01), dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)],
-    "radam": [dict(lr=0.01), dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)],
-    "adamax": [dict(lr=0.01), dict(lr=0.01, weight_decay=0.01)],
-    "lion": [dict(lr=0.01), dict(lr=0.01, weight_decay=0.1, betas=(0.5, 0.9))],
-}
+CONFIGS = SWITCH_CONFIGS
 CASES = [(name, cfg) for name, cfgs in CONFIGS.items() for cfg in cfgs]
 CASE_IDS = [f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-6, atol=1e-6)}
