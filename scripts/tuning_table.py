@@ -283,7 +283,7 @@ def run(args) -> None:
     for s in seeds:
         for task in args.tasks.split(","):
             name, model, hidden, epochs = TASKS[task]
-            todo = [(k, t) for k, t in plan(task, [s], methods, auto_ok, lrfind_v, auto_v) if k not in cache]
+            todo = [(k, t) for k, t in plan(task, [s], methods, auto_ok, lrfind_v, auto_v) if needs_run(cache, k)]
             if not todo:
                 continue
             problem = U.problem_from_data(D.load(name), model, hidden, 32)
@@ -306,10 +306,24 @@ def run(args) -> None:
                     chunk = trials[i:i + step]
                     for (key, t), res in zip(chunk, ex.run([(t, None, False) for _, t in chunk])):
                         cache.put(key, final=res.metrics[-1], diverged=res.diverged_epoch is not None,
-                                  seconds=res.seconds, lr=t.hp.get("lr"))
+                                  seconds=res.seconds, lr=t.hp.get("lr"), halves=res.halves)
             finally:
                 ex.close()
             print(f"seed {s} {task}: {len(todo)} trials in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def half_sizes(task: str) -> tuple[int, int] | None:
+    """Row counts of the task's two validation halves (descend.lab.tune.Problem.halves)."""
+    name, model, hidden, _ = TASKS[task]
+    halves = U.problem_from_data(D.load(name), model, hidden, 32).halves()
+    return None if halves is None else (len(halves[0]), len(halves[1]))
+
+
+def needs_run(cache: Cache, key: str) -> bool:
+    """A trial not in the cache, or a grid trial cached without its metric on the validation halves
+    (the held-out column chooses the grid's rate on one half and reports it on the other)."""
+    rec = cache.get(key)
+    return rec is None or ("|grid|" in key and "halves" not in rec)
 
 
 def _importable(module: str) -> bool:
@@ -357,19 +371,23 @@ def report(args) -> str:
     rows: dict[str, dict[str, dict]] = {}  # label -> task -> {"mean", "std", "n", "div", "runs", "sec"}
     ref_of: dict[str, str] = {}
     grid_best: dict[tuple[str, str], float] = {}
+    grid_heldout: dict[tuple[str, str], float] = {}
 
     def recs(prefix, task):
         return [cache.get(f"{task}|{prefix}|{s}") for s in seeds]
 
     for task in tasks:
+        sizes = half_sizes(task)
         for rule in RULES:
             hp = T.hyperparameters_for(rule)
             best = None
+            by_lr = {}
             for lr in U.grid(float(hp["lr"])):
                 rs = recs(f"grid|{rule}|{lr:.6g}", task)
                 got = [r for r in rs if r is not None]
                 if not got:
                     continue
+                by_lr[lr] = [(-math.inf if r["diverged"] else r["final"], r.get("halves")) for r in got]
                 if any(r["diverged"] for r in got):
                     score = -math.inf
                 else:
@@ -384,6 +402,13 @@ def report(args) -> str:
                 _cell(rows, label, task, best[2], 8, note=f"{best[1]:.2g}")
                 ref_of[label] = rule
                 grid_best[(task, rule)] = rows[label][task]["mean"]
+            held = U.heldout_best(by_lr, sizes) if sizes and len({len(v) for v in by_lr.values()}) == 1 else None
+            if held is not None:
+                label = f"{rule}, 8-point grid (held out: chosen on one half, reported on the other)"
+                rows.setdefault(label, {})[task] = dict(mean=held[0], std=math.nan, n=len(next(iter(by_lr.values()))),
+                                                        div=0, runs=8, note="/".join(f"{x:.2g}" for x in held[1]))
+                ref_of[label] = rule
+                grid_heldout[(task, rule)] = held[0]
         for rule in descend.available():
             label = f"{rule}, lr=\"auto\""
             got = [r for r in recs(f"auto@{auto_v}|{rule}|auto", task) if r is not None]
@@ -404,10 +429,12 @@ def report(args) -> str:
     # markdown, in the order of the docstring: grids and defaults, lr="auto", lr_find, published
     def order(label):
         for i, rule in enumerate(RULES):
-            if label.startswith(f"{rule}, 8-point"):
+            if label.startswith(f"{rule}, 8-point grid (best"):
                 return (0, i, 0)
-            if label.startswith(f"{rule} at its default"):
+            if label.startswith(f"{rule}, 8-point grid (held"):
                 return (0, i, 1)
+            if label.startswith(f"{rule} at its default"):
+                return (0, i, 2)
         if "auto" in label:
             return (1, descend.available().index(label.split(",")[0]), 0)
         if label.startswith("lr_find"):
@@ -419,18 +446,19 @@ def report(args) -> str:
              "mnist1d_cnn": "MNIST-1D CNN", "iris": "iris", "wine": "wine"}
     n_task = {t: max((c[t]["n"] for c in rows.values() if t in c), default=0) for t in tasks}
     head = ["method", *[f"{names[t]} ({n_task[t]} seed{'s' if n_task[t] != 1 else ''})" for t in tasks],
-            "mean gap", "worst gap", "runs"]
+            "mean gap", "worst gap", "mean gap (held out)", "worst gap (held out)", "runs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, cells in rows.items():
         ref = ref_of[label]
-        gaps, parts = [], []
+        gaps, held, parts = [], [], []
         for t in tasks:
             c = cells.get(t)
             if c is None:
                 parts.append("—")
                 continue
             ok = c["n"] - c["div"]
-            txt = "—" if math.isnan(c["mean"]) else (f"{c['mean']:.3f} ± {c['std']:.3f}" if ok > 1 else f"{c['mean']:.3f}")
+            txt = ("—" if math.isnan(c["mean"]) else
+                   f"{c['mean']:.3f} ± {c['std']:.3f}" if ok > 1 and math.isfinite(c["std"]) else f"{c['mean']:.3f}")
             if c["div"]:
                 txt += f" (div {c['div']}/{c['n']})"
             if c["n"] < n_task[t]:
@@ -441,10 +469,13 @@ def report(args) -> str:
             g = grid_best.get((t, ref))
             if g is not None and math.isfinite(c["mean"]):
                 gaps.append(100 * (c["mean"] - g))
-        mg = f"{statistics.fmean(gaps):+.2f}" if gaps else "—"
-        wg = f"{min(gaps):+.2f}" if gaps else "—"
+            h = grid_heldout.get((t, ref))
+            if h is not None and math.isfinite(c["mean"]):
+                held.append(100 * (c["mean"] - h))
+        mg, wg = (f"{statistics.fmean(gaps):+.2f}", f"{min(gaps):+.2f}") if gaps else ("—", "—")
+        mh, wh = (f"{statistics.fmean(held):+.2f}", f"{min(held):+.2f}") if held else ("—", "—")
         runs = next(iter(cells.values()))["runs"]
-        lines.append("| " + " | ".join([label, *parts, mg, wg, str(runs)]) + " |")
+        lines.append("| " + " | ".join([label, *parts, mg, wg, mh, wh, str(runs)]) + " |")
     return "\n".join(lines)
 
 

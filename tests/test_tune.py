@@ -278,3 +278,47 @@ def test_compare_tuned_table_and_report(tmp_path):
 def test_compare_tuned_errors_before_training():
     res, text = _cli(["compare", "--tuned", "--schedule", "cosine", "--no-progress"])
     assert res.exit_code != 0 and text.count("Error:") == 1 and "--schedule" in text
+
+
+# ------------------------------------------------------------------------------- held-out selection
+
+
+@pytest.mark.parametrize("task", ["iris", "diabetes"])
+def test_half_metrics_split_the_validation_rows_and_average_to_the_metric(task):
+    prob = U.problem_from_data(D.load(task), "mlp", (8,), 32)
+    a, b = prob.halves()
+    n = prob._val.n
+    assert sorted(torch.cat([a, b]).tolist()) == list(range(n))  # disjoint, and every row once
+    assert abs(len(a) - len(b)) <= 1
+    if prob.metric == "accuracy":  # stratified: each class split evenly
+        y = torch.as_tensor(prob._val.y)
+        for c in y.unique():
+            assert abs(int((y[a] == c).sum()) - int((y[b] == c).sum())) <= 1
+    res = U.run_trial(prob, U.Trial("adam", "adam", (("lr", 1e-2),), 0, 2, 2))
+    assert res.halves is not None and len(res.halves) == 2
+    pooled = (len(a) * res.halves[0] + len(b) * res.halves[1]) / n
+    assert pooled == pytest.approx(res.final, abs=1e-6)
+    assert res.halves[0] != res.halves[1]  # two different sets of rows
+
+
+def test_half_metrics_none_where_they_do_not_add_up(tiny):
+    import dataclasses
+
+    prob = dataclasses.replace(U.problem_from_data(tiny, "mlp", (8,), 32), metric="loss")
+    assert prob.halves() is None
+    res = U.run_trial(prob, U.Trial("adam", "adam", (("lr", 1e-2),), 0, 1, 1))
+    assert res.halves is None
+
+
+def test_heldout_best_chooses_on_one_half_and_reports_the_other():
+    # half 0 prefers rate "a", half 1 prefers "b"; "c" is best on both but diverged on one seed
+    results = {"a": [(0.8, [0.9, 0.7]), (0.8, [0.9, 0.7])],
+               "b": [(0.75, [0.6, 0.9]), (0.75, [0.6, 0.9])],
+               "c": [(0.99, [0.99, 0.99]), (-math.inf, None)]}
+    metric, chosen = U.heldout_best(results, (10, 30))
+    assert chosen == ("b", "a")  # reported on half 0: chosen on half 1 (b); on half 1: chosen on half 0 (a)
+    assert metric == pytest.approx((10 * 0.6 + 30 * 0.7) / 40)
+    # the full-split choice ("a", 0.8) reported on the rows that chose it is higher: selection bias
+    assert metric < 0.8
+    assert U.heldout_best({"a": [(0.8, None)]}, (10, 30)) is None
+    assert U.heldout_best({"c": [(-math.inf, None)]}, (10, 30)) is None

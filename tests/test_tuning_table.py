@@ -34,7 +34,17 @@ def test_tuning_table_runs_resumes_and_reports(tmp_path):
         row = next(r for r in table.splitlines() if r.startswith(f"| {label} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert re.match(r"^\d\.\d{3}", cells[1]), row  # a metric on iris
-        assert re.match(r"^[+-]\d+\.\d{2}$", cells[-3]), row  # the mean gap
+        assert re.match(r"^[+-]\d+\.\d{2}$", cells[-5]), row  # the mean gap
+        assert re.match(r"^[+-]\d+\.\d{2}$", cells[-3]), row  # the mean gap to the held-out grid
+    # every grid trial carries its metric on the two validation halves, whose size-weighted mean is
+    # its metric on the whole split (iris: 15 + 15 rows)
+    recs = [json.loads(x) for x in lines]
+    grid = [r for r in recs if "|grid|" in r["key"] and not r["diverged"]]
+    assert grid and all(len(r["halves"]) == 2 for r in grid)
+    for r in grid:
+        assert abs(sum(r["halves"]) / 2 - r["final"]) < 1e-12, r
+    held = next(r for r in table.splitlines() if r.startswith("| adam, 8-point grid (held out"))
+    assert re.search(r"\d\.\d{3} @[\d.e-]+/[\d.e-]+", held), held  # the metric and the two rates chosen
     # resumable: a second run trains nothing and prints the same table
     second = _run("--tasks", "iris", "--seeds", "1", "--methods", "grid,auto", "--cache", str(cache), cwd=tmp_path)
     assert second.returncode == 0, second.stderr
@@ -42,6 +52,23 @@ def test_tuning_table_runs_resumes_and_reports(tmp_path):
     assert second.stdout == table
     report = _run("--tasks", "iris", "--seeds", "1", "--report", "--cache", str(cache), cwd=tmp_path)
     assert report.returncode == 0 and report.stdout == table
+
+
+def test_grid_rows_cached_without_halves_run_again(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import tuning_table as TT
+    finally:
+        sys.path.pop(0)
+    cache = TT.Cache(tmp_path / "c.jsonl")
+    cache.put("iris|grid|adam|0.001|0", final=0.9, diverged=False, seconds=1.0, lr=1e-3)  # an older row
+    cache.put("iris|grid|adam|0.01|0", final=0.9, diverged=False, seconds=1.0, lr=1e-2, halves=[0.9, 0.9])
+    cache.put("iris|auto@x|adam|auto|0", final=0.9, diverged=False, seconds=1.0, lr="auto")
+    assert TT.needs_run(cache, "iris|grid|adam|0.001|0")
+    assert not TT.needs_run(cache, "iris|grid|adam|0.01|0")
+    assert not TT.needs_run(cache, "iris|auto@x|adam|auto|0")  # no selection: its whole-split metric is held out
+    assert TT.needs_run(cache, "iris|grid|adam|0.1|0")
+    assert TT.half_sizes("iris") == (15, 15) and TT.half_sizes("diabetes") == (44, 44)
 
 
 def test_tuning_table_refuses_an_unknown_task(tmp_path):

@@ -236,9 +236,7 @@ class Problem:
     def steps_per_epoch(self) -> int:
         return math.ceil(self._train.n / self.batch_size)
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str = "val") -> tuple[float, float]:
-        """(loss, metric) on the whole split in eval mode; the metric is NaN when an output is not finite."""
+    def _outputs(self, model: nn.Module, split: str) -> tuple[Any, Any]:
         data = self._val if split == "val" else self._train
         was = model.training
         model.eval()
@@ -247,7 +245,12 @@ class Problem:
             outs.append(model(x))
             ys.append(y)
         model.train(was)
-        out, y = (outs[0], ys[0]) if len(outs) == 1 else (torch.cat(outs), torch.cat(ys))
+        return (outs[0], ys[0]) if len(outs) == 1 else (torch.cat(outs), torch.cat(ys))
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str = "val") -> tuple[float, float]:
+        """(loss, metric) on the whole split in eval mode; the metric is NaN when an output is not finite."""
+        out, y = self._outputs(model, split)
         loss = float(self.loss(out, y))
         if self.metric == "loss":
             return loss, loss
@@ -258,6 +261,65 @@ class Problem:
         if self.metric == "r2":
             return loss, _r2(out, y)
         return loss, float(self.metric(out, y))
+
+
+    def halves(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Two disjoint halves of the validation rows, for selecting on one and reporting on the other
+        (:func:`heldout_best`): for accuracy, alternate rows in the order of their class (each class
+        split evenly); for R², alternate rows. None for other metrics."""
+        if self.metric not in ("accuracy", "r2") or self._val.ds is not None or self._val.n < 2:
+            return None
+        y = torch.as_tensor(self._val.y)
+        order = torch.argsort(y, stable=True) if self.metric == "accuracy" else torch.arange(len(y))
+        return order[0::2], order[1::2]
+
+    @torch.no_grad()
+    def half_metrics(self, model: nn.Module) -> list[float] | None:
+        """The metric on each of :meth:`halves`, on the whole split's scale: their size-weighted mean is
+        the metric on the whole split (accuracy per half; for R², 1 − SSE_half·n/(n_half·SST), SST of
+        the whole split). None where :meth:`halves` is, or an output is not finite."""
+        halves = self.halves()
+        if halves is None:
+            return None
+        out, y = self._outputs(model, "val")
+        if not torch.isfinite(out).all():
+            return None
+        if self.metric == "accuracy":
+            return [_accuracy(out[h], y[h]) for h in halves]
+        pred = out.squeeze(-1)
+        sst = float(((y - y.mean()) ** 2).sum())
+        if sst <= 0:
+            return None
+        n = len(y)
+        return [1.0 - float(((y[h] - pred[h]) ** 2).sum()) * n / (len(h) * sst) for h in halves]
+
+
+def heldout_best(results: Mapping[Any, Sequence[tuple[float, Sequence[float] | None]]],
+                 sizes: Sequence[int]) -> tuple[float, tuple[Any, Any]] | None:
+    """The held-out metric of a grid search: the setting is chosen by its mean over seeds on one half
+    of the validation rows and reported on the other half, both ways round, and the two reports are
+    combined by the halves' sizes — no row is judged by a setting it helped choose.
+
+    ``results``: setting → per seed ``(final, halves)`` (``halves`` from :meth:`Problem.half_metrics`,
+    ``sizes`` the halves' row counts; a diverged run has ``final`` −inf and, as in the search on the
+    whole split, its setting is not chosen). Returns (metric, (the setting reported on half 0, the one
+    reported on half 1)), or None if a run has no halves or every setting diverged."""
+    ok = {}
+    for setting, runs in results.items():
+        if any(not math.isfinite(f) for f, _ in runs):
+            continue
+        if any(h is None or len(h) != 2 for _, h in runs):
+            return None
+        ok[setting] = [[h[j] for _, h in runs] for j in (0, 1)]
+    if not ok:
+        return None
+
+    def mean(xs):
+        return sum(xs) / len(xs)
+
+    on0 = max(ok, key=lambda s: mean(ok[s][1]))  # chosen on half 1, reported on half 0
+    on1 = max(ok, key=lambda s: mean(ok[s][0]))
+    return (sizes[0] * mean(ok[on0][0]) + sizes[1] * mean(ok[on1][1])) / (sizes[0] + sizes[1]), (on0, on1)
 
 
 class _LabModel:
@@ -325,6 +387,7 @@ class TrialResult:
     seconds: float
     epochs_run: int
     checkpoint: bytes | None = None
+    halves: list[float] | None = None  # the final metric on the validation split's two halves (Problem.half_metrics)
 
     @property
     def final(self) -> float:
@@ -378,13 +441,17 @@ def run_trial(problem: Problem, trial: Trial, checkpoint: bytes | None = None, k
             diverged = epoch
             break
     epochs_run = len(metrics) - 1 - start
+    halves = None
+    if diverged is None and math.isfinite(metrics[-1]):
+        with T.evaluated_weights(opt):
+            halves = problem.half_metrics(model)
     ck_bytes = None
     if keep and diverged is None:
         buf = io.BytesIO()
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "order": order.get_state(),
                     "limit": limit, "metrics": metrics, "epoch": trial.epochs}, buf)
         ck_bytes = buf.getvalue()
-    return TrialResult(trial, metrics, diverged, seconds, epochs_run, ck_bytes)
+    return TrialResult(trial, metrics, diverged, seconds, epochs_run, ck_bytes, halves)
 
 
 # ------------------------------------------------------------------------------- where trials run
