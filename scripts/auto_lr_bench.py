@@ -1,6 +1,11 @@
 """Step time of lr="auto" against the same chain at a fixed lr, on the fused path (ratios, same rounds).
 
-    nice -n 10 python scripts/auto_lr_bench.py [--numel 4000000] [--rounds 15]
+    nice -n 10 python scripts/auto_lr_bench.py [--numel 4000000,32000000] [--rounds 15]
+
+Two sizes by default: 4M float32 elements (16 MB a tensor: a fixed-lr GD step's θ and g, 32 MB, sit
+largely in this machine's 32 MB L3 cache, while the estimator's third tensor pushes its step out to
+DRAM) and 32M (128 MB a tensor: every variant streams from DRAM, the regime of a model that does not
+fit in the last-level cache). Each size runs its own interleaved rounds.
 
 Rows: each optimizer at a fixed lr, with lr=descend.auto(average=False) (the estimator alone: one
 extra state tensor, θ₀, read and never written) and with lr="auto" (its default: the estimator and
@@ -39,29 +44,37 @@ def make(name, lr, numel, layout):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--numel", type=int, default=4_000_000)
+    ap.add_argument("--numel", default="4000000,32000000", help="sizes, comma-separated")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--optimizers", default="gd,momentum,adagrad,rmsprop,adam")
     ap.add_argument("--layout", default="flat", choices=["flat", "mlp"])
     args = ap.parse_args()
     reps = 20 if args.layout == "flat" else 2000
     print(f"layout {args.layout}, {torch.get_num_threads()} threads; median over {args.rounds} rounds of {reps} steps")
-    for name in args.optimizers.split(","):
-        variants = {"fixed": 1e-3, "auto (no avg)": descend.auto(average=False), "auto": "auto"}
-        opts = {k: make(name, v, args.numel, args.layout) for k, v in variants.items()}
-        times = {k: [] for k in variants}
-        for _ in range(args.rounds):
-            for k, opt in opts.items():
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    opt.step()
-                times[k].append((time.perf_counter() - t0) / reps)
-        base = times["fixed"]
-        r1 = statistics.median(a / b for a, b in zip(times["auto (no avg)"], base))
-        r2 = statistics.median(a / b for a, b in zip(times["auto"], base))
-        n = streams(opts["fixed"])
-        print(f"{name:9s} fixed {statistics.median(base) * 1e6:9.1f} µs   auto(average=False) ×{r1:.2f} "
-              f"(traffic ×{(n + 1) / n:.2f})   auto ×{r2:.2f} (traffic ×{(n + 3) / n:.2f})", flush=True)
+    for numel in ([int(x) for x in args.numel.split(",")] if args.layout == "flat" else [0]):
+        if numel:
+            print(f"one tensor of {numel:,} float32 elements ({numel * 4 / 2**20:.0f} MiB a tensor)")
+        for name in args.optimizers.split(","):
+            one(name, numel, args, reps)
+
+
+def one(name, numel, args, reps):
+    """One rule at one size: the three variants in interleaved rounds; prints the median ratios."""
+    variants = {"fixed": 1e-3, "auto (no avg)": descend.auto(average=False), "auto": "auto"}
+    opts = {k: make(name, v, numel, args.layout) for k, v in variants.items()}
+    times = {k: [] for k in variants}
+    for _ in range(args.rounds):
+        for k, opt in opts.items():
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                opt.step()
+            times[k].append((time.perf_counter() - t0) / reps)
+    base = times["fixed"]
+    r1 = statistics.median(a / b for a, b in zip(times["auto (no avg)"], base))
+    r2 = statistics.median(a / b for a, b in zip(times["auto"], base))
+    n = streams(opts["fixed"])
+    print(f"{name:9s} fixed {statistics.median(base) * 1e6:9.1f} µs   auto(average=False) ×{r1:.2f} "
+          f"(traffic ×{(n + 1) / n:.2f})   auto ×{r2:.2f} (traffic ×{(n + 3) / n:.2f})", flush=True)
 
 
 def streams(opt) -> int:
