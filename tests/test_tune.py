@@ -217,7 +217,7 @@ def test_tune_command_end_to_end(tmp_path):
     res, text = _cli(["tune", "--subsample", "200", "--hidden", "4", "--epochs", "2", "--optimizers", "gd,adam",
                       "--lrs", "1e-3:1e-1", "--points", "3", "--no-progress", "--out", str(out)])
     assert res.exit_code == 0, text
-    for word in ("optimizer", "best lr", "val accuracy at best", "runs", "epochs", "train time", "6 runs"):
+    for word in ("optimizer", "best lr", "val accuracy at best", "held out", "runs", "epochs", "train time", "6 runs"):
         assert word in text
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -322,3 +322,16 @@ def test_heldout_best_chooses_on_one_half_and_reports_the_other():
     assert metric < 0.8
     assert U.heldout_best({"a": [(0.8, None)]}, (10, 30)) is None
     assert U.heldout_best({"c": [(-math.inf, None)]}, (10, 30)) is None
+
+
+def test_grid_search_reports_its_heldout_metric(tiny):
+    res = U.tune(tiny, ["adam"], lrs=[1e-3, 1e-2, 1e-1], seeds=2, epochs=2, hidden=(8,))
+    t = res["adam"]
+    prob = U.problem_from_data(tiny, "mlp", (8,), 32)
+    a, b = prob.halves()
+    want = U.heldout_best({lr: [(r.final, r.halves) for r in t.trials if r.trial.hp["lr"] == lr] for lr in t.lrs},
+                          (len(a), len(b)))
+    assert t.heldout == pytest.approx(want[0]) and 0 < t.heldout <= 1
+    assert t.heldout <= t.best_mean + 1e-12  # choosing on other rows cannot beat the best on the same rows
+    halving = U.tune(tiny, ["adam"], lrs=[1e-3, 1e-2, 1e-1, 1.0], search="halving", seeds=1, epochs=2, hidden=(8,))
+    assert halving["adam"].heldout is None  # the rates cut early have no full-run halves

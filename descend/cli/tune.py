@@ -41,12 +41,15 @@ def _g(v: float | None) -> str:
 def tuning_table(res) -> str:
     """The search's summary as aligned text: best rate, its metric, what the search cost."""
     m = res.metric_name
-    head = ["optimizer", "rates tried", "best lr", f"val {m} at best", "runs", "epochs", "train time", "diverged"]
+    held = any(t.heldout is not None for t in res.tunings)
+    head = ["optimizer", "rates tried", "best lr", f"val {m} at best", *(["held out"] if held else []), "runs", "epochs",
+            "train time", "diverged"]
     rows = []
     for t in res.tunings:
         score = "all diverged" if t.best_lr is None else f"{t.best_mean:.3f} ± {t.best_std:.3f}"
         div = sum(1 for v in t.diverged.values() if v)
-        rows.append([t.label, f"{len(t.lrs)}: {_g(min(t.lrs))} … {_g(max(t.lrs))}", _g(t.best_lr), score,
+        extra = ["—" if t.heldout is None else f"{t.heldout:.3f}"] if held else []
+        rows.append([t.label, f"{len(t.lrs)}: {_g(min(t.lrs))} … {_g(max(t.lrs))}", _g(t.best_lr), score, *extra,
                      str(t.runs), str(t.epochs), f"{t.seconds:.1f} s", f"{div}/{len(t.lrs)} rates"])
     w = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     line = lambda r: "  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip()  # noqa: E731
@@ -60,6 +63,9 @@ def tuning_table(res) -> str:
             budget = "" if t.search == "grid" else f"@{t.budget[lr]}"
             cells.append(f"{_g(lr)}{budget}: {v}{mark}")
         out.append(f"{t.label}: " + "  ".join(cells))
+    if held:
+        out += ["", f"held out: the {m} with the rate chosen on one half of the validation rows and measured on the "
+                    "other, both ways round (the best rate's own score is judged on the rows that chose it)"]
     return "\n".join(out)
 
 

@@ -604,7 +604,10 @@ class Tuning:
 
     ``scores[lr]`` is the mean final validation metric over the seeds at the largest budget that rate
     reached (``budget[lr]`` epochs; −∞ if a seed diverged); ``rungs`` lists successive halving's
-    (configurations, epochs) (one rung for the grid).
+    (configurations, epochs) (one rung for the grid). ``best_mean`` is judged on the rows that chose
+    the rate, so it flatters the search; ``heldout`` (grid search, accuracy or R²) is the metric with
+    the rate chosen on one half of the validation rows and reported on the other
+    (:func:`heldout_best`), else None.
     """
 
     label: str
@@ -625,6 +628,7 @@ class Tuning:
     rungs: list[tuple[int, int]]
     search: str
     trials: list[TrialResult] = field(default_factory=list, repr=False)
+    heldout: float | None = None
 
     def best_hyperparameters(self) -> dict[str, Any]:
         return {**self.hyperparameters, "lr": self.best_lr}
@@ -808,12 +812,18 @@ def _search(ex: Executor, problem: Problem, label: str, opt, hp: dict[str, Any],
         best_mean, best_std = float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
     else:
         best_mean = best_std = math.nan
+    heldout = None
+    halves = problem.halves()
+    if search == "grid" and halves is not None and higher:
+        held = heldout_best({lr: [(results[(lr, s)].final, results[(lr, s)].halves) for s in seeds] for lr in tried},
+                            (len(halves[0]), len(halves[1])))
+        heldout = None if held is None else held[0]
     return Tuning(label=label, optimizer=opt if isinstance(opt, str) else getattr(opt, "__name__", label),
                   hyperparameters={k: v for k, v in hp.items() if k != "lr"}, lrs=list(tried), scores=scores,
                   budget=budget, finals=finals, diverged=diverged, best_lr=best, best_mean=best_mean,
                   best_std=best_std, runs=len(results), epochs=sum(r.epochs_run for r in all_trials),
                   seconds=sum(r.seconds for r in all_trials), wall=time.perf_counter() - t0, rungs=rungs,
-                  search=search, trials=all_trials)
+                  search=search, trials=all_trials, heldout=heldout)
 
 
 # ------------------------------------------------------------------------------- compare --tuned
