@@ -4,9 +4,14 @@ Every row is measured with the same harness (descend.lab.tune.run_trial: per see
 weights and mini-batches for every method, batch 32, the final validation metric — accuracy, or R²
 on diabetes — after a fixed number of epochs):
 
-* ``RULE, 8-point grid``: gd, momentum, adagrad, rmsprop, adam, each on descend.lab.tune.grid around
-  its lab default (8 half-decade points); the best rate by mean over the seeds (selected on the same
-  validation split it is reported on, so the grid rows are, if anything, optimistic). Cost: 8 runs.
+* ``RULE, 8-point grid (best on validation)``: gd, momentum, adagrad, rmsprop, adam, each on
+  descend.lab.tune.grid around its lab default (8 half-decade points); the best rate by mean over the
+  seeds, selected on the same validation split it is reported on (the issue's measure: it flatters
+  the grid, which is judged by the rows that chose it). Cost: 8 runs.
+* ``RULE, 8-point grid (held out ...)``: the same trials, the rate chosen on one half of the
+  validation rows and reported on the other, both ways round (descend.lab.tune.heldout_best; every
+  grid trial caches its metric on the two halves). The "held out" gap columns compare with it; a
+  one-run method has no choice to make, so its metric on the whole split is already held out.
 * ``RULE at its default lr``: the lab's default (one of the grid's points).
 * ``RULE, lr="auto"``: every rule of descend.available(), one run (only where this descend has it).
 * ``lr_find → RULE``: descend.lr_find (defaults: 1e-7 → 10, 100 steps) on the fresh model, then one
