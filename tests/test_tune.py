@@ -4,6 +4,7 @@ user-model paths (tensors and a Dataset), MNIST-1D offline and the 1-D CNN."""
 
 import csv
 import math
+import re
 import socket
 
 import numpy as np
@@ -268,6 +269,9 @@ def test_compare_tuned_table_and_report(tmp_path):
         assert "1 run (no search)" in text and 'lr="auto" in one run ended at' in text
     page = (out / "report.html").read_text()
     assert "tuning cost" in page and "the grid search over 8 rates" in page
+    held = re.findall(r"scored (\d\.\d{3}) on the validation rows that chose it; chosen on one half of them and "
+                      r"measured on the other, (\d\.\d{3})", text)
+    assert len(held) == 2 and all(float(h) <= float(b) for b, h in held)  # per rule; held out never above
     with open(out / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["optimizer"] for r in rows} == set(labels) and len(rows) == len(labels) * 2 * 3

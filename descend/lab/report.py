@@ -434,6 +434,9 @@ def tuned_reading(comp: Comparison) -> list[str]:
         txt = (f"{rule}: the {cost['search']} search over {cost['lrs'][2]} rates "
                f"({cost['lrs'][0]:.2g} … {cost['lrs'][1]:.2g}) picked lr={cost['lr']:.2g} for "
                f"{cost['runs']} runs and {cost['epochs']} epochs")
+        if cost.get("heldout") is not None and math.isfinite(cost.get("best", math.nan)):
+            txt += (f" (it scored {cost['best']:.3f} on the validation rows that chose it; chosen on one half of "
+                    f"them and measured on the other, {cost['heldout']:.3f})")
         if auto is not None and math.isfinite(auto.final_mean) and math.isfinite(t.final_mean):
             d = 100 * (auto.final_mean - t.final_mean)
             txt += (f"; lr=\"auto\" in one run ended at {auto.final_mean:.3f} against {t.final_mean:.3f} "

@@ -856,7 +856,8 @@ def compare_tuned(data: Data, optimizers: Sequence[str] = T.DEFAULT_OPTIMIZERS, 
             label = f"{t.label} (tuned)"
             variants.append((label, t.label, t.best_hyperparameters()))
             tuning[label] = dict(runs=t.runs, epochs=t.epochs, seconds=t.seconds, search=t.search,
-                                 lrs=(min(t.lrs), max(t.lrs), len(t.lrs)), lr=t.best_lr)
+                                 lrs=(min(t.lrs), max(t.lrs), len(t.lrs)), lr=t.best_lr, best=t.best_mean,
+                                 heldout=t.heldout)
         if auto_ok:
             label = f"{t.label} (lr=auto)"
             variants.append((label, t.label, {**t.hyperparameters, "lr": "auto"}))
