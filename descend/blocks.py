@@ -643,28 +643,39 @@ class ScaleByAutoLearningRate(Block):
 
 
 class AverageIterates(Block):
-    r"""Keeps a polynomial-decay average of the iterates for evaluation (Shamir & Zhang 2013):
-    θ̄_t = θ̄_{t−1} + w_t (θ_{t+1} − θ̄_{t−1}),  w_t = (1 + γ)/(t + γ)  (θ̄ = θ after the first step).
+    r"""Keeps a polynomial-decay average of the iterates for evaluation (Shamir & Zhang 2013), taken
+    every k-th step (k = ``avg_every``; steps 1, 1 + k, 1 + 2k, …, the m-th of them at step t):
 
-    The update passes through unchanged (this block goes last, where ``p + u`` is the new θ).
-    ``with opt.averaged(): evaluate(model)`` swaps θ̄ in and θ back (bitwise). γ = ``avg_gamma``
-    (default 8, as the DoG paper): γ = 0 is the uniform average, larger γ forgets the start faster.
+        θ̄ ← θ̄ + w_m (θ_{t+1} − θ̄),  w_m = (1 + γ)/(m + γ)  (θ̄ = θ after the first step),
+
+    and left alone on the other steps. The update passes through unchanged (this block goes last,
+    where ``p + u`` is the new θ). ``with opt.averaged(): evaluate(model)`` swaps θ̄ in and θ back
+    (bitwise). γ = ``avg_gamma`` (default 8, as the DoG paper): γ = 0 is the uniform average, larger
+    γ forgets the start faster. k = 1 averages every iterate; a larger k averages every k-th, and the
+    fused kernel then reads and writes θ̄ only on those steps (:attr:`gate`): its memory traffic,
+    two streams per step, falls to 2/k.
     """
 
-    hyper = (Hyper("avg_gamma", 8.0, "nonneg", "γ of the polynomial-decay average"),)
+    hyper = (Hyper("avg_gamma", 8.0, "nonneg", "γ of the polynomial-decay average"),
+             Hyper("avg_every", 1, "count", "k: the average takes every k-th iterate"))
     all_buffers = ("avg",)
+    gate = "on"  # the kernel skips this block, and its buffer's loads and stores, on a step where c_on is 0
 
     def scalars(self, h, st, new):
-        g = float(h["avg_gamma"])
-        return {"w": (1.0 + g) / (st["step"] + g)}
+        g, k = float(h["avg_gamma"]), int(float(h["avg_every"]))
+        t = st["step"]
+        if (t - 1) % k:
+            return {"w": 0.0, "on": 0.0}
+        return {"w": (1.0 + g) / ((t - 1) // k + 1 + g), "on": 1.0}
 
     def apply(self, u, p, s, c):
-        a = s["avg"]
-        a.add_((p + u - a) * c.w)
+        if c.on:
+            a = s["avg"]
+            a.add_((p + u - a) * c.w)
         return u
 
     def c_code(self, h):
-        return "s_avg += c_w * ((p + u) - s_avg);"
+        return "if (c_on != 0) s_avg += c_w * ((p + u) - s_avg);"
 
 
 class Auto:
@@ -685,6 +696,10 @@ class Auto:
             of scripts/tuning_table.py).
         avg_gamma: γ of that average (default 1: weights ∝ t, the linearly weighted average;
             γ = 8 kept 1–4 points less on diabetes and ~0.5 less on MNIST-1D).
+        avg_every: k, the average takes every k-th iterate (default 8); the fused step reads and
+            writes the average on those steps only, so it costs 2/k memory streams per step instead
+            of 2. k = 8 measured the same as k = 1 on the tuning table (7 tasks, 5 seeds: every
+            rule's mean gap within 0.1 point, each task within a validation row).
 
     See :class:`~descend.blocks.ScaleByAutoLearningRate` for the estimator. In a chain where a
     :class:`Trace` follows the learning rate (the chapter's momentum, ṽ ← γṽ − ηg), the estimator
@@ -693,17 +708,20 @@ class Auto:
     """
 
     def __init__(self, scale: Any = 1.0, *, init: float = 1e-2, adapt: float = 0.2, floor: float = 0.01,
-                 down: float = 0.7, cap: float = 1.0, average: bool = True, avg_gamma: float = 1.0):
+                 down: float = 0.7, cap: float = 1.0, average: bool = True, avg_gamma: float = 1.0,
+                 avg_every: int = 8):
         if not isinstance(average, bool):
             raise ValueError(f"auto: invalid average={average!r}; expected True or False")
         self.scale, self.init, self.adapt, self.floor = scale, init, adapt, floor
         self.down, self.cap, self.average, self.avg_gamma = down, cap, average, avg_gamma
+        self.avg_every = avg_every
 
     def hyperparameters(self) -> dict:
         hp = {"lr_scale": self.scale, "lr_init": self.init, "lr_adapt": self.adapt, "lr_floor": self.floor,
               "lr_down": self.down, "lr_cap": self.cap}
         if self.average:
             hp["avg_gamma"] = self.avg_gamma
+            hp["avg_every"] = self.avg_every
         return hp
 
     def chain(self, blocks) -> tuple:
@@ -736,7 +754,8 @@ class Auto:
 
     def __repr__(self):
         return (f"auto(scale={self.scale!r}, init={self.init!r}, adapt={self.adapt!r}, floor={self.floor!r}, "
-                f"down={self.down!r}, cap={self.cap!r}, average={self.average!r}, avg_gamma={self.avg_gamma!r})")
+                f"down={self.down!r}, cap={self.cap!r}, average={self.average!r}, avg_gamma={self.avg_gamma!r}, "
+                f"avg_every={self.avg_every!r})")
 
 
 def auto(scale: Any = 1.0, **options) -> Auto:

@@ -68,7 +68,7 @@ class Hyper:
 
     ``kind`` names the valid range and selects the check:
     ``"nonneg"`` [0, ∞), ``"pos"`` (0, ∞), ``"unit"`` [0, 1), ``"closed_unit"`` [0, 1],
-    ``"betas"`` a pair in [0, 1), ``"bool"``.
+    ``"betas"`` a pair in [0, 1), ``"bool"``, ``"count"`` an integer >= 1.
     """
 
     name: str
@@ -83,6 +83,7 @@ class Hyper:
         "closed_unit": "a number in [0, 1]",
         "betas": "a pair of numbers, each in [0, 1)",
         "bool": "True or False",
+        "count": "an integer >= 1",
         "auto_lr": "'auto' (or the number the estimate shows)",
     }
 
@@ -128,6 +129,7 @@ class Hyper:
             "pos": math.isfinite(x) and x > 0.0,
             "unit": 0.0 <= x < 1.0,
             "closed_unit": 0.0 <= x <= 1.0,
+            "count": 1.0 <= x < 2.0**31 and x == int(x),
         }[self.kind]
         if not ok:
             raise bad()

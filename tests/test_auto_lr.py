@@ -643,16 +643,19 @@ def test_averaged_swaps_in_the_average_and_back_bitwise():
         assert torch.equal(p, o)
     sd = opt.state_dict()
     assert all("avg" in st for st in sd["state"].values())
-    # the average by hand: θ̄ = θ after step 1, then θ̄ += w_t (θ_{t+1} − θ̄), w_t = (1 + γ)/(t + γ)
-    # with lr="auto"'s γ = 1: w_t = 2/(t + 1), weights ∝ t (the linearly weighted average)
+    # the average by hand: θ̄ = θ after step 1, then on every 8th step after it (9, 17, ...: the m-th
+    # averaging step) θ̄ += w_m (θ − θ̄), w_m = (1 + γ)/(m + γ); with lr="auto"'s γ = 1, w_m = 2/(m + 1):
+    # weights ∝ m (the linearly weighted average of every 8th iterate)
     w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     opt = descend.GD([w], lr="auto", fast=False)
-    assert opt.param_groups[0]["avg_gamma"] == 1.0
+    assert opt.param_groups[0]["avg_gamma"] == 1.0 and opt.param_groups[0]["avg_every"] == 8
     avg = None
-    for t in range(1, 6):
+    for t in range(1, 21):
         w.grad = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) * t
         opt.step()
-        avg = w.detach().clone() if avg is None else avg + (w.detach() - avg) * (2 / (t + 1))
+        if (t - 1) % 8 == 0:
+            m = (t - 1) // 8 + 1
+            avg = w.detach().clone() if avg is None else avg + (w.detach() - avg) * (2 / (m + 1))
     assert not torch.equal(avg, w.detach())
     torch.testing.assert_close(opt.state[w]["avg"], avg, rtol=1e-15, atol=1e-15)
 
@@ -791,3 +794,96 @@ def test_float32_sums_in_blocks_stay_close_to_the_float64_reference(name, monkey
         assert ea[k] == pytest.approx(eb[k], rel=1e-4), k
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- averaging every k steps
+
+
+def _avg_run(fast, every, steps=10, gamma=1.0, dtype=torch.float64):
+    torch.manual_seed(0)
+    ps = [torch.randn(5000, dtype=dtype, requires_grad=True), torch.randn(6, 7, dtype=dtype, requires_grad=True)]
+    opt = descend.ChainOptimizer(ps, [B.ScaleByLearningRate(), B.AverageIterates()], lr=0.05, avg_gamma=gamma,
+                                 avg_every=every, fast=fast)
+    gen = torch.Generator().manual_seed(3)
+    thetas, avgs = [], []
+    for _ in range(steps):
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
+        opt.step()
+        thetas.append([p.detach().clone() for p in ps])
+        avgs.append([opt.state[p]["avg"].clone() for p in ps])
+    return opt, thetas, avgs
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_average_every_k_steps_is_the_formula(fast):
+    """k = 3, γ = 1: θ̄ takes the iterates of steps 1, 4, 7, 10 with w_m = 2/(m + 1), and is left
+    bitwise alone on the steps between."""
+    _, thetas, avgs = _avg_run(fast, every=3)
+    want = None
+    for t in range(1, 11):
+        if (t - 1) % 3 == 0:
+            m = (t - 1) // 3 + 1
+            th = thetas[t - 1]
+            want = [x.clone() for x in th] if want is None else [a + (2.0 / (m + 1)) * (x - a) for a, x in zip(want, th)]
+            for a, w in zip(avgs[t - 1], want):
+                torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
+        else:
+            assert all(torch.equal(a, b) for a, b in zip(avgs[t - 1], avgs[t - 2]))  # not touched
+
+
+def test_average_every_step_is_unchanged_by_the_option():
+    """avg_every=1 (the default) is the average of every iterate, bitwise as before the option."""
+    _, thetas, avgs = _avg_run(True, every=1, gamma=8.0)
+    want = [x.clone() for x in thetas[0]]
+    for t in range(2, 11):
+        w = 9.0 / (t + 8.0)
+        want = [a + w * (x - a) for a, x in zip(want, thetas[t - 1])]
+    for a, w in zip(avgs[-1], want):
+        torch.testing.assert_close(a, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 0.0), (torch.float32, 0.0)])
+def test_average_every_k_fast_equals_reference(dtype, tol):
+    a_opt, a_th, a_avg = _avg_run(True, every=4, dtype=dtype)
+    b_opt, b_th, b_avg = _avg_run(False, every=4, dtype=dtype)
+    for x, y in zip(a_th + a_avg, b_th + b_avg):
+        for u, v in zip(x, y):
+            torch.testing.assert_close(u, v, rtol=tol, atol=tol)
+
+
+def test_gated_kernel_skips_the_average_between_its_steps():
+    """The generated C runs a second copy of the loop, without a load or store of θ̄, when the gate is 0."""
+    opt = descend.create("gd", [torch.zeros(1, requires_grad=True)], lr=descend.auto(avg_every=4))
+    blocks, views, maximize, scal, bufs = codegen.first_step_inputs(opt)
+    src = codegen.kernel_source(blocks, views, "float", maximize, scal, bufs)
+    i = [type(b) for b in blocks].index(B.AverageIterates)
+    j = [n for k, names in enumerate(bufs) for n in names].index("avg")  # θ̄'s pointer
+    full, _, reduced = src.partition(f"if (c{i}_on != 0) {{")[2].partition("} else {")
+    assert f"LD(S{j}[e])" in full and f"S{j}[e] = ST(" in full
+    assert f"S{j}[e]" not in reduced.split("r1_gx +=")[0] and "P[e] = ST(p + u);" in reduced
+
+
+def test_average_every_k_resumes_bitwise():
+    opt, _, _ = _avg_run(True, every=3, steps=5)
+    sd = copy.deepcopy(opt.state_dict())
+    ps = [p.detach().clone().requires_grad_() for p in opt.param_groups[0]["params"]]
+    again = descend.ChainOptimizer(ps, [B.ScaleByLearningRate(), B.AverageIterates()], lr=0.05, avg_gamma=1.0,
+                                   avg_every=3)
+    again.load_state_dict(sd)
+    gen = torch.Generator().manual_seed(9)
+    grads = [[torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in ps] for _ in range(4)]
+    for o, params in ((opt, opt.param_groups[0]["params"]), (again, ps)):
+        for g in grads:
+            for p, x in zip(params, g):
+                p.grad = x.clone()
+            o.step()
+    for p, q in zip(opt.param_groups[0]["params"], ps):
+        assert torch.equal(p, q) and torch.equal(opt.state[p]["avg"], again.state[q]["avg"])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", math.nan])
+def test_bad_avg_every_is_a_clear_error(bad):
+    ps = [torch.zeros(3, requires_grad=True)]
+    with pytest.raises(ValueError, match=r"avg_every=.*expected an integer >= 1"):
+        descend.Adam(ps, lr=descend.auto(avg_every=bad))

@@ -32,6 +32,8 @@ EXTREME = {
 def _value(kind: str):
     if kind == "bool":
         return st.booleans()
+    if kind == "count":
+        return st.integers(1, 8)
     if kind == "betas":
         return st.tuples(_value("unit"), _value("unit"))
     if kind == "unit":

@@ -26,6 +26,7 @@ _KIND = {
     "closed_unit": st.floats(0.0, 1.0),
     "betas": st.tuples(_unit, _unit),
     "bool": st.booleans(),
+    "count": st.integers(1, 8),
 }
 _BY_NAME = {"lr": st.floats(0.0, 0.5)}  # keep steps moderate: the problem is not bounded below when maximizing
 

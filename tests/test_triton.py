@@ -487,3 +487,35 @@ def test_bench_without_cuda_says_so_in_one_line():
                          text=True, timeout=120)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.startswith("Error: --device cuda:") and out.stderr.count("\n") == 1, out.stderr
+
+
+@DEVICES
+def test_average_every_k_steps_equals_reference(device, monkeypatch):
+    """AverageIterates(avg_every=3): its snippet's gate becomes a select, so the average moves on
+    steps 1, 4, 7 only, as in the reference."""
+    ran = _spy(monkeypatch)
+
+    def run(fast):
+        torch.manual_seed(0)
+        ps = [torch.randn(300, dtype=torch.float64, device=device, requires_grad=True),
+              torch.randn(4, 5, dtype=torch.float64, device=device, requires_grad=True)]
+        opt = descend.ChainOptimizer(ps, [B.ScaleByLearningRate(), B.AverageIterates()], lr=0.1, avg_gamma=1.0,
+                                     avg_every=3, fast=fast)
+        gen = torch.Generator().manual_seed(2)
+        avgs = []
+        for _ in range(8):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(device)
+            opt.step()
+            avgs.append([opt.state[p]["avg"].clone() for p in ps])
+        return avgs
+
+    got = run(True)
+    assert sum(ran) == 2 * 8, ran  # every parameter, every step, in the kernel
+    ran.stop()
+    want = run(False)
+    for t, (a, b) in enumerate(zip(got, want), start=1):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+        if t % 3 != 1:
+            assert all(torch.equal(x, y) for x, y in zip(a, got[t - 2]))
