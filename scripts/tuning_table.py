@@ -39,6 +39,7 @@ time, run it again to go on; ``--report`` prints the table from the cache withou
     nice -n 10 python scripts/tuning_table.py --seeds 5 --jobs 2     # everything (hours on 2 cores)
     python scripts/tuning_table.py --report --seeds 5                  # the table from the cache
     python scripts/tuning_table.py --tasks iris,wine --seeds 2         # a quick look
+    python scripts/tuning_table.py --seeds 5 --methods variants --jobs 2 --variants   # lr="auto" option variants
 """
 
 from __future__ import annotations
@@ -79,6 +80,17 @@ TASKS = {
     "wine": ("wine", "mlp", (64,), 20),
 }
 RULES = ("gd", "momentum", "adagrad", "rmsprop", "adam")
+
+# lr="auto" options measured against the default for the five rules (``--methods variants``;
+# ``--variants`` prints their gaps): keyword arguments of descend.auto
+VARIANTS = {
+    "every iterate averaged (avg_every=1)": {"avg_every": 1},
+    "uniform average (avg_gamma=0)": {"avg_gamma": 0.0},
+    "avg_gamma=0.5": {"avg_gamma": 0.5},
+    "cap 1.5": {"cap": 1.5},
+    "faster adaptation (adapt=0.3)": {"adapt": 0.3},
+    "symmetric fall (down=1)": {"down": 1.0},
+}
 
 
 # ------------------------------------------------------------------------------- published methods
@@ -260,6 +272,13 @@ def plan(task: str, seeds: list[int], methods: set[str], auto_ok: bool, lrfind_v
                 hp = {k: v for k, v in T.hyperparameters_for(rule).items() if k != "lr"}
                 trial = U.Trial(rule, rule, tuple(sorted({**hp, "lr": "auto"}.items())), s, epochs, epochs)
                 out.append((f"{task}|auto@{auto_v}|{rule}|auto|{s}", trial))
+        if "variants" in methods and auto_ok:
+            for name, opts in VARIANTS.items():
+                for rule in RULES:
+                    hp = {k: v for k, v in T.hyperparameters_for(rule).items() if k != "lr"}
+                    trial = U.Trial(rule, rule, tuple(sorted({**hp, "lr": descend.auto(**opts)}.items())), s, epochs,
+                                    epochs)
+                    out.append((f"{task}|variant@{auto_v}|{rule}|{name}|{s}", trial))
         if "published" in methods:
             for label, (factory, module) in PUBLISHED.items():
                 trial = U.Trial(label, factory, (), s, epochs, epochs)
@@ -311,7 +330,7 @@ def run(args) -> None:
                     chunk = trials[i:i + step]
                     for (key, t), res in zip(chunk, ex.run([(t, None, False) for _, t in chunk])):
                         cache.put(key, final=res.metrics[-1], diverged=res.diverged_epoch is not None,
-                                  seconds=res.seconds, lr=t.hp.get("lr"), halves=res.halves)
+                                  seconds=res.seconds, lr=_plain(t.hp.get("lr")), halves=res.halves)
             finally:
                 ex.close()
             print(f"seed {s} {task}: {len(todo)} trials in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -322,6 +341,11 @@ def half_sizes(task: str) -> tuple[int, int] | None:
     name, model, hidden, _ = TASKS[task]
     halves = U.problem_from_data(D.load(name), model, hidden, 32).halves()
     return None if halves is None else (len(halves[0]), len(halves[1]))
+
+
+def _plain(lr):
+    """The lr as the cache stores it: a number, "auto", or descend.auto(...)'s repr."""
+    return lr if lr is None or isinstance(lr, (int, float, str)) else repr(lr)
 
 
 def needs_run(cache: Cache, key: str) -> bool:
@@ -520,6 +544,57 @@ def lr_find_report(args) -> str:
     return "\n".join(lines)
 
 
+def grid_scores(cache: Cache, task: str, rule: str, seeds: list[int]) -> tuple[float, float | None] | None:
+    """The rule's grid on ``task``: (best mean on the same rows, held-out metric or None)."""
+    hp = T.hyperparameters_for(rule)
+    by_lr, best = {}, None
+    for lr in U.grid(float(hp["lr"])):
+        got = [cache.get(f"{task}|grid|{rule}|{lr:.6g}|{s}") for s in seeds]
+        if any(r is None for r in got):
+            return None
+        by_lr[lr] = [(-math.inf if r["diverged"] else r["final"], r.get("halves")) for r in got]
+        score = -math.inf if any(r["diverged"] for r in got) else statistics.fmean(r["final"] for r in got)
+        best = score if best is None else max(best, score)
+    sizes = half_sizes(task)
+    held = U.heldout_best(by_lr, sizes) if sizes else None
+    return best, (None if held is None else held[0])
+
+
+def variants_report(args) -> str:
+    """Each lr="auto" variant of VARIANTS (and the default) against each rule's grid: mean and worst
+    gap over the tasks, on the same rows and held out, in points."""
+    cache = Cache(Path(args.cache))
+    seeds = list(range(args.seeds))
+    tasks = args.tasks.split(",")
+    auto_v = auto_version()
+    grids = {(t, r): grid_scores(cache, t, r, seeds) for t in tasks for r in RULES}
+    head = ["lr=\"auto\" variant", *RULES]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+             ]
+    for name in ["default", *VARIANTS]:
+        cells = []
+        for rule in RULES:
+            same, held, worst_task = [], [], None
+            for t in tasks:
+                key = f"{t}|auto@{auto_v}|{rule}|auto" if name == "default" else f"{t}|variant@{auto_v}|{rule}|{name}"
+                got = [cache.get(f"{key}|{s}") for s in seeds]
+                g = grids[(t, rule)]
+                if g is None or any(r is None for r in got):
+                    continue
+                m = -math.inf if any(r["diverged"] for r in got) else statistics.fmean(r["final"] for r in got)
+                same.append(100 * (m - g[0]))
+                if g[1] is not None:
+                    held.append((100 * (m - g[1]), t))
+            if len(same) < len(tasks):
+                cells.append("—")
+                continue
+            worst = min(held) if held else (math.nan, "")
+            cells.append(f"{statistics.fmean(same):+.2f} / {min(same):+.2f}; held out {statistics.fmean(h for h, _ in held):+.2f}"
+                         f" / {worst[0]:+.2f} ({worst[1]})" if held else f"{statistics.fmean(same):+.2f} / {min(same):+.2f}")
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines) + "\n\ncells: mean / worst gap over the tasks, points, to the rule's own 8-point grid"
+
+
 def _cell(rows, label, task, recs, runs, note=None):
     m, s = _stats([r["final"] for r in recs if not r["diverged"]])
     rows.setdefault(label, {})[task] = dict(mean=m, std=s, n=len(recs), div=sum(bool(r["diverged"]) for r in recs),
@@ -535,6 +610,8 @@ def main():
     ap.add_argument("--cache", default=str(ROOT / "docs" / "tuning_cache.jsonl"))
     ap.add_argument("--report", action="store_true", help="only print the table from the cache")
     ap.add_argument("--lr-find", action="store_true", help="print lr_find's gap table instead of the main one")
+    ap.add_argument("--variants", action="store_true",
+                    help="print the lr=\"auto\" variants' gaps (trials of --methods variants) instead of the main table")
     ap.add_argument("--rekey-auto", action="store_true", help=argparse.SUPPRESS)  # old file-hash keys → code-hash keys
     args = ap.parse_args()
     bad = [t for t in args.tasks.split(",") if t not in TASKS]
@@ -547,7 +624,7 @@ def main():
         return
     if not args.report:
         run(args)
-    print(lr_find_report(args) if args.lr_find else report(args))
+    print(lr_find_report(args) if args.lr_find else variants_report(args) if args.variants else report(args))
 
 
 if __name__ == "__main__":

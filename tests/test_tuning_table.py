@@ -52,6 +52,22 @@ def test_tuning_table_runs_resumes_and_reports(tmp_path):
     assert second.stdout == table
     report = _run("--tasks", "iris", "--seeds", "1", "--report", "--cache", str(cache), cwd=tmp_path)
     assert report.returncode == 0 and report.stdout == table
+    # the lr="auto" variants: one run per variant and rule, and their gap table
+    var = _run("--tasks", "iris", "--seeds", "1", "--methods", "variants", "--variants", "--cache", str(cache),
+               cwd=tmp_path)
+    assert var.returncode == 0, var.stderr
+    recs = [json.loads(x) for x in cache.read_text().splitlines()]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import tuning_table as TT
+    finally:
+        sys.path.pop(0)
+    assert sum("|variant@" in r["key"] for r in recs) == len(TT.VARIANTS) * 5
+    assert any("avg_every=1" in r["lr"] for r in recs if "|variant@" in r["key"])  # the option reached the run
+    rows = [r for r in var.stdout.splitlines() if r.startswith("| ") and not r.startswith("| lr=")]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["default", *TT.VARIANTS]
+    for r in rows:
+        assert len(re.findall(r"[+-]\d+\.\d\d / [+-]\d+\.\d\d; held out", r)) == 5, r
 
 
 def test_grid_rows_cached_without_halves_run_again(tmp_path):
