@@ -279,9 +279,28 @@ def test_compare_tuned_table_and_report(tmp_path):
     assert len(tuned_lr) == 1 and tuned_lr.pop() in U.grid(T.DEFAULT_HYPERPARAMETERS["adam"]["lr"])
 
 
-def test_compare_tuned_errors_before_training():
-    res, text = _cli(["compare", "--tuned", "--schedule", "cosine", "--no-progress"])
-    assert res.exit_code != 0 and text.count("Error:") == 1 and "--schedule" in text
+@pytest.mark.parametrize("spec, words", [("reduce_on_plateau", "reduce_on_plateau"), ("nope", "unknown schedule")])
+def test_compare_tuned_errors_before_training(spec, words, monkeypatch):
+    monkeypatch.setattr(U, "tune", lambda *a, **k: pytest.fail("trained before the error"))
+    res, text = _cli(["compare", "--tuned", "--schedule", spec, "--subsample", "200", "--no-progress"])
+    assert res.exit_code != 0 and text.count("Error:") == 1 and words in text and "Traceback" not in text
+
+
+def test_compare_tuned_with_a_schedule(tmp_path):
+    """The search tunes the cosine's peak, the tuned rows train with it, and lr="auto" takes its shape."""
+    out = tmp_path / "rep"
+    res, text = _cli(["compare", "--tuned", "--schedule", "cosine", "--subsample", "200", "--epochs", "3", "--seeds", "1",
+                      "--hidden", "4", "--optimizers", "adam", "--no-progress", "--out", str(out)])
+    assert res.exit_code == 0, text
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["epoch"] != "0"]
+    labels = ["adam (tuned)"] + (["adam (lr=auto)"] if U._has_auto() else [])
+    for label in labels:
+        lrs = [float(r["lr"]) for r in rows if r["optimizer"] == label]
+        assert len(lrs) == 3 and lrs[-1] < 0.05 * max(lrs), (label, lrs)  # the cosine ends near 0
+    tuned = [float(r["lr"]) for r in rows if r["optimizer"] == "adam (tuned)"]
+    assert tuned[0] < max(U.grid(T.DEFAULT_HYPERPARAMETERS["adam"]["lr"]))  # a tuned peak, on its way down
+    assert "cosine" in (out / "report.html").read_text()
 
 
 # ------------------------------------------------------------------------------- held-out selection

@@ -39,7 +39,7 @@ __all__ = ["compare_command"]
 @click.option("--tuned", is_flag=True, default=False,
               help="Compare each optimizer at its tuned lr (an 8-point grid around its default, on seed 0's "
                    "validation split: `descend tune`) beside the same rule with lr=auto from one run; the table "
-                   "adds what each rate cost to find.")
+                   "adds what each rate cost to find. With --schedule the search tunes its peak and lr=auto takes its shape.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --tuned: run the search's trials in this many local processes.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
@@ -65,8 +65,6 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, feat
     names = optimizer_names(optimizers)
     per = parse_sets(sets, names)
     widths = parse_hidden(hidden) or train.DEFAULT_HIDDEN[model]
-    if tuned and schedule:
-        raise click.UsageError("--tuned searches constant learning rates; give it without --schedule")
     check_out_dir(out_dir)  # before any training: a bad --out must cost nothing
     data = load_data(task, data_file, target, kind, val_fraction, subsample, features, drop)
     try:
@@ -83,7 +81,7 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, feat
             centre = {n: ({"lr": lr} if lr is not None else {}) | per.get(n, {}) for n in names}
             comp = tune.compare_tuned(data, names, seeds=seeds, epochs=epochs, batch_size=batch_size, model=model,
                                       hidden=widths, hyperparameters={n: v for n, v in centre.items() if v},
-                                      jobs=jobs, goal=goal, progress=progress)
+                                      jobs=jobs, goal=goal, progress=progress, schedule=schedule)
         else:
             comp = train.compare(data, names, hyperparameters=per, lr=lr, seeds=seeds, epochs=epochs,
                                  batch_size=batch_size, hidden=widths, schedule=schedule, goal=goal,

@@ -833,8 +833,14 @@ def compare_tuned(data: Data, optimizers: Sequence[str] = T.DEFAULT_OPTIMIZERS, 
                   epochs: int = 20, batch_size: int = 32, model: str = "mlp", hidden: Sequence[int] | None = None,
                   hyperparameters: Mapping[str, Mapping[str, Any]] | None = None, tune_seeds: Sequence[int] = (0,),
                   search: str = "grid", points: int = GRID_POINTS, auto: bool = True, jobs: int = 1,
-                  ray: str | bool | None = None, goal: float | None = None, progress: bool = False) -> T.Comparison:
+                  ray: str | bool | None = None, goal: float | None = None, progress: bool = False,
+                  schedule: str | None = None) -> T.Comparison:
     """Each optimizer at its tuned learning rate, beside the same rule with ``lr="auto"`` from one run.
+
+    With ``schedule`` (a lab spec, e.g. ``"warmup_cosine:warmup_steps=50"``) the search tunes the
+    schedule's peak, the tuned rows train with it, and the ``lr="auto"`` rows take its shape with peak
+    1 as the estimate's scale (``descend.auto(scale=...)``). ``reduce_on_plateau``, which follows the
+    validation loss, is refused (the search's trials do not feed it).
 
     First :func:`tune` searches each optimizer's lr (``search`` over ``points`` rates, on ``tune_seeds``,
     the full ``epochs``); then every optimizer is trained at its best rate on every seed (rows labelled
@@ -844,9 +850,15 @@ def compare_tuned(data: Data, optimizers: Sequence[str] = T.DEFAULT_OPTIMIZERS, 
     ``seconds``; one run for lr="auto"), which the table and the report show.
     """
     names = [str(o).lower() for o in optimizers]
+    total_steps = epochs * math.ceil(len(data.x_train) / batch_size)
+    if schedule:
+        if T.feeds_on_validation_loss(schedule):
+            raise ValueError("compare --tuned: reduce_on_plateau follows the validation loss, which the search's trials "
+                             "do not feed; give a schedule of a fixed shape (cosine, warmup_cosine, wsd, ...)")
+        T.make_schedule(schedule, 1.0, total_steps)  # a bad spec fails here, before any training
     res = tune(data, names, search=search, points=points, seeds=list(tune_seeds), epochs=epochs,
                hyperparameters=hyperparameters, jobs=jobs, ray=ray, progress=progress, model=model,
-               hidden=hidden, batch_size=batch_size)
+               hidden=hidden, batch_size=batch_size, schedule=schedule)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     auto_ok = auto and _has_auto()
     variants: list[tuple[str, str, dict[str, Any]]] = []
@@ -860,7 +872,8 @@ def compare_tuned(data: Data, optimizers: Sequence[str] = T.DEFAULT_OPTIMIZERS, 
                                  heldout=t.heldout)
         if auto_ok:
             label = f"{t.label} (lr=auto)"
-            variants.append((label, t.label, {**t.hyperparameters, "lr": "auto"}))
+            lr_auto = descend.auto(scale=T.make_schedule(schedule, 1.0, total_steps)) if schedule else "auto"
+            variants.append((label, t.label, {**t.hyperparameters, "lr": lr_auto}))
             tuning[label] = dict(runs=1, epochs=epochs, seconds=None, search="auto", lr="auto")
     if not variants:
         raise ValueError("every tuning run diverged and this descend has no lr='auto': nothing to compare")
@@ -877,7 +890,8 @@ def compare_tuned(data: Data, optimizers: Sequence[str] = T.DEFAULT_OPTIMIZERS, 
         for seed in seed_list:
             for label, name, hp in variants:
                 run = T.train_run(data, name, hp, seed=seed, epochs=epochs, batch_size=batch_size, hidden=hidden_t,
-                                  on_epoch=bar.update if bar is not None else None, model=model)
+                                  on_epoch=bar.update if bar is not None else None, model=model,
+                                  schedule=schedule if isinstance(hp.get("lr"), (int, float)) else None)
                 if bar is not None and run.diverged:
                     bar.update(epochs - run.diverged_epoch)
                 run.optimizer = label
@@ -893,7 +907,7 @@ def compare_tuned(data: Data, optimizers: Sequence[str] = T.DEFAULT_OPTIMIZERS, 
         if tuning[label]["seconds"] is None:
             tuning[label]["seconds"] = float(np.mean([r.rows[-1]["seconds"] for r in runs if r.optimizer == label]))
     settings = dict(task=data.name, kind=data.kind, metric=data.metric_name, optimizers=labels, seeds=seed_list,
-                    epochs=epochs, batch_size=batch_size, hidden=list(hidden_t), model=model, schedule=None,
+                    epochs=epochs, batch_size=batch_size, hidden=list(hidden_t), model=model, schedule=schedule,
                     divergence_factor=1e3, train_rows=len(data.x_train), val_rows=len(data.x_val),
                     n_features=data.n_features, tuning=tuning, tuning_seeds=list(tune_seeds))
     return T._comparison(data, runs, labels, seed_list, settings, goal)
