@@ -90,6 +90,7 @@ VARIANTS = {
     "cap 1.5": {"cap": 1.5},
     "faster adaptation (adapt=0.3)": {"adapt": 0.3},
     "symmetric fall (down=1)": {"down": 1.0},
+    "adapt=0.3 and down=1": {"adapt": 0.3, "down": 1.0},
 }
 
 
