@@ -74,7 +74,7 @@ def one(name, numel, args, reps):
     r2 = statistics.median(a / b for a, b in zip(times["auto"], base))
     n = streams(opts["fixed"])
     print(f"{name:9s} fixed {statistics.median(base) * 1e6:9.1f} µs   auto(average=False) ×{r1:.2f} "
-          f"(traffic ×{(n + 1) / n:.2f})   auto ×{r2:.2f} (traffic ×{(n + 1 + 2 / 8) / n:.2f})", flush=True)
+          f"(traffic ×{(n + 1) / n:.2f})   auto ×{r2:.2f} (traffic ×{(n + 1 + 2 / descend.auto().avg_every) / n:.2f})", flush=True)
 
 
 def streams(opt) -> int:

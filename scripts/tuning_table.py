@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import functools
 import hashlib
 import importlib
 import inspect
@@ -337,6 +338,7 @@ def run(args) -> None:
             print(f"seed {s} {task}: {len(todo)} trials in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
+@functools.lru_cache(maxsize=None)
 def half_sizes(task: str) -> tuple[int, int] | None:
     """Row counts of the task's two validation halves (descend.lab.tune.Problem.halves)."""
     name, model, hidden, _ = TASKS[task]
@@ -400,45 +402,32 @@ def report(args) -> str:
     lrfind_v, auto_v = code_hash(LR_FIND), auto_version()
     rows: dict[str, dict[str, dict]] = {}  # label -> task -> {"mean", "std", "n", "div", "runs", "sec"}
     ref_of: dict[str, str] = {}
-    grid_best: dict[tuple[str, str], float] = {}
-    grid_heldout: dict[tuple[str, str], float] = {}
+    grid_best_of: dict[tuple[str, str], float] = {}
+    grid_heldout_of: dict[tuple[str, str], float] = {}
 
     def recs(prefix, task):
         return [cache.get(f"{task}|{prefix}|{s}") for s in seeds]
 
     for task in tasks:
-        sizes = half_sizes(task)
         for rule in RULES:
             hp = T.hyperparameters_for(rule)
-            best = None
-            by_lr = {}
-            for lr in U.grid(float(hp["lr"])):
-                rs = recs(f"grid|{rule}|{lr:.6g}", task)
-                got = [r for r in rs if r is not None]
-                if not got:
-                    continue
-                by_lr[lr] = [(-math.inf if r["diverged"] else r["final"], r.get("halves")) for r in got]
-                if any(r["diverged"] for r in got):
-                    score = -math.inf
-                else:
-                    score = statistics.fmean(r["final"] for r in got)
-                if best is None or score > best[0]:
-                    best = (score, lr, got)
-                if lr == hp["lr"]:
-                    _cell(rows, f"{rule} at its default lr ({hp['lr']:g})", task, got, 1)
-                    ref_of[f"{rule} at its default lr ({hp['lr']:g})"] = rule
+            runs = grid_runs(cache, task, rule, seeds)
+            if hp["lr"] in runs:
+                _cell(rows, f"{rule} at its default lr ({hp['lr']:g})", task, runs[hp["lr"]], 1)
+                ref_of[f"{rule} at its default lr ({hp['lr']:g})"] = rule
+            best = grid_best(runs)
             if best is not None:
                 label = f"{rule}, 8-point grid (best on validation)"
-                _cell(rows, label, task, best[2], 8, note=f"{best[1]:.2g}")
+                _cell(rows, label, task, runs[best[1]], 8, note=f"{best[1]:.2g}")
                 ref_of[label] = rule
-                grid_best[(task, rule)] = rows[label][task]["mean"]
-            held = U.heldout_best(by_lr, sizes) if sizes and len({len(v) for v in by_lr.values()}) == 1 else None
+                grid_best_of[(task, rule)] = rows[label][task]["mean"]
+            held = grid_heldout(runs, task)
             if held is not None:
                 label = f"{rule}, 8-point grid (held out: chosen on one half, reported on the other)"
-                rows.setdefault(label, {})[task] = dict(mean=held[0], std=math.nan, n=len(next(iter(by_lr.values()))),
+                rows.setdefault(label, {})[task] = dict(mean=held[0], std=math.nan, n=len(next(iter(runs.values()))),
                                                         div=0, runs=8, note="/".join(f"{x:.2g}" for x in held[1]))
                 ref_of[label] = rule
-                grid_heldout[(task, rule)] = held[0]
+                grid_heldout_of[(task, rule)] = held[0]
         for rule in descend.available():
             label = f"{rule}, lr=\"auto\""
             got = [r for r in recs(f"auto@{auto_v}|{rule}|auto", task) if r is not None]
@@ -496,10 +485,10 @@ def report(args) -> str:
             if c.get("note"):
                 txt += f" @{c['note']}"
             parts.append(txt)
-            g = grid_best.get((t, ref))
+            g = grid_best_of.get((t, ref))
             if g is not None and math.isfinite(c["mean"]):
                 gaps.append(100 * (c["mean"] - g))
-            h = grid_heldout.get((t, ref))
+            h = grid_heldout_of.get((t, ref))
             if h is not None and math.isfinite(c["mean"]):
                 held.append(100 * (c["mean"] - h))
         mg, wg = (f"{statistics.fmean(gaps):+.2f}", f"{min(gaps):+.2f}") if gaps else ("—", "—")
@@ -520,16 +509,9 @@ def lr_find_report(args) -> str:
     gaps = []
     for task in args.tasks.split(","):
         for rule in RULES:
-            hp = T.hyperparameters_for(rule)
-            best = None
-            for lr in U.grid(float(hp["lr"])):
-                got = [r for r in (cache.get(f"{task}|grid|{rule}|{lr:.6g}|{s}") for s in seeds) if r is not None]
-                if got and not any(r["diverged"] for r in got):
-                    m = statistics.fmean(r["final"] for r in got)
-                    if best is None or m > best[0]:
-                        best = (m, lr)
+            best = grid_best(grid_runs(cache, task, rule, seeds))
             got = [r for r in (cache.get(f"{task}|lrfind@{lrfind_v}|{rule}|?|{s}") for s in seeds) if r is not None]
-            if best is None or not got:
+            if best is None or best[0] == -math.inf or not got:
                 continue
             ok = [r["final"] for r in got if not r["diverged"]]
             div = len(got) - len(ok)
@@ -545,20 +527,37 @@ def lr_find_report(args) -> str:
     return "\n".join(lines)
 
 
-def grid_scores(cache: Cache, task: str, rule: str, seeds: list[int]) -> tuple[float, float | None] | None:
-    """The rule's grid on ``task``: (best mean on the same rows, held-out metric or None)."""
+def grid_runs(cache: Cache, task: str, rule: str, seeds: list[int]) -> dict[float, list[dict]]:
+    """The rule's cached grid trials on ``task``: rate → the records of the seeds that have finished
+    (rates with none left out), in the grid's order."""
     hp = T.hyperparameters_for(rule)
-    by_lr, best = {}, None
+    out = {}
     for lr in U.grid(float(hp["lr"])):
-        got = [cache.get(f"{task}|grid|{rule}|{lr:.6g}|{s}") for s in seeds]
-        if any(r is None for r in got):
-            return None
-        by_lr[lr] = [(-math.inf if r["diverged"] else r["final"], r.get("halves")) for r in got]
+        got = [r for r in (cache.get(f"{task}|grid|{rule}|{lr:.6g}|{s}") for s in seeds) if r is not None]
+        if got:
+            out[lr] = got
+    return out
+
+
+def grid_best(runs: dict[float, list[dict]]) -> tuple[float, float] | None:
+    """(best mean final over the seeds, its rate): a rate with a diverged seed scores −∞; a tie keeps
+    the smaller rate. None without runs."""
+    best = None
+    for lr, got in runs.items():
         score = -math.inf if any(r["diverged"] for r in got) else statistics.fmean(r["final"] for r in got)
-        best = score if best is None else max(best, score)
+        if best is None or score > best[0]:
+            best = (score, lr)
+    return best
+
+
+def grid_heldout(runs: dict[float, list[dict]], task: str) -> tuple[float, tuple[float, float]] | None:
+    """The grid held out (descend.lab.tune.heldout_best): None unless every rate has the same seeds
+    and their halves."""
     sizes = half_sizes(task)
-    held = U.heldout_best(by_lr, sizes) if sizes else None
-    return best, (None if held is None else held[0])
+    if not runs or not sizes or len({len(v) for v in runs.values()}) != 1:
+        return None
+    return U.heldout_best({lr: [(-math.inf if r["diverged"] else r["final"], r.get("halves")) for r in got]
+                           for lr, got in runs.items()}, sizes)
 
 
 def variants_report(args) -> str:
@@ -568,7 +567,14 @@ def variants_report(args) -> str:
     seeds = list(range(args.seeds))
     tasks = args.tasks.split(",")
     auto_v = auto_version()
-    grids = {(t, r): grid_scores(cache, t, r, seeds) for t in tasks for r in RULES}
+    grids = {}
+    for t in tasks:
+        for r in RULES:
+            runs = grid_runs(cache, t, r, seeds)
+            complete = len(runs) == len(U.grid(float(T.hyperparameters_for(r)["lr"]))) and all(
+                len(got) == len(seeds) for got in runs.values())
+            held = grid_heldout(runs, t) if complete else None
+            grids[(t, r)] = (grid_best(runs)[0], None if held is None else held[0]) if complete else None
     head = ["lr=\"auto\" variant", *RULES]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
              ]

@@ -15,6 +15,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "tuning_table.py"
 
 
+def _script():
+    """scripts/tuning_table.py as a module."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import tuning_table
+    finally:
+        sys.path.pop(0)
+    return tuning_table
+
+
 def _run(*args, cwd):
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
@@ -57,11 +67,7 @@ def test_tuning_table_runs_resumes_and_reports(tmp_path):
                cwd=tmp_path)
     assert var.returncode == 0, var.stderr
     recs = [json.loads(x) for x in cache.read_text().splitlines()]
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import tuning_table as TT
-    finally:
-        sys.path.pop(0)
+    TT = _script()
     assert sum("|variant@" in r["key"] for r in recs) == len(TT.VARIANTS) * 5
     assert any("avg_every=1" in r["lr"] for r in recs if "|variant@" in r["key"])  # the option reached the run
     rows = [r for r in var.stdout.splitlines() if r.startswith("| ") and not r.startswith("| lr=")]
@@ -71,11 +77,7 @@ def test_tuning_table_runs_resumes_and_reports(tmp_path):
 
 
 def test_grid_rows_cached_without_halves_run_again(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import tuning_table as TT
-    finally:
-        sys.path.pop(0)
+    TT = _script()
     cache = TT.Cache(tmp_path / "c.jsonl")
     cache.put("iris|grid|adam|0.001|0", final=0.9, diverged=False, seconds=1.0, lr=1e-3)  # an older row
     cache.put("iris|grid|adam|0.01|0", final=0.9, diverged=False, seconds=1.0, lr=1e-2, halves=[0.9, 0.9])
