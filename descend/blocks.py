@@ -483,7 +483,8 @@ class ScaleByAutoLearningRate(Block):
 
         cos_t = −⟨g_t, θ_t − θ₀⟩ / (‖g_t‖ ‖θ_t − θ₀‖),
         η̂ ← max(η̂ · e^{β_t cos_t},  κ · max_{i≤t} η̂_i),   β_t = β if cos_t > 0 else ρβ,
-        η̂ ← min(η̂,  c · r̄_t ‖g_t‖ / (‖u_t‖ √G_t)),   r̄_t = max(r₀, max_{i≤t} ‖θ_i − θ₀‖),  G_t = Σ_{i≤t} ‖g_i‖²,
+        η̂ ← min(η̂,  c · r̄_t · max(‖g_t‖ / (‖u_t‖ √G_t), 1/√U_t)),
+        r̄_t = max(r₀, max_{i≤t} ‖θ_i − θ₀‖),  G_t = Σ_{i≤t} ‖g_i‖²,  U_t = Σ_{i≤t} ‖u_i‖²,
 
     with ‖·‖ over the whole group, g the gradient and u the chain's direction (what this block
     receives). cos_t > 0: the gradient at θ_t still points back along the whole path taken so far
@@ -493,21 +494,24 @@ class ScaleByAutoLearningRate(Block):
     so once progress stops η̂ holds roughly still instead of decaying. The same rule against the last
     step (Baydin et al. 2018), tried first, settles at the greedy one-step rate, far below the best
     rate of a long run under noise (short-horizon bias, Wu et al. 2018): it left GD, AdaGrad and
-    RMSProp near chance on MNIST-1D. The cap keeps the step length η̂‖u‖ within DoG's step for
-    gradient descent (Ivgi et al. 2023), c·r̄‖g‖/√G, whatever the chain does with the gradient
-    (normalises it, lets it decay as AdaGrad, or builds it up as momentum): growth cannot outrun the
-    distance actually covered. Without a cap, GD diverged on wine and digits; DoG's cap on the
-    chain's own direction (Σ‖u‖²) held AdaGrad ~20 points below its grid on MNIST-1D (its u decays,
-    so that sum double-counts the decay); a cap from the recent mean of ‖u‖² diverged on digits;
-    c = 2 gained 3–4 points for AdaGrad, RMSProp and Adam on MNIST-1D but left GD and Momentum at
-    chance on its CNN (2 seeds).
+    RMSProp near chance on MNIST-1D. The cap keeps the step length η̂‖u‖ within DoG's step
+    (Ivgi et al. 2023) for gradient descent, c·r̄‖g‖/√G, or along the chain's own direction,
+    c·r̄‖u‖/√U, whichever is longer: growth cannot outrun the distance actually covered. For GD
+    (u = g, U = G) the two are one. The gradient's cap alone pins a chain that normalises its
+    direction (Adam, RMSProp) ever lower as ‖g‖ shrinks while ‖u‖ holds (iris: Adam's estimate ~10×
+    below its best grid rate; with both, 7 tasks × 5 seeds, Adam's mean gap rose by 0.25 and its
+    worst by 0.5); the cap along u alone held AdaGrad ~20 points below its grid on MNIST-1D (its u
+    decays, so that sum double-counts the decay), so the larger one applies. Without a cap, GD
+    diverged on wine and digits; a cap from the recent mean of ‖u‖² diverged on digits; c = 2 gained
+    3–4 points for AdaGrad, RMSProp and Adam on MNIST-1D but left GD and Momentum at chance on its
+    CNN (2 seeds).
 
     Start: the first step only measures (η̂_1 = 0; the blocks before this one update their state)
     and sets η̂_2 = r₀/‖u_1‖, so the next step moves θ by r₀ = α(1 + ‖θ₀‖) (DoG's start).
     ``s_t = lr_scale`` (default 1; a schedule gives warm-up/decay shapes) multiplies the estimate;
     ``lr_decay`` (AdaGrad) divides it by 1 + (t − 1)·lr_decay as in ScaleByLearningRate.
     ``group["lr"]`` shows η̂·d·s_t, the learning rate in use (d: the brake below). α = ``lr_init`` (1e-2), β = ``lr_adapt``
-    (0.2), ρ = ``lr_down`` (0.7), κ = ``lr_floor`` (0.01), c = ``lr_cap`` (1). The estimate made from
+    (0.2), ρ = ``lr_down`` (1), κ = ``lr_floor`` (0.01), c = ``lr_cap`` (1). The estimate made from
     step t's sums is used from step t + 1 on: the sums are gathered in the step's own pass.
 
     A brake for what both are too slow to see: a gradient with ‖g_t‖² above 4 × its recent mean E
@@ -519,7 +523,7 @@ class ScaleByAutoLearningRate(Block):
 
     Invariant. |cos_t| ≤ 1: η̂ grows by at most e^β (×1.22) per step, the hypergradient lowers it by
     at most e^−ρβ per step and never below κ × its peak, and the cap only lowers it. One step's
-    gradient adds at most 10 × the mean so far to G (one spike lowers the cap by at most √(1 + 10/t),
+    gradient adds at most 10 × the mean so far to G, and its update as much to U (one spike lowers the cap by at most √(1 + 10/t),
     and it cannot pin η̂ down for the rest of the run). A step whose gradient or update holds a NaN
     or ±inf changes nothing in the estimate (``skipped`` counts it) and that element moves nothing;
     with :class:`ZeroNonfinite` first (lr="auto" puts it there) no NaN reaches any state.
@@ -528,14 +532,19 @@ class ScaleByAutoLearningRate(Block):
     still rises, and the cap grows only as fast as θ moves away from θ₀ (DoG's slow start). On
     small data the estimate follows the training loss and may settle above the rate that
     generalises best (diabetes: 354 rows); the iterate average (on by default in ``lr="auto"``)
-    takes most of that back. With ρ < 1 an oscillation whose cosines alternate ±1 nets a slow rise
-    (e^{(1−ρ)β} per pair) until the cap holds it. One estimate per group: very different layers in
-    one group share it.
+    takes part of that back. With ρ < 1 an oscillation whose cosines alternate ±1 nets a slow rise
+    (e^{(1−ρ)β} per pair) until the cap holds it: with ρ = 0.7, the default before, the estimate
+    drifted up through whole runs on diabetes, and with the cap along u Adam's estimate climbed to
+    0.33 on Rosenbrock and its iterate bounced 0.19 from the minimum (ρ = 1: 6e-6). A chain whose
+    direction changes scale early (RAdam's first steps are un-normalised) or never shrinks (Lion's
+    signs) gets a looser cap along u than along g: both lost ground with it (RAdam −3.0 mean gap on
+    the tuning table, Lion −9 on diabetes). One estimate per group: very different layers in one
+    group share it.
 
     State: the per-parameter tensor ``anchor`` (θ₀, the one extra tensor; written once, then only
     read: one more stream in the fused step, not two) and, per group, the numbers in
-    ``group["lr_estimate"]`` (eta, damp, peak, rbar, G, E, steps, skipped, cos), saved by
-    ``state_dict``.
+    ``group["lr_estimate"]`` (eta, damp, peak, rbar, G, U, E, steps, skipped, cos, avg_from) and the
+    list ``group["lr_marks"]`` (see :meth:`_restart_average`), saved by ``state_dict``.
     """
 
     lr_hyper = Hyper("lr", "auto", "auto_lr", "η: 'auto' (group['lr'] then shows the estimate in use)")
@@ -544,12 +553,12 @@ class ScaleByAutoLearningRate(Block):
              Hyper("lr_init", 1e-2, "pos", "α: the second step moves θ by α(1 + ‖θ₀‖)"),
              Hyper("lr_adapt", 0.2, "pos", "β: the hypergradient changes η̂ by at most e^±β in one step"),
              Hyper("lr_floor", 0.01, "pos", "κ: the hypergradient keeps η̂ ≥ κ × its highest value so far"),
-             Hyper("lr_down", 0.7, "pos", "ρ: η̂ falls at the rate ρβ (rises at β)"),
+             Hyper("lr_down", 1.0, "pos", "ρ: η̂ falls at the rate ρβ (rises at β)"),
              Hyper("lr_cap", 1.0, "pos", "c: the step η̂‖u‖ ≤ c × DoG's step r̄‖g‖/√(Σ‖g‖²)"))
     all_buffers = ("anchor",)
     read_only_buffers = ("anchor",)  # written when created (θ₀), never by the step: the kernel only loads it
     sums = ("gx", "g2", "x2", "u2", "p2")
-    group_state = ("lr_estimate",)
+    group_state = ("lr_estimate", "lr_marks")
     reads_grad = True
     spike = 10.0  # one step adds at most this × the mean ‖g‖² so far to G
     brake = 4.0  # a step whose ‖g‖² exceeds this × its recent mean (E, ~10 steps) halves the rate in use
@@ -572,8 +581,9 @@ class ScaleByAutoLearningRate(Block):
         return p.detach().clone(memory_format=torch.preserve_format)  # the anchor: θ₀
 
     def init_group_state(self, group):
-        group["lr_estimate"] = {"eta": 0.0, "damp": 1.0, "peak": 0.0, "rbar": 0.0, "G": 0.0, "E": 0.0, "steps": 0, "skipped": 0,
-                                "cos": 0.0}
+        group["lr_estimate"] = {"eta": 0.0, "damp": 1.0, "peak": 0.0, "rbar": 0.0, "G": 0.0, "U": 0.0, "E": 0.0, "steps": 0,
+                                "skipped": 0, "cos": 0.0, "avg_from": 1}
+        group["lr_marks"] = []
 
     def scalars(self, h, st, new):
         est = h["lr_estimate"]
@@ -606,7 +616,8 @@ class ScaleByAutoLearningRate(Block):
         elif est["eta"] == 0.0:  # nothing moved yet: the next step moves θ by r₀ = α(1 + ‖θ₀‖)
             if acc["u2"] > 0:
                 r0 = float(h["lr_init"]) * (1.0 + math.sqrt(acc["p2"]))
-                est.update(eta=r0 / math.sqrt(acc["u2"]), rbar=r0, G=acc["g2"], E=acc["g2"], steps=est["steps"] + 1)
+                est.update(eta=r0 / math.sqrt(acc["u2"]), rbar=r0, G=acc["g2"], U=acc["u2"], E=acc["g2"],
+                           steps=est["steps"] + 1)
         else:
             n = math.sqrt(acc["g2"] * acc["x2"])
             cos = -acc["gx"] / n if n > 0 else 0.0
@@ -614,10 +625,16 @@ class ScaleByAutoLearningRate(Block):
             eta = est["eta"] * math.exp(float(h["lr_adapt"]) * cos * (1.0 if cos > 0 else float(h["lr_down"])))
             eta = max(eta, float(h["lr_floor"]) * est["peak"])
             est["rbar"] = max(est["rbar"], math.sqrt(acc["x2"]))
-            # the cap: DoG's step length for plain gradient descent, r̄‖g_t‖/√(Σ‖g‖²), whatever the
-            # chain does with the gradient (its direction u may be normalised, decay, or build up)
+            # the cap: DoG's step length, r̄‖v_t‖/√(Σ‖v‖²), for v the gradient (plain gradient descent's
+            # step) or the chain's own direction u, whichever allows more. A chain that normalises its
+            # direction (Adam, RMSProp) keeps ‖u‖ while ‖g‖ shrinks, and the gradient's cap alone then
+            # pins its rate ever lower (iris: Adam's estimate ~10× below its best grid rate); a chain
+            # whose u decays (AdaGrad) keeps the gradient's. For GD, u = g and U = G: one cap.
+            # Each step adds at most `spike` × the mean so far to either sum
             mean = est["G"] / est["steps"]  # of ‖g‖² over the steps so far, the first included
             est["G"] += min(acc["g2"], self.spike * mean)
+            u_sum = est.get("U", 0.0)  # (0 in a state saved before this sum existed: it starts here)
+            est["U"] = u_sum + min(acc["u2"], self.spike * u_sum / est["steps"]) if u_sum > 0 else acc["u2"]
             est["steps"] += 1
             # a brake for what the estimate is too slow to see: a gradient `brake` × its recent mean
             # (an instability starting) halves the rate in use at once; it comes back by ×1.1 per step
@@ -625,10 +642,31 @@ class ScaleByAutoLearningRate(Block):
             est["damp"] = 0.5 * est["damp"] if acc["g2"] > self.brake * recent else min(1.0, 1.1 * est["damp"])
             est["E"] = recent + 0.1 * (min(acc["g2"], self.spike * recent) - recent)  # ~ the last 10 steps
             if est["G"] > 0 and acc["u2"] > 0:
-                eta = min(eta, float(h["lr_cap"]) * est["rbar"] * math.sqrt(acc["g2"] / (acc["u2"] * est["G"])))
+                cap = math.sqrt(acc["g2"] / (acc["u2"] * est["G"]))
+                if est["U"] > 0:
+                    cap = max(cap, 1.0 / math.sqrt(est["U"]))
+                eta = min(eta, float(h["lr_cap"]) * est["rbar"] * cap)
             est["eta"] = eta
         est["peak"] = max(est["peak"], est["eta"])
+        self._restart_average(h, group, est)
         group["lr_estimate"] = est
+
+    @staticmethod
+    def _restart_average(h, group, est):
+        """Mark where the iterate average restarts: when the estimate has grown ``avg_restart`` × over
+        the latter half of the run, the iterates before were taken at rates far below the one in use,
+        still on the way in (a short run whose estimate still rises), and the average drops them.
+        ``group["lr_marks"]`` keeps [step, estimate] pairs 2^{1/4} × apart in steps (about 4 log₂ t of
+        them); the reference is the last at or before t/2, so at most 2^{1/4} × further back."""
+        t, marks = group["step"], group.get("lr_marks", [])
+        if not marks or t >= marks[-1][0] * 2 ** 0.25:
+            group["lr_marks"] = marks = marks + [[t, est["eta"]]]  # a new list: earlier state_dicts keep theirs
+        limit = h.get("avg_restart")
+        if limit is None or t < 4:
+            return
+        ref = next((eta for step, eta in reversed(marks) if 2 * step <= t), None)
+        if ref is not None and est["eta"] > float(limit) * ref:
+            est["avg_from"] = t + 1  # the average restarts at the first iterate it takes from step t + 1 on
 
     def lr_in_use(self, h, group) -> float:
         """What ``group["lr"]`` shows: the estimate times the scale (and AdaGrad's decay) of the next step."""
@@ -654,10 +692,16 @@ class AverageIterates(Block):
     γ forgets the start faster. k = 1 averages every iterate; a larger k averages every k-th, and the
     fused kernel then reads and writes θ̄ only on those steps (:attr:`gate`): its memory traffic,
     two streams per step, falls to 2/k.
+
+    With lr="auto" the average restarts (m counts from 1 again, θ̄ ← θ at the next averaged step)
+    where the estimator marks it (``group["lr_estimate"]["avg_from"]``): when its estimate has grown
+    R× (``avg_restart``, 2) over the latter half of the run so far, the iterates before were taken
+    at rates far below the one in use. Without an estimator in the chain it never restarts.
     """
 
     hyper = (Hyper("avg_gamma", 8.0, "nonneg", "γ of the polynomial-decay average"),
-             Hyper("avg_every", 1, "count", "k: the average takes every k-th iterate"))
+             Hyper("avg_every", 1, "count", "k: the average takes every k-th iterate"),
+             Hyper("avg_restart", 2.0, "restart", "R: with lr='auto', restart when the estimate grew R× over the latter half of the run"))
     all_buffers = ("avg",)
     gate = "on"  # the kernel skips this block, and its buffer's loads and stores, on a step where c_on is 0
 
@@ -666,7 +710,11 @@ class AverageIterates(Block):
         t = st["step"]
         if (t - 1) % k:
             return {"w": 0.0, "on": 0.0}
-        return {"w": (1.0 + g) / ((t - 1) // k + 1 + g), "on": 1.0}
+        # m: this iterate's place in the average since it (re)started (lr="auto"'s estimator marks a
+        # restart in its group state; without one the average starts at step 1)
+        start = h["lr_estimate"].get("avg_from", 1) if "lr_estimate" in h else 1
+        m = (t - 1) // k - (start + k - 2) // k + 1  # averaged steps 1 + jk: j now, minus the first j at or after start
+        return {"w": (1.0 + g) / (max(m, 1) + g), "on": 1.0}
 
     def apply(self, u, p, s, c):
         if c.on:
@@ -688,8 +736,10 @@ class Auto:
         init: α, the second step moves θ by α(1 + ‖θ₀‖) (default 1e-2).
         adapt: β in (0, 1], the estimate changes by at most e^±β per step (default 0.2).
         floor: κ in (0, 1], the hypergradient keeps the estimate ≥ κ × its highest value (default 0.01).
-        down: ρ in (0, 1], the estimate falls at the rate ρβ and rises at β (default 0.7).
-        cap: c > 0, the step stays ≤ c × DoG's step for gradient descent (default 1).
+        down: ρ in (0, 1], the estimate falls at the rate ρβ and rises at β (default 1; 0.7 before
+            26 Nov 2026: an asymmetric fall nets a slow rise under noise).
+        cap: c > 0, the step stays ≤ c × DoG's step, for gradient descent or along the chain's
+            direction, whichever is longer (default 1).
         average: keep a polynomial-decay average of the iterates for ``opt.averaged()`` (one more
             state tensor per parameter). On by default: while this estimator was designed, dropping
             it cost 1 to 11 points on diabetes by rule and up to 4 on MNIST-1D (2 seeds, the tasks
@@ -700,6 +750,10 @@ class Auto:
             writes the average on those steps only, so it costs 2/k memory streams per step instead
             of 2. k = 8 measured the same as k = 1 on the tuning table (7 tasks, 5 seeds: every
             rule's mean gap within 0.1 point, each task within a validation row).
+        restart: R > 1 or inf, the average restarts when the estimate has grown R× over the latter
+            half of the run (default 2; inf: never). While the estimate still climbs, the earlier
+            iterates were taken at far lower rates (measured: the tuning table's variants; on
+            Rosenbrock it takes Momentum's and Adam's averages from 0.1 to below 0.07 of the minimum).
 
     See :class:`~descend.blocks.ScaleByAutoLearningRate` for the estimator. In a chain where a
     :class:`Trace` follows the learning rate (the chapter's momentum, ṽ ← γṽ − ηg), the estimator
@@ -708,13 +762,13 @@ class Auto:
     """
 
     def __init__(self, scale: Any = 1.0, *, init: float = 1e-2, adapt: float = 0.2, floor: float = 0.01,
-                 down: float = 0.7, cap: float = 1.0, average: bool = True, avg_gamma: float = 1.0,
-                 avg_every: int = 8):
+                 down: float = 1.0, cap: float = 1.0, average: bool = True, avg_gamma: float = 1.0,
+                 avg_every: int = 8, restart: float = 2.0):
         if not isinstance(average, bool):
             raise ValueError(f"auto: invalid average={average!r}; expected True or False")
         self.scale, self.init, self.adapt, self.floor = scale, init, adapt, floor
         self.down, self.cap, self.average, self.avg_gamma = down, cap, average, avg_gamma
-        self.avg_every = avg_every
+        self.avg_every, self.restart = avg_every, restart
 
     def hyperparameters(self) -> dict:
         hp = {"lr_scale": self.scale, "lr_init": self.init, "lr_adapt": self.adapt, "lr_floor": self.floor,
@@ -722,6 +776,7 @@ class Auto:
         if self.average:
             hp["avg_gamma"] = self.avg_gamma
             hp["avg_every"] = self.avg_every
+            hp["avg_restart"] = self.restart
         return hp
 
     def chain(self, blocks) -> tuple:
@@ -755,7 +810,7 @@ class Auto:
     def __repr__(self):
         return (f"auto(scale={self.scale!r}, init={self.init!r}, adapt={self.adapt!r}, floor={self.floor!r}, "
                 f"down={self.down!r}, cap={self.cap!r}, average={self.average!r}, avg_gamma={self.avg_gamma!r}, "
-                f"avg_every={self.avg_every!r})")
+                f"avg_every={self.avg_every!r}, restart={self.restart!r})")
 
 
 def auto(scale: Any = 1.0, **options) -> Auto:

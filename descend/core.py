@@ -68,7 +68,8 @@ class Hyper:
 
     ``kind`` names the valid range and selects the check:
     ``"nonneg"`` [0, ∞), ``"pos"`` (0, ∞), ``"unit"`` [0, 1), ``"closed_unit"`` [0, 1],
-    ``"betas"`` a pair in [0, 1), ``"bool"``, ``"count"`` an integer >= 1.
+    ``"betas"`` a pair in [0, 1), ``"bool"``, ``"count"`` an integer >= 1, ``"restart"`` a number > 1
+    or inf.
     """
 
     name: str
@@ -84,6 +85,7 @@ class Hyper:
         "betas": "a pair of numbers, each in [0, 1)",
         "bool": "True or False",
         "count": "an integer >= 1",
+        "restart": "a number > 1, or inf (never)",
         "auto_lr": "'auto' (or the number the estimate shows)",
     }
 
@@ -130,6 +132,7 @@ class Hyper:
             "unit": 0.0 <= x < 1.0,
             "closed_unit": 0.0 <= x <= 1.0,
             "count": 1.0 <= x < 2.0**31 and x == int(x),
+            "restart": x > 1.0,
         }[self.kind]
         if not ok:
             raise bad()

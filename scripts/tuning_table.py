@@ -85,13 +85,13 @@ RULES = ("gd", "momentum", "adagrad", "rmsprop", "adam")
 # lr="auto" options measured against the default for the five rules (``--methods variants``;
 # ``--variants`` prints their gaps): keyword arguments of descend.auto
 VARIANTS = {
+    "no restart of the average (restart=inf)": {"restart": math.inf},
+    "the old slower fall (down=0.7)": {"down": 0.7},
     "every iterate averaged (avg_every=1)": {"avg_every": 1},
     "uniform average (avg_gamma=0)": {"avg_gamma": 0.0},
     "avg_gamma=0.5": {"avg_gamma": 0.5},
     "cap 1.5": {"cap": 1.5},
     "faster adaptation (adapt=0.3)": {"adapt": 0.3},
-    "symmetric fall (down=1)": {"down": 1.0},
-    "adapt=0.3 and down=1": {"adapt": 0.3, "down": 1.0},
 }
 
 
