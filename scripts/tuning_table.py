@@ -89,7 +89,7 @@ VARIANTS = {
     "the old slower fall (down=0.7)": {"down": 0.7},
     "every iterate averaged (avg_every=1)": {"avg_every": 1},
     "uniform average (avg_gamma=0)": {"avg_gamma": 0.0},
-    "avg_gamma=0.5": {"avg_gamma": 0.5},
+    "linearly weighted average (avg_gamma=1)": {"avg_gamma": 1.0},
     "cap 1.5": {"cap": 1.5},
     "faster adaptation (adapt=0.3)": {"adapt": 0.3},
 }
