@@ -522,8 +522,8 @@ class ScaleByAutoLearningRate(Block):
 
     Invariant. |cos_t| ≤ 1: η̂ grows by at most e^β (×1.22) per step, the hypergradient lowers it by
     at most e^−ρβ per step and never below κ × its peak, and the cap only lowers it. One step's
-    gradient adds at most 10 × the mean so far to G, and its update as much to U (one spike lowers the cap by at most √(1 + 10/t),
-    and it cannot pin η̂ down for the rest of the run). A step whose gradient or update holds a NaN
+    gradient adds at most 10 × the mean so far to G, and its update as much to U (one spike lowers
+    the cap by at most √(1 + 10/t), and it cannot pin η̂ down for the rest of the run). A step whose gradient or update holds a NaN
     or ±inf changes nothing in the estimate (``skipped`` counts it) and that element moves nothing;
     with :class:`ZeroNonfinite` first (lr="auto" puts it there) no NaN reaches any state.
 
@@ -537,8 +537,8 @@ class ScaleByAutoLearningRate(Block):
     0.33 on Rosenbrock and its iterate bounced 0.19 from the minimum (ρ = 1: 6e-6). A chain whose
     direction changes scale early (RAdam's first steps are un-normalised) or never shrinks (Lion's
     signs) gets a looser cap along u than along g: both lost ground with it (RAdam −3.3 mean gap on
-    the tuning table, from −1.0; Lion −7.3 on diabetes, from −4.7). One estimate per group: very different layers in one
-    group share it.
+    the tuning table, from −1.0; Lion −7.3 on diabetes, from −4.2). One estimate per group: very
+    different layers in one group share it.
 
     State: the per-parameter tensor ``anchor`` (θ₀, the one extra tensor; written once, then only
     read: one more stream in the fused step, not two) and, per group, the numbers in
@@ -580,8 +580,8 @@ class ScaleByAutoLearningRate(Block):
         return p.detach().clone(memory_format=torch.preserve_format)  # the anchor: θ₀
 
     def init_group_state(self, group):
-        group["lr_estimate"] = {"eta": 0.0, "damp": 1.0, "peak": 0.0, "rbar": 0.0, "G": 0.0, "U": 0.0, "E": 0.0, "steps": 0,
-                                "skipped": 0, "cos": 0.0, "avg_from": 1}
+        group["lr_estimate"] = {"eta": 0.0, "damp": 1.0, "peak": 0.0, "rbar": 0.0, "G": 0.0, "U": 0.0, "E": 0.0,
+                                "steps": 0, "skipped": 0, "cos": 0.0, "avg_from": 1}
         group["lr_marks"] = []
 
     def scalars(self, h, st, new):
@@ -700,7 +700,8 @@ class AverageIterates(Block):
 
     hyper = (Hyper("avg_gamma", 8.0, "nonneg", "γ of the polynomial-decay average"),
              Hyper("avg_every", 1, "count", "k: the average takes every k-th iterate"),
-             Hyper("avg_restart", 2.0, "restart", "R: with lr='auto', restart when the estimate grew R× over the latter half of the run"))
+             Hyper("avg_restart", 2.0, "restart",
+                   "R: with lr='auto', restart when the estimate grew R× over the latter half of the run"))
     all_buffers = ("avg",)
     gate = "on"  # the kernel skips this block, and its buffer's loads and stores, on a step where c_on is 0
 
