@@ -234,6 +234,10 @@ def run_planned(blocks, group, plan: Plan | None, state_map, acc=None) -> bool:
             return False  # a switch that changes the generated code (amsgrad, nesterov, ...) was flipped
         _remember(plan, blocks, views, snapshot)
     views = plan.views
+    if plan.n_sums and any(b.pinned for b in blocks):
+        # the scalars read per-group state that the sums change each step (lr="auto"'s estimate); a
+        # pinned block's view is a copy of the group taken when the plan was made, so take it again
+        views = [b.view(group) for b in blocks]
     # this step's step count and plain-number state, computed once: every parameter holds plan.old now
     new = dict(zip(plan.keys, plan.old))
     new["step"] += 1
