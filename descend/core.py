@@ -653,7 +653,11 @@ class ChainOptimizer(torch.optim.Optimizer):
             self.blocks = spec.chain(self.blocks)
         except ValueError as e:
             raise ValueError(f"{self._name()}: {e}") from None
-        return {**spec.hyperparameters(), **hyperparameters, "lr": "auto"}
+        # the estimate's settings, except those every block that reads them pins (a hand-built chain
+        # may hold ScaleByAutoLearningRate(lr_adapt=0.3) already: the group then has no lr_adapt)
+        read = {hp.name for b in self.blocks for hp in b.hyper if hp.name not in b.pinned}
+        defaults = {k: v for k, v in spec.hyperparameters().items() if k in read}
+        return {**defaults, **hyperparameters, "lr": "auto"}
 
     def _sum_blocks(self) -> bool:
         return any(b.sums for b in self.blocks)

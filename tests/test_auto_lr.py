@@ -1000,3 +1000,26 @@ def test_pinned_estimator_and_average_fast_equals_reference(pinned):
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(abar, bbar, rtol=1e-12, atol=1e-12)
     assert ga["lr"] == pytest.approx(gb["lr"], rel=1e-12) and ga["lr"] > 0
+
+
+def test_a_chain_that_pins_estimator_settings_takes_lr_auto():
+    """lr="auto" on a hand-built chain whose estimator pins a setting: the pinned value is used, the
+    group does not get the setting (it used to raise "unexpected hyperparameter 'lr_adapt'"), and the
+    run equals the same setting given through descend.auto."""
+    def run(pinned):
+        torch.manual_seed(0)
+        w = torch.randn(50, dtype=torch.float64, requires_grad=True)
+        if pinned:
+            opt = descend.ChainOptimizer([w], [B.ScaleByAdam(), B.ScaleByAutoLearningRate(lr_adapt=0.3)], lr="auto",
+                                         fast=False)
+        else:
+            opt = descend.ChainOptimizer([w], [B.ScaleByAdam(), B.ScaleByLearningRate()],
+                                         lr=descend.auto(adapt=0.3), fast=False)
+        for _ in range(30):
+            w.grad = 2 * w.detach() + 0.1 * torch.sin(torch.arange(50, dtype=torch.float64))
+            opt.step()
+        return w.detach(), opt
+    a, pinned = run(True)
+    b, plain = run(False)
+    assert "lr_adapt" not in pinned.param_groups[0] and plain.param_groups[0]["lr_adapt"] == 0.3
+    assert torch.equal(a, b) and pinned.param_groups[0]["lr"] == plain.param_groups[0]["lr"]
