@@ -497,7 +497,7 @@ class ScaleByAutoLearningRate(Block):
     RMSProp near chance on MNIST-1D. The cap keeps the step length η̂‖u‖ within DoG's step
     (Ivgi et al. 2023) for gradient descent, c·r̄‖g‖/√G, or along the chain's own direction,
     c·r̄‖u‖/√U, whichever is longer: growth cannot outrun the distance actually covered. For GD
-    (u = g, U = G) the two are one. The gradient's cap alone pins a chain that normalises its
+    (u = g) U ≥ G (G's terms are clamped, below): the cap is the gradient's. The gradient's cap alone pins a chain that normalises its
     direction (Adam, RMSProp) ever lower as ‖g‖ shrinks while ‖u‖ holds (iris: Adam's estimate ~10×
     below its best grid rate); the cap along u alone held AdaGrad ~20 points below its grid on
     MNIST-1D (its u decays, so that sum double-counts the decay), so the larger one applies. Without a cap, GD
@@ -522,8 +522,11 @@ class ScaleByAutoLearningRate(Block):
 
     Invariant. |cos_t| ≤ 1: η̂ grows by at most e^β (×1.22) per step, the hypergradient lowers it by
     at most e^−ρβ per step and never below κ × its peak, and the cap only lowers it. One step's
-    gradient adds at most 10 × the mean so far to G, and its update as much to U (one spike lowers
-    the cap by at most √(1 + 10/t), and it cannot pin η̂ down for the rest of the run). A step whose gradient or update holds a NaN
+    gradient adds at most 10 × the mean so far to G (one spike lowers the gradient's cap by at most
+    √(1 + 10/t), and it cannot pin η̂ down for the rest of the run). U takes each ‖u_t‖² whole, so
+    U_t ≥ ‖u_t‖² and the step along u is at most c·r̄; a spike in u lowers only the cap along u (the
+    gradient's still holds), and a direction that changes scale for good (RAdam's rectified steps
+    begin) tightens it at once. A step whose gradient or update holds a NaN
     or ±inf changes nothing in the estimate (``skipped`` counts it) and that element moves nothing;
     with :class:`ZeroNonfinite` first (lr="auto" puts it there) no NaN reaches any state.
 
@@ -553,7 +556,7 @@ class ScaleByAutoLearningRate(Block):
              Hyper("lr_adapt", 0.2, "pos", "β: the hypergradient changes η̂ by at most e^±β in one step"),
              Hyper("lr_floor", 0.01, "pos", "κ: the hypergradient keeps η̂ ≥ κ × its highest value so far"),
              Hyper("lr_down", 1.0, "pos", "ρ: η̂ falls at the rate ρβ (rises at β)"),
-             Hyper("lr_cap", 1.0, "pos", "c: the step η̂‖u‖ ≤ c × DoG's step r̄‖g‖/√(Σ‖g‖²)"))
+             Hyper("lr_cap", 1.0, "pos", "c: the step η̂‖u‖ ≤ c r̄ max(‖g‖/√Σ‖g‖², ‖u‖/√Σ‖u‖²)"))
     all_buffers = ("anchor",)
     read_only_buffers = ("anchor",)  # written when created (θ₀), never by the step: the kernel only loads it
     sums = ("gx", "g2", "x2", "u2", "p2")
@@ -628,12 +631,14 @@ class ScaleByAutoLearningRate(Block):
             # step) or the chain's own direction u, whichever allows more. A chain that normalises its
             # direction (Adam, RMSProp) keeps ‖u‖ while ‖g‖ shrinks, and the gradient's cap alone then
             # pins its rate ever lower (iris: Adam's estimate ~10× below its best grid rate); a chain
-            # whose u decays (AdaGrad) keeps the gradient's. For GD, u = g and U = G: one cap.
-            # Each step adds at most `spike` × the mean so far to either sum
+            # whose u decays (AdaGrad) keeps the gradient's. A step adds at most `spike` × the mean so far
+            # to G (one spike cannot pin the gradient's cap down); U takes every ‖u‖² whole, so that
+            # U ≥ ‖u_t‖² and the step along u stays ≤ c r̄. For GD (u = g) U ≥ G, the cap along u is the
+            # smaller one and the cap is the gradient's alone; a direction that changes scale (RAdam's
+            # rectified steps begin) tightens the cap along u at once instead of over dozens of steps
             mean = est["G"] / est["steps"]  # of ‖g‖² over the steps so far, the first included
             est["G"] += min(acc["g2"], self.spike * mean)
-            u_sum = est.get("U", 0.0)  # (0 in a state saved before this sum existed: it starts here)
-            est["U"] = u_sum + min(acc["u2"], self.spike * u_sum / est["steps"]) if u_sum > 0 else acc["u2"]
+            est["U"] = est.get("U", 0.0) + acc["u2"]  # (a state saved before U existed starts it here)
             est["steps"] += 1
             # a brake for what the estimate is too slow to see: a gradient `brake` × its recent mean
             # (an instability starting) halves the rate in use at once; it comes back by ×1.1 per step
