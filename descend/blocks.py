@@ -537,11 +537,14 @@ class ScaleByAutoLearningRate(Block):
     takes part of that back. With ρ < 1 an oscillation whose cosines alternate ±1 nets a slow rise
     (e^{(1−ρ)β} per pair) until the cap holds it: with ρ = 0.7, the default before, the estimate
     drifted up through whole runs on diabetes, and with the cap along u Adam's estimate climbed to
-    0.33 on Rosenbrock and its iterate bounced 0.19 from the minimum (ρ = 1: 6e-6). A chain whose
-    direction changes scale early (RAdam's first steps are un-normalised) or never shrinks (Lion's
-    signs) gets a looser cap along u than along g: both lost ground with it (RAdam −3.3 mean gap on
-    the tuning table, from −1.0; Lion −7.3 on diabetes, from −4.2). One estimate per group: very
-    different layers in one group share it.
+    0.33 on Rosenbrock and its iterate bounced 0.19 from the minimum (ρ = 1: 6e-6). A direction
+    that jumps in scale is seen one step late: RAdam's first five steps are un-normalised, and the
+    estimate made on them drives its first normalised step, ~200× longer, far from θ₀; r̄ keeps
+    that distance (RAdam −2.0 mean gap on the tuning table, −3.3 while U was clamped like G, −1.0
+    before the cap along u). A direction that never shrinks (Lion's signs) gets a looser cap along u
+    than along g (Lion −7.3 on diabetes, from −4.2). One estimate per group: very different layers
+    in one group share it. Under FSDP2 the sums are each rank's shard's; the optimizer adds them up
+    over the ranks before ``finish`` (:func:`descend.kernels.contract.sum_groups`).
 
     State: the per-parameter tensor ``anchor`` (θ₀, the one extra tensor; written once, then only
     read: one more stream in the fused step, not two) and, per group, the numbers in
