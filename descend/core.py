@@ -554,10 +554,7 @@ class ChainOptimizer(torch.optim.Optimizer):
     _profiled_step = torch.optim.Optimizer.profile_hook_step(_step)
 
     def _step_group(self, group: dict[str, Any]) -> None:
-        if group["skip_nonfinite"] and not all(
-            bool(torch.isfinite(p.grad._values() if p.grad.is_sparse else p.grad).all())
-            for p in group["params"] if p.grad is not None
-        ):
+        if group["skip_nonfinite"] and self._nonfinite(group):
             group["skipped_steps"] += 1
             return
         if group["schedules"]:
@@ -668,6 +665,25 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def _sum_blocks(self) -> bool:
         return any(b.sums for b in self.blocks)
+
+    @staticmethod
+    def _nonfinite(group: dict[str, Any]) -> bool:
+        """Does any gradient of the group hold a NaN or ±inf? Over the whole tensors: where ranks hold
+        shards (FSDP2), a NaN on one rank's shard must skip the step on every rank, or their step
+        counts part. (The test runs on this rank's own elements: ``torch.isfinite`` on a DTensor.)"""
+        bad = not all(
+            bool(torch.isfinite(p.grad._values() if p.grad.is_sparse else p.grad).all())
+            for p in group["params"] if p.grad is not None
+        )
+        ranks = kernels.contract.shard_groups(group["params"])
+        if ranks:
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(bad)], device=kernels.contract.local(group["params"][0]).device)
+            for pg in ranks:
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=pg)
+            bad = bool(flag.item())
+        return bad
 
     @staticmethod
     def _sum_over_ranks(group: dict[str, Any], acc: list[dict[str, float]], ranks: tuple) -> None:

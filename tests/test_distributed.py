@@ -218,6 +218,32 @@ def _fsdp_auto_mixed_group(rank, mesh):
     assert opt.param_groups[0]["step"] == 0 and not opt.state
 
 
+def _fsdp_skip_nonfinite(rank, mesh):
+    """skip_nonfinite=True on FSDP2 shards: a NaN in one rank's shard of a gradient skips the step on
+    every rank (each rank alone would see only its own shard: one rank skipped, the other stepped, and
+    their step counts and bias corrections parted for the rest of the run)."""
+    model = _sharded(torch.float64, mesh)
+    opt = descend.Adam(model.parameters(), lr=1e-2, skip_nonfinite=True)
+    _train(model, opt, 2, rank)
+    before = _local(model)
+    opt.zero_grad()
+    g = torch.Generator().manual_seed(7)
+    torch.nn.functional.mse_loss(model(torch.randn(4, 6, generator=g, dtype=torch.float64)),
+                                 torch.randn(4, 1, generator=g, dtype=torch.float64)).backward()
+    first = next(iter(model.parameters()))
+    if rank == 0:
+        first.grad.to_local().view(-1)[0] = float("nan")  # this rank's shard only
+    opt.step()
+    # every rank reports before any asserts: a rank that failed alone would leave the other waiting
+    seen = [None] * WORLD
+    unchanged = all(torch.equal(a, b) for a, b in zip(_local(model), before))
+    dist.all_gather_object(seen, [unchanged, opt.param_groups[0]["skipped_steps"], opt.state[first]["step"]])
+    assert seen == [[True, 1, 2]] * WORLD, f"[unchanged, skipped steps, step count] per rank: {seen}"
+    _train(model, opt, 2, rank, start=3)  # and the ranks go on together
+    dist.all_gather_object(seen, opt.state[first]["step"])
+    assert seen == [4] * WORLD, seen
+
+
 def _ddp(rank):
     """DDP (plain tensors, the default fast path) with descend.Adam matches torch.optim.Adam."""
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -277,6 +303,7 @@ def _worker(rank: int, init_method: str, root: str) -> None:
     scenarios.update({f"dcp-{n}": (lambda n=n: _dcp_case(rank, mesh, n, root)) for n in DCP_CASES})
     scenarios.update({f"auto-{c}": (lambda c=c: _fsdp_auto(rank, mesh, c)) for c in AUTO_CASES})
     scenarios["auto-mixed-group"] = lambda: _fsdp_auto_mixed_group(rank, mesh)
+    scenarios["skip-nonfinite"] = lambda: _fsdp_skip_nonfinite(rank, mesh)
     scenarios["ddp"] = lambda: _ddp(rank)
     scenarios["zero"] = lambda: _zero(rank)
     results, times = {}, {}
@@ -334,6 +361,10 @@ def test_fsdp2_lr_auto_keeps_one_estimate_across_ranks(results, case):
 
 def test_fsdp2_lr_auto_refuses_a_group_of_mixed_layouts(results):
     _check(results, "auto-mixed-group")
+
+
+def test_fsdp2_skip_nonfinite_skips_on_every_rank_alike(results):
+    _check(results, "skip-nonfinite")
 
 
 def test_ddp_matches_torch(results):

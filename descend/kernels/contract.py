@@ -32,7 +32,7 @@ import sys
 
 import torch
 
-__all__ = ["PLAN_CONDITIONS", "KNOWN", "eligible", "local", "plan_holds", "Plan", "sum_groups"]
+__all__ = ["PLAN_CONDITIONS", "KNOWN", "eligible", "local", "plan_holds", "Plan", "shard_groups", "sum_groups"]
 
 KNOWN = (torch.Tensor, torch.nn.Parameter)  # exact types a kernel may see
 
@@ -90,11 +90,24 @@ def sum_groups(params, owner: str = "the optimizer") -> tuple:
         raise ValueError(f"{owner}: a parameter group whose sums are taken over its elements (lr='auto') "
                          f"holds tensors of different layouts ({seen}); put each layout in its own "
                          "parameter group")
-    (spec,) = specs or (None,)
-    if spec is None:
+    return shard_groups(specs.values())
+
+
+def shard_groups(params) -> tuple:
+    """The process groups of every mesh dimension that a DTensor among ``params`` is sharded on, each
+    once, in the order met (the same on every rank): where a decision about a group's tensors (does
+    any gradient hold a NaN?) must be taken over the whole tensors, not one rank's shards."""
+    dt = _dtensor_type()
+    out: list = []
+    if dt is None:
         return ()
-    mesh, placements = spec
-    return tuple(mesh.get_group(i) for i, pl in enumerate(placements) if pl.is_shard())
+    for p in params:
+        if type(p) is dt:
+            for i, pl in enumerate(p.placements):
+                pg = p.device_mesh.get_group(i) if pl.is_shard() else None
+                if pg is not None and not any(pg is q for q in out):
+                    out.append(pg)
+    return tuple(out)
 
 
 def _same_spec(a, b) -> bool:
