@@ -7,7 +7,8 @@ every scenario and writes what each one raised; the tests below read those resul
   optimizer with a torch.optim counterpart (tests/optim_db.py) matches it step by step under the same
   sharding, at test_parity's tolerances;
 - ``torch.distributed.checkpoint`` with ``get/set_model_state_dict`` and ``get/set_optimizer_state_dict``:
-  saved mid-run, loaded into a fresh model and optimizer, the run goes on bitwise as the uninterrupted one;
+  saved mid-run, loaded into a fresh model and optimizer, the run goes on bitwise as the uninterrupted one
+  (lr="auto" too: its estimate, marks, anchor and average travel in the checkpoint);
 - DDP, and ``ZeroRedundancyOptimizer(optimizer_class=descend.Adam)`` (its consolidated state_dict loads
   and resumes), match torch.optim.Adam;
 - ``lr="auto"`` under FSDP2, fused and reference: every rank keeps one estimate, that of one process
@@ -55,6 +56,7 @@ FSDP_CASES = {o.name: (o, _config(o), torch.float64) for o in WITH_TORCH}
 FSDP_CASES["adam-f32"] = (BY_NAME["adam"], _config(BY_NAME["adam"]), torch.float32)
 DCP_CASES = {n: (BY_NAME[n], _config(BY_NAME[n])) for n in ("adam", "nadam", "rmsprop", "sgd")}
 DCP_CASES["adamw-scheduled"] = (BY_NAME["adamw"], {**_config(BY_NAME["adamw"]), "lr": Decay(0.01, 3, warmup=2)})
+DCP_CASES["adam-auto"] = (BY_NAME["adam"], {**_config(BY_NAME["adam"]), "lr": "auto"})  # the estimate, marks, average
 
 
 # --------------------------------------------------------------------------- the workers' side
