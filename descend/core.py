@@ -554,31 +554,32 @@ class ChainOptimizer(torch.optim.Optimizer):
     _profiled_step = torch.optim.Optimizer.profile_hook_step(_step)
 
     def _step_group(self, group: dict[str, Any]) -> None:
-        if group["skip_nonfinite"] and not all(
-            bool(torch.isfinite(p.grad._values() if p.grad.is_sparse else p.grad).all())
-            for p in group["params"] if p.grad is not None
-        ):
+        if group["skip_nonfinite"] and self._nonfinite(group):
             group["skipped_steps"] += 1
             return
         if group["schedules"]:
             self._apply_schedules(group, check_overwrite=True)
             self._check_group(group)
         acc = self._new_sums()
+        ranks = ()
         if acc is not None:
             self._check_lr_shown(group)
+            # where each rank holds shards (FSDP2), its sums are partial: the process groups that add
+            # them up (ValueError for a group of mixed layouts, before anything has changed)
+            ranks = kernels.contract.sum_groups(group["params"], self._name())
         plans = self.__dict__.setdefault("_fast_plans", {})  # not pickled: it holds raw pointers
         # the planned step runs no torch op (only the kernel), so it needs no torch.no_grad()
         if self.fast and group.get("fast", True) and kernels.run_planned(self.blocks, group, plans.get(id(group)), self.state,
                                                    **({} if acc is None else {"acc": acc})):
-            self._finish_group(group, acc)
+            self._finish_group(group, acc, ranks)
             return
         plans.pop(id(group), None)
         views = [b.view(group) for b in self.blocks]
         maximize = group["maximize"]
         with torch.no_grad():
-            self._step_group_generic(group, views, maximize, plans, acc)
+            self._step_group_generic(group, views, maximize, plans, acc, ranks)
 
-    def _step_group_generic(self, group, views, maximize, plans, acc=None) -> None:
+    def _step_group_generic(self, group, views, maximize, plans, acc=None, ranks=()) -> None:
         """The step without a plan: per-parameter bookkeeping, then the kernel where it applies (which
         may leave a plan for the next step) and the readable reference for the rest."""
         params = [p for p in group["params"] if p.grad is not None]
@@ -622,13 +623,16 @@ class ChainOptimizer(torch.optim.Optimizer):
                                      **({} if acc is None else {"acc": acc}))
         for p, st, key in work:
             self._reference_step(p, st, cache[key], views, maximize, acc)
-        self._finish_group(group, acc)
+        self._finish_group(group, acc, ranks)
 
-    def _finish_group(self, group: dict[str, Any], acc: list[dict[str, float]] | None = None) -> None:
+    def _finish_group(self, group: dict[str, Any], acc: list[dict[str, float]] | None = None,
+                      ranks: tuple = ()) -> None:
         group["step"] += 1
         if group["schedules"]:
             self._apply_schedules(group)  # show the value the next step will use
         if acc is not None:
+            if ranks:
+                self._sum_over_ranks(group, acc, ranks)
             for b, a in zip(self.blocks, acc):
                 if b.sums:
                     b.finish(b.view(group), group, a)
@@ -661,6 +665,44 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def _sum_blocks(self) -> bool:
         return any(b.sums for b in self.blocks)
+
+    @staticmethod
+    def _nonfinite(group: dict[str, Any]) -> bool:
+        """Does any gradient of the group hold a NaN or ±inf? Over the whole tensors: where ranks hold
+        shards (FSDP2), a NaN on one rank's shard must skip the step on every rank, or their step
+        counts part. (The test runs on this rank's own elements: ``torch.isfinite`` on a DTensor.)"""
+        bad = not all(
+            bool(torch.isfinite(p.grad._values() if p.grad.is_sparse else p.grad).all())
+            for p in group["params"] if p.grad is not None
+        )
+        ranks = kernels.contract.shard_groups(group["params"])
+        if ranks:
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(bad)], device=kernels.contract.local(group["params"][0]).device)
+            for pg in ranks:
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=pg)
+            bad = bool(flag.item())
+        return bad
+
+    @staticmethod
+    def _sum_over_ranks(group: dict[str, Any], acc: list[dict[str, float]], ranks: tuple) -> None:
+        """Each rank added up its own shards' elements; add those sums up over the process groups
+        ``ranks`` (the mesh dimensions the group is sharded on), so that every rank folds the sums over
+        the whole tensors, and they all keep one estimate. One all-reduce of a few float64 numbers per
+        group step; a NaN on any rank reaches every rank, and every rank skips that step alike. (The
+        kernel sums a DTensor's local shard; the reference's ``float(torch.sum(...))`` of a sharded
+        DTensor is its Partial placement's local value, the same: tests/test_distributed.py checks
+        both paths against one process.)"""
+        import torch.distributed as dist
+
+        keys = [(a, k) for a in acc for k in a]
+        device = kernels.contract.local(group["params"][0]).device
+        total = torch.tensor([a[k] for a, k in keys], dtype=torch.float64, device=device)
+        for pg in ranks:
+            dist.all_reduce(total, group=pg)
+        for (a, k), v in zip(keys, total.tolist()):
+            a[k] = v
 
     def _new_sums(self) -> list[dict[str, float]] | None:
         """Zeroed accumulators for the blocks' per-group sums (None if no block keeps any)."""

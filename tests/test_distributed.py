@@ -7,9 +7,14 @@ every scenario and writes what each one raised; the tests below read those resul
   optimizer with a torch.optim counterpart (tests/optim_db.py) matches it step by step under the same
   sharding, at test_parity's tolerances;
 - ``torch.distributed.checkpoint`` with ``get/set_model_state_dict`` and ``get/set_optimizer_state_dict``:
-  saved mid-run, loaded into a fresh model and optimizer, the run goes on bitwise as the uninterrupted one;
+  saved mid-run, loaded into a fresh model and optimizer, the run goes on bitwise as the uninterrupted one
+  (lr="auto" too: its estimate, marks, anchor and average travel in the checkpoint);
 - DDP, and ``ZeroRedundancyOptimizer(optimizer_class=descend.Adam)`` (its consolidated state_dict loads
-  and resumes), match torch.optim.Adam.
+  and resumes), match torch.optim.Adam;
+- ``lr="auto"`` under FSDP2, fused and reference: every rank keeps one estimate, that of one process
+  training the whole model on the whole batch, and so reaches the same parameters (before, each rank
+  estimated from its own shard: the ranks' rates differed by up to 2×); a group that mixes sharded and
+  plain tensors is refused with a ValueError before anything changes.
 
 descend runs with its default fast path throughout, and a spy on ``descend.kernels.run_group`` checks
 that the fused kernel took every parameter (under FSDP2: each rank's local shard). A crash in a worker
@@ -23,6 +28,7 @@ import copy
 import datetime
 import json
 import os
+import re
 import time
 import traceback
 
@@ -50,6 +56,7 @@ FSDP_CASES = {o.name: (o, _config(o), torch.float64) for o in WITH_TORCH}
 FSDP_CASES["adam-f32"] = (BY_NAME["adam"], _config(BY_NAME["adam"]), torch.float32)
 DCP_CASES = {n: (BY_NAME[n], _config(BY_NAME[n])) for n in ("adam", "nadam", "rmsprop", "sgd")}
 DCP_CASES["adamw-scheduled"] = (BY_NAME["adamw"], {**_config(BY_NAME["adamw"]), "lr": Decay(0.01, 3, warmup=2)})
+DCP_CASES["adam-auto"] = (BY_NAME["adam"], {**_config(BY_NAME["adam"]), "lr": "auto"})  # the estimate, marks, average
 
 
 # --------------------------------------------------------------------------- the workers' side
@@ -72,15 +79,17 @@ def _sharded(dtype, mesh, seed=0):
     return fully_shard(m, mesh=mesh)
 
 
-def _train(model, opt, steps, rank, start=0):
-    """``steps`` steps on this rank's slice of a global batch that depends only on the step."""
+def _train(model, opt, steps, rank, start=0, whole=False):
+    """``steps`` steps on this rank's slice of a global batch that depends only on the step (``whole``:
+    on the whole batch, as one process would; FSDP2 averages the ranks' gradients to the same)."""
     dtype = next(model.parameters()).dtype
+    rows = slice(None) if whole else slice(4 * rank, 4 * rank + 4)
     for t in range(start, start + steps):
         g = torch.Generator().manual_seed(t)
         X = torch.randn(4 * WORLD, 6, generator=g, dtype=dtype)
         y = torch.randn(4 * WORLD, 1, generator=g, dtype=dtype)
         opt.zero_grad()
-        torch.nn.functional.mse_loss(model(X[4 * rank:4 * rank + 4]), y[4 * rank:4 * rank + 4]).backward()
+        torch.nn.functional.mse_loss(model(X[rows]), y[rows]).backward()
         opt.step()
 
 
@@ -169,6 +178,74 @@ def _dcp_case(rank, mesh, name, root):
     _assert_bitwise(_local(model2), _local(model))
 
 
+AUTO_CASES = {f"{n}-{'fast' if fast else 'reference'}": (n, fast)
+              for n in ("adam", "momentum", "gd") for fast in (True, False)}
+
+
+def _fsdp_auto(rank, mesh, case):
+    """lr="auto" on FSDP2 shards: the estimate's sums are added up over the ranks, so every rank
+    shows one learning rate, that of one process on the whole model and batch, and the parameters
+    follow that run."""
+    name, fast = AUTO_CASES[case]
+    model = _sharded(torch.float64, mesh)
+    opt = descend.create(name, model.parameters(), lr="auto", fast=fast)
+    (_fused if fast else lambda run: run())(lambda: _train(model, opt, 3 * STEPS, rank))
+    whole = _model(torch.float64)
+    one = descend.create(name, whole.parameters(), lr="auto")
+    _train(whole, one, 3 * STEPS, 0, whole=True)
+    shown = [None] * WORLD
+    dist.all_gather_object(shown, opt.param_groups[0]["lr"])
+    assert shown[0] == shown[1], f"the ranks keep different estimates: {shown}"
+    assert shown[0] == pytest.approx(one.param_groups[0]["lr"], rel=1e-9), (shown, one.param_groups[0]["lr"])
+    full = [p.full_tensor() for p in model.parameters()]
+    _assert_close(full, [p.detach() for p in whole.parameters()], torch.float64)
+
+
+def _fsdp_auto_mixed_group(rank, mesh):
+    """A group of sharded and plain tensors has no one way to add its sums up: a ValueError that
+    names both layouts, before any parameter, state or step count changes."""
+    model = _sharded(torch.float64, mesh)
+    plain = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = descend.create("adam", [*model.parameters(), plain], lr="auto")
+    _train(model, torch.optim.SGD(model.parameters(), lr=0.0), 1, rank)  # gradients, no move
+    plain.grad = torch.ones(3, dtype=torch.float64)
+    before = _local(model) + [plain.detach().clone()]
+    try:  # (not pytest.raises: its failure is a BaseException, which would end the worker)
+        opt.step()
+    except ValueError as e:
+        assert re.search(r"different layouts \(DTensors on .*Shard.*, plain tensors\)", str(e)), str(e)
+    else:
+        raise AssertionError("a group of sharded and plain tensors stepped with lr='auto'")
+    _assert_bitwise(_local(model) + [plain.detach()], before)
+    assert opt.param_groups[0]["step"] == 0 and not opt.state
+
+
+def _fsdp_skip_nonfinite(rank, mesh):
+    """skip_nonfinite=True on FSDP2 shards: a NaN in one rank's shard of a gradient skips the step on
+    every rank (each rank alone would see only its own shard: one rank skipped, the other stepped, and
+    their step counts and bias corrections parted for the rest of the run)."""
+    model = _sharded(torch.float64, mesh)
+    opt = descend.Adam(model.parameters(), lr=1e-2, skip_nonfinite=True)
+    _train(model, opt, 2, rank)
+    before = _local(model)
+    opt.zero_grad()
+    g = torch.Generator().manual_seed(7)
+    torch.nn.functional.mse_loss(model(torch.randn(4, 6, generator=g, dtype=torch.float64)),
+                                 torch.randn(4, 1, generator=g, dtype=torch.float64)).backward()
+    first = next(iter(model.parameters()))
+    if rank == 0:
+        first.grad.to_local().view(-1)[0] = float("nan")  # this rank's shard only
+    opt.step()
+    # every rank reports before any asserts: a rank that failed alone would leave the other waiting
+    seen = [None] * WORLD
+    unchanged = all(torch.equal(a, b) for a, b in zip(_local(model), before))
+    dist.all_gather_object(seen, [unchanged, opt.param_groups[0]["skipped_steps"], opt.state[first]["step"]])
+    assert seen == [[True, 1, 2]] * WORLD, f"[unchanged, skipped steps, step count] per rank: {seen}"
+    _train(model, opt, 2, rank, start=3)  # and the ranks go on together
+    dist.all_gather_object(seen, opt.state[first]["step"])
+    assert seen == [4] * WORLD, seen
+
+
 def _ddp(rank):
     """DDP (plain tensors, the default fast path) with descend.Adam matches torch.optim.Adam."""
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -226,6 +303,9 @@ def _worker(rank: int, init_method: str, root: str) -> None:
     mesh = init_device_mesh("cpu", (WORLD,))
     scenarios = {f"fsdp-{n}": (lambda n=n: _fsdp_matches_torch(rank, mesh, n)) for n in FSDP_CASES}
     scenarios.update({f"dcp-{n}": (lambda n=n: _dcp_case(rank, mesh, n, root)) for n in DCP_CASES})
+    scenarios.update({f"auto-{c}": (lambda c=c: _fsdp_auto(rank, mesh, c)) for c in AUTO_CASES})
+    scenarios["auto-mixed-group"] = lambda: _fsdp_auto_mixed_group(rank, mesh)
+    scenarios["skip-nonfinite"] = lambda: _fsdp_skip_nonfinite(rank, mesh)
     scenarios["ddp"] = lambda: _ddp(rank)
     scenarios["zero"] = lambda: _zero(rank)
     results, times = {}, {}
@@ -274,6 +354,19 @@ def test_fsdp2_matches_torch(results, name):
 @pytest.mark.parametrize("name", DCP_CASES)
 def test_distributed_checkpoint_resumes_bitwise(results, name):
     _check(results, f"dcp-{name}")
+
+
+@pytest.mark.parametrize("case", AUTO_CASES)
+def test_fsdp2_lr_auto_keeps_one_estimate_across_ranks(results, case):
+    _check(results, f"auto-{case}")
+
+
+def test_fsdp2_lr_auto_refuses_a_group_of_mixed_layouts(results):
+    _check(results, "auto-mixed-group")
+
+
+def test_fsdp2_skip_nonfinite_skips_on_every_rank_alike(results):
+    _check(results, "skip-nonfinite")
 
 
 def test_ddp_matches_torch(results):

@@ -32,7 +32,7 @@ import sys
 
 import torch
 
-__all__ = ["PLAN_CONDITIONS", "KNOWN", "eligible", "local", "plan_holds", "Plan"]
+__all__ = ["PLAN_CONDITIONS", "KNOWN", "eligible", "local", "plan_holds", "Plan", "shard_groups", "sum_groups"]
 
 KNOWN = (torch.Tensor, torch.nn.Parameter)  # exact types a kernel may see
 
@@ -67,6 +67,47 @@ def local(t):
             loc = t.to_local()
         return loc if type(loc) in KNOWN else None
     return None
+
+
+def sum_groups(params, owner: str = "the optimizer") -> tuple:
+    """The process groups over which a sum over the elements of ``params`` (one parameter group), each
+    rank adding up its own elements, must be added up across ranks to be the sum over the whole tensors.
+
+    () for plain tensors: each rank holds them whole (one process, DDP) and its sum is the whole one.
+    DTensors: the groups of the mesh dimensions they are sharded on (FSDP2: its one dimension; a
+    Replicate dimension holds copies and adds nothing). A group that mixes layouts (plain tensors with
+    sharded ones, two meshes, two placements) has no one such set: ValueError naming the group's layouts,
+    since summing either way would silently give each rank its own answer."""
+    dt = _dtensor_type()
+    if dt is None:  # torch.distributed.tensor not imported: no tensor is a DTensor
+        return ()
+    specs = {}
+    for p in params:
+        key = (p.device_mesh, tuple(p.placements)) if type(p) is dt else None
+        specs.setdefault(key, p)
+    if len(specs) > 1:
+        seen = ", ".join("plain tensors" if k is None else f"DTensors on {k[0]} with {k[1]}" for k in specs)
+        raise ValueError(f"{owner}: a parameter group whose sums are taken over its elements (lr='auto') "
+                         f"holds tensors of different layouts ({seen}); put each layout in its own "
+                         "parameter group")
+    return shard_groups(specs.values())
+
+
+def shard_groups(params) -> tuple:
+    """The process groups of every mesh dimension that a DTensor among ``params`` is sharded on, each
+    once, in the order met (the same on every rank): where a decision about a group's tensors (does
+    any gradient hold a NaN?) must be taken over the whole tensors, not one rank's shards."""
+    dt = _dtensor_type()
+    out: list = []
+    if dt is None:
+        return ()
+    for p in params:
+        if type(p) is dt:
+            for i, pl in enumerate(p.placements):
+                pg = p.device_mesh.get_group(i) if pl.is_shard() else None
+                if pg is not None and not any(pg is q for q in out):
+                    out.append(pg)
+    return tuple(out)
 
 
 def _same_spec(a, b) -> bool:
