@@ -23,6 +23,9 @@ CASES = {
     "sgd-nesterov": lambda ps: descend.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
     "rmsprop-scheduled": lambda ps: descend.RMSProp(ps, lr=Decay(0.01, half_life=4, warmup=3), centered=True),
     "lion": lambda ps: descend.Lion(ps, lr=1e-3),
+    # the estimate changes group["lr"] (a Python float) every step: still no recompilation
+    "adam-auto": lambda ps: descend.Adam(ps, lr="auto"),
+    "momentum-auto-scheduled": lambda ps: descend.Momentum(ps, lr=descend.auto(scale=Decay(1.0, half_life=4, warmup=3))),
 }
 
 
