@@ -332,7 +332,13 @@ def results(tmp_path_factory):
     import torch.multiprocessing as mp
 
     root = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(f"file://{root}/store", str(root)), nprocs=WORLD, join=True)
+    try:
+        mp.spawn(_worker, args=(f"file://{root}/store", str(root)), nprocs=WORLD, join=True)
+    except mp.ProcessExitedException as e:  # a crash: say where it happened (it still fails every test)
+        written = [r for r in range(WORLD) if (root / f"results-{r}.json").exists()]
+        raise RuntimeError(f"a worker died ({e}); ranks that had recorded every scenario's result "
+                           f"before: {written} (all of them: the crash came at shutdown, after the "
+                           "scenarios)") from e
     out = []
     for rank in range(WORLD):
         with open(root / f"results-{rank}.json") as f:
