@@ -12,7 +12,8 @@ every scenario and writes what each one raised; the tests below read those resul
 - DDP, and ``ZeroRedundancyOptimizer(optimizer_class=descend.Adam)`` (its consolidated state_dict loads
   and resumes), match torch.optim.Adam;
 - ``lr="auto"`` under FSDP2, fused and reference: every rank keeps one estimate, that of one process
-  training the whole model on the whole batch, and so reaches the same parameters (before, each rank
+  training the whole model on the whole batch, and so reaches the same parameters and, inside
+  ``opt.averaged()``, the same average of the iterates (before, each rank
   estimated from its own shard: the ranks' rates differed by up to 2×); a group that mixes sharded and
   plain tensors is refused with a ValueError before anything changes.
 
@@ -199,6 +200,12 @@ def _fsdp_auto(rank, mesh, case):
     assert shown[0] == pytest.approx(one.param_groups[0]["lr"], rel=1e-9), (shown, one.param_groups[0]["lr"])
     full = [p.full_tensor() for p in model.parameters()]
     _assert_close(full, [p.detach() for p in whole.parameters()], torch.float64)
+    before = _local(model)
+    with opt.averaged(), one.averaged():  # the iterate average, shard by shard, is one process's
+        _assert_close([p.full_tensor() for p in model.parameters()],
+                      [p.detach().clone() for p in whole.parameters()], torch.float64)
+        assert not all(torch.equal(a, b) for a, b in zip(_local(model), before))  # it is swapped in ...
+    _assert_bitwise(_local(model), before)  # ... and back out, bitwise
 
 
 def _fsdp_auto_mixed_group(rank, mesh):
