@@ -561,19 +561,19 @@ class ChainOptimizer(torch.optim.Optimizer):
             self._apply_schedules(group, check_overwrite=True)
             self._check_group(group)
         acc = self._new_sums()
-        ranks = ()
         if acc is not None:
             self._check_lr_shown(group)
-            # where each rank holds shards (FSDP2), its sums are partial: the process groups that add
-            # them up (ValueError for a group of mixed layouts, before anything has changed)
-            ranks = kernels.contract.sum_groups(group["params"], self._name())
         plans = self.__dict__.setdefault("_fast_plans", {})  # not pickled: it holds raw pointers
-        # the planned step runs no torch op (only the kernel), so it needs no torch.no_grad()
+        # the planned step runs no torch op (only the kernel), so it needs no torch.no_grad(); a plan
+        # is kept for plain tensors only, so each rank's sums are already whole
         if self.fast and group.get("fast", True) and kernels.run_planned(self.blocks, group, plans.get(id(group)), self.state,
                                                    **({} if acc is None else {"acc": acc})):
-            self._finish_group(group, acc, ranks)
+            self._finish_group(group, acc)
             return
         plans.pop(id(group), None)
+        # where each rank holds shards (FSDP2), its sums are partial: the process groups that add them
+        # up (a ValueError for a group of mixed layouts, before anything has changed)
+        ranks = kernels.contract.sum_groups(group["params"], self._name()) if acc is not None else ()
         views = [b.view(group) for b in self.blocks]
         maximize = group["maximize"]
         with torch.no_grad():
