@@ -10,7 +10,7 @@ every scenario and writes what each one raised; the tests below read those resul
   saved mid-run, loaded into a fresh model and optimizer, the run goes on bitwise as the uninterrupted one
   (lr="auto" too: its estimate, marks, anchor and average travel in the checkpoint);
 - DDP, and ``ZeroRedundancyOptimizer(optimizer_class=descend.Adam)`` (its consolidated state_dict loads
-  and resumes), match torch.optim.Adam;
+  and resumes), match torch.optim.Adam; under DDP, ``lr="auto"`` matches one process on the whole batch;
 - ``lr="auto"`` under FSDP2, fused and reference: every rank keeps one estimate, that of one process
   training the whole model on the whole batch, and so reaches the same parameters and, inside
   ``opt.averaged()``, the same average of the iterates (before, each rank
@@ -254,7 +254,8 @@ def _fsdp_skip_nonfinite(rank, mesh):
 
 
 def _ddp(rank):
-    """DDP (plain tensors, the default fast path) with descend.Adam matches torch.optim.Adam."""
+    """DDP (plain tensors, the default fast path) with descend.Adam matches torch.optim.Adam; with
+    lr="auto", one process on the whole batch."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     hp = _config(BY_NAME["adam"])
@@ -267,6 +268,16 @@ def _ddp(rank):
         if isinstance(opt, descend.Adam):
             assert opt.__dict__.get("_fast_plans"), "the fused kernel did not run"
     _assert_close(*out, torch.float64)
+    # lr="auto": DDP hands every rank the whole, averaged gradient, so every rank's estimate is one
+    # process's on the whole batch (no sums to add up: the parameters are plain tensors)
+    model, whole = DDP(_model(torch.float64)), _model(torch.float64)
+    opt, one = descend.Adam(model.parameters(), lr="auto"), descend.Adam(whole.parameters(), lr="auto")
+    _train(model, opt, 3 * STEPS, rank)
+    _train(whole, one, 3 * STEPS, 0, whole=True)
+    shown = [None] * WORLD
+    dist.all_gather_object(shown, opt.param_groups[0]["lr"])
+    assert shown[0] == shown[1] == pytest.approx(one.param_groups[0]["lr"], rel=1e-9), shown
+    _assert_close(_local(model), _local(whole), torch.float64)
 
 
 def _zero(rank):
