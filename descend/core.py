@@ -660,8 +660,14 @@ class ChainOptimizer(torch.optim.Optimizer):
         # the estimate's settings, except those every block that reads them pins (a hand-built chain
         # may hold ScaleByAutoLearningRate(lr_adapt=0.3) already: the group then has no lr_adapt)
         read = {hp.name for b in self.blocks for hp in b.hyper if hp.name not in b.pinned}
-        defaults = {k: v for k, v in spec.hyperparameters().items() if k in read}
+        defaults = {k: v for k, v in spec.hyperparameters(self._auto_defaults(hyperparameters)).items()
+                    if k in read}
         return {**defaults, **hyperparameters, "lr": "auto"}
+
+    def _auto_defaults(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """This rule's own values for the ``descend.auto`` options left None (the constructor's
+        ``hyperparameters`` given): none here; AdaGrad and RMSProp set ``adapt``."""
+        return {}
 
     def _sum_blocks(self) -> bool:
         return any(b.sums for b in self.blocks)

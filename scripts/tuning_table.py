@@ -91,7 +91,8 @@ VARIANTS = {
     "uniform average (avg_gamma=0)": {"avg_gamma": 0.0},
     "linearly weighted average (avg_gamma=1)": {"avg_gamma": 1.0},
     "cap 1.5": {"cap": 1.5},
-    "faster adaptation (adapt=0.3)": {"adapt": 0.3},
+    "faster adaptation everywhere (adapt=0.3)": {"adapt": 0.3},
+    "the uniform β before (adapt=0.2)": {"adapt": 0.2},
 }
 
 
@@ -372,6 +373,11 @@ def auto_version() -> str:
     parts = [getattr(blocks, n) for n in ("ScaleByAutoLearningRate", "AverageIterates", "Auto", "auto")
              if hasattr(blocks, n)]
     parts += [getattr(core.ChainOptimizer, n) for n in ("_auto_lr",) if hasattr(core.ChainOptimizer, n)]
+    # each rule's own defaults for lr="auto" (where it has them), in the registry's order, each once
+    from descend.optimizers import REGISTRY
+
+    seen = [getattr(cls, "_auto_defaults", None) for cls in REGISTRY.values()]
+    parts += [f for i, f in enumerate(seen) if f is not None and f not in seen[:i]]
     return code_hash(*parts) if parts else "none"
 
 
