@@ -194,6 +194,27 @@ def test_options_reach_the_rule():
     assert w.item() == pytest.approx(theta3 + eta3, rel=1e-12)
 
 
+@pytest.mark.parametrize("make,want", [
+    (lambda ps: descend.AdaGrad(ps, lr="auto"), 0.3),  # the rule's own β (measured on the tuning table)
+    (lambda ps: descend.RMSProp(ps, lr="auto"), 0.3),
+    (lambda ps: descend.RMSProp(ps, lr="auto", momentum=0.9), 0.2),  # with momentum, as Momentum and Adam
+    (lambda ps: descend.create("rmsprop", ps, lr=descend.auto(scale=0.5)), 0.3),  # other options set, β not
+    (lambda ps: descend.AdaGrad(ps, lr=descend.auto(adapt=0.2)), 0.2),  # the caller's β wins
+    (lambda ps: descend.GD(ps, lr="auto"), 0.2),
+    (lambda ps: descend.Adam(ps, lr="auto"), 0.2),
+    (lambda ps: descend.Momentum(ps, lr="auto"), 0.2),
+    (lambda ps: descend.ChainOptimizer(ps, [B.ScaleByRss(), B.ScaleByLearningRate()], lr="auto"), 0.2),
+], ids=["adagrad", "rmsprop", "rmsprop-momentum", "rmsprop-scale", "adagrad-explicit", "gd", "adam",
+        "momentum", "custom-chain"])
+def test_each_rule_sets_its_own_adaptation_rate_unless_given(make, want):
+    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = make([w])
+    assert opt.param_groups[0]["lr_adapt"] == want
+    w.grad = torch.ones(3, dtype=torch.float64)
+    opt.step()  # and the step runs with it
+    assert opt.param_groups[0]["lr_adapt"] == want and opt.param_groups[0]["lr_estimate"]["steps"] == 1
+
+
 # ------------------------------------------------------------------------------ invariants
 
 def _flat(ts):
