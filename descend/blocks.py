@@ -769,8 +769,8 @@ class Auto:
             writes the average on those steps only, so it costs 2/k memory streams per step instead
             of 2. Before the restart below, k = 8 measured the same as k = 1 on the tuning table
             (7 tasks, 5 seeds: every rule's mean gap within 0.1 point, each task within a validation
-            row); with it, k = 1 lifts Adam's mean by 0.2 and costs GD, AdaGrad and RMSProp a
-            validation row on iris.
+            row); with it, k = 1 lifts Adam's mean by 0.2 and costs GD, AdaGrad and RMSProp
+            1.3–2 points on iris.
         restart: R > 1 or inf, the average restarts when the estimate has grown R× over the latter
             half of the run (default 2; inf: never). While the estimate still climbs, the earlier
             iterates were taken at far lower rates (measured: the tuning table's variants; on
