@@ -257,6 +257,17 @@ class Block:
 # --------------------------------------------------------------------------- the façade
 
 
+def _all_reduce(values: list[float], ranks: tuple, device, op: str) -> list[float]:
+    """``values`` reduced elementwise (``op``: "sum" or "max") over each process group in ``ranks``
+    in turn, in float64, on ``device`` (the group's tensors': NCCL takes CUDA tensors only)."""
+    import torch.distributed as dist
+
+    out = torch.tensor(values, dtype=torch.float64, device=device)
+    for pg in ranks:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX, group=pg)
+    return out.tolist()
+
+
 class ChainOptimizer(torch.optim.Optimizer):
     """A torch.optim.Optimizer that runs a chain of blocks.
 
@@ -683,13 +694,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         )
         ranks = kernels.contract.shard_groups(group["params"])
         if ranks:
-            import torch.distributed as dist
-
-            flag = torch.tensor([float(bad)], device=kernels.contract.local(group["params"][0]).device)
-            for pg in ranks:
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=pg)
-            bad = bool(flag.item())
-        return bad
+            (bad,) = _all_reduce([float(bad)], ranks, group["params"][0].device, "max")
+        return bool(bad)
 
     @staticmethod
     def _sum_over_ranks(group: dict[str, Any], acc: list[dict[str, float]], ranks: tuple) -> None:
@@ -700,14 +706,9 @@ class ChainOptimizer(torch.optim.Optimizer):
         kernel sums a DTensor's local shard; the reference's ``float(torch.sum(...))`` of a sharded
         DTensor is its Partial placement's local value, the same: tests/test_distributed.py checks
         both paths against one process.)"""
-        import torch.distributed as dist
-
         keys = [(a, k) for a in acc for k in a]
-        device = kernels.contract.local(group["params"][0]).device
-        total = torch.tensor([a[k] for a, k in keys], dtype=torch.float64, device=device)
-        for pg in ranks:
-            dist.all_reduce(total, group=pg)
-        for (a, k), v in zip(keys, total.tolist()):
+        total = _all_reduce([a[k] for a, k in keys], ranks, group["params"][0].device, "sum")
+        for (a, k), v in zip(keys, total):
             a[k] = v
 
     def _new_sums(self) -> list[dict[str, float]] | None:

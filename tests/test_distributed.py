@@ -179,6 +179,14 @@ def _dcp_case(rank, mesh, name, root):
     _assert_bitwise(_local(model2), _local(model))
 
 
+def _assert_one_estimate(opt, one):
+    """Every rank shows one lr="auto" rate, that of ``one`` (one process on the whole model and batch)."""
+    shown = [None] * WORLD
+    dist.all_gather_object(shown, opt.param_groups[0]["lr"])
+    assert shown[0] == shown[1], f"the ranks keep different estimates: {shown}"
+    assert shown[0] == pytest.approx(one.param_groups[0]["lr"], rel=1e-9), (shown, one.param_groups[0]["lr"])
+
+
 AUTO_CASES = {f"{n}-{'fast' if fast else 'reference'}": (n, fast)
               for n in ("adam", "momentum", "gd") for fast in (True, False)}
 
@@ -194,10 +202,7 @@ def _fsdp_auto(rank, mesh, case):
     whole = _model(torch.float64)
     one = descend.create(name, whole.parameters(), lr="auto")
     _train(whole, one, 3 * STEPS, 0, whole=True)
-    shown = [None] * WORLD
-    dist.all_gather_object(shown, opt.param_groups[0]["lr"])
-    assert shown[0] == shown[1], f"the ranks keep different estimates: {shown}"
-    assert shown[0] == pytest.approx(one.param_groups[0]["lr"], rel=1e-9), (shown, one.param_groups[0]["lr"])
+    _assert_one_estimate(opt, one)
     full = [p.full_tensor() for p in model.parameters()]
     _assert_close(full, [p.detach() for p in whole.parameters()], torch.float64)
     before = _local(model)
@@ -274,9 +279,7 @@ def _ddp(rank):
     opt, one = descend.Adam(model.parameters(), lr="auto"), descend.Adam(whole.parameters(), lr="auto")
     _train(model, opt, 3 * STEPS, rank)
     _train(whole, one, 3 * STEPS, 0, whole=True)
-    shown = [None] * WORLD
-    dist.all_gather_object(shown, opt.param_groups[0]["lr"])
-    assert shown[0] == shown[1] == pytest.approx(one.param_groups[0]["lr"], rel=1e-9), shown
+    _assert_one_estimate(opt, one)
     _assert_close(_local(model), _local(whole), torch.float64)
 
 
