@@ -268,6 +268,16 @@ def _all_reduce(values: list[float], ranks: tuple, device, op: str) -> list[floa
     return out.tolist()
 
 
+def _partition_ranks(group: Mapping[str, Any]) -> tuple:
+    """``(dist.group.WORLD,)`` for a ``partitioned=True`` group under an initialised torch.distributed
+    (ZeroRedundancyOptimizer: each rank steps its own partition of the tensors); () otherwise."""
+    if not group.get("partitioned"):  # (.get: an optimizer pickled before the option)
+        return ()
+    import torch.distributed as dist
+
+    return (dist.group.WORLD,) if dist.is_available() and dist.is_initialized() else ()
+
+
 class ChainOptimizer(torch.optim.Optimizer):
     """A torch.optim.Optimizer that runs a chain of blocks.
 
@@ -279,6 +289,20 @@ class ChainOptimizer(torch.optim.Optimizer):
             (parameters, state and the step counter stay as they were) and
             ``group["skipped_steps"]`` counts it. If False (the default, as torch.optim),
             non-finite gradients flow into the state and the parameters.
+        partitioned: this optimizer steps one rank's partition of the model's tensors, as under
+            ``ZeroRedundancyOptimizer(params, descend.Adam, ..., partitioned=True)`` (which hands the
+            keyword on). What is decided per group is then decided over every rank of the default
+            process group (``dist.group.WORLD``): ``lr="auto"``'s sums are added up, so every rank
+            keeps the one estimate one process would on the whole model; ``skip_nonfinite``'s check
+            skips on every rank alike; and the group's step count (its schedules') advances on every
+            rank when any rank's partition had a gradient. That costs one all-reduce of a few numbers
+            per group step (two with ``skip_nonfinite``). A rank whose partition of a group is empty,
+            or has no gradient, joins with nothing; an empty group is accepted only here. Without an
+            initialised torch.distributed it changes nothing (one process holds the whole model).
+            Not covered: ZeRO over a process group other than the default one; and under ZeRO
+            ``opt.optim.averaged()`` swaps in the average of this rank's partition only (see
+            :meth:`averaged`). Default False (one process, DDP, FSDP2: each rank sees whole tensors,
+            or DTensor shards, whose own process groups are used).
         fast: use the fused kernel of :mod:`descend.kernels` where possible (default True). A
             parameter group may say ``"fast": False`` for itself (as ZeroRedundancyOptimizer,
             which copies every keyword into the groups, does with ``fast=False``).
@@ -304,6 +328,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         *,
         maximize: bool = False,
         skip_nonfinite: bool = False,
+        partitioned: bool = False,
         fast: bool = True,
         **hyperparameters: Any,
     ) -> None:
@@ -325,7 +350,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                 )
         defaults = {name: hp.default for name, hp in known.items()}
         defaults.update(hyperparameters)
-        defaults.update(maximize=maximize, skip_nonfinite=skip_nonfinite)
+        defaults.update(maximize=maximize, skip_nonfinite=skip_nonfinite, partitioned=partitioned)
         self._known = known
         self.fast = fast
         if isinstance(params, torch.Tensor):
@@ -342,7 +367,8 @@ class ChainOptimizer(torch.optim.Optimizer):
     def _name(cls) -> str:
         return cls.__name__
 
-    _FLAGS = (Hyper("maximize", False, "bool"), Hyper("skip_nonfinite", False, "bool"))
+    _FLAGS = (Hyper("maximize", False, "bool"), Hyper("skip_nonfinite", False, "bool"),
+              Hyper("partitioned", False, "bool"))
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         """Validate every hyperparameter of a group (a schedule by its value at the group's step)."""
@@ -351,7 +377,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         for k, spec in group.get("schedules", {}).items():
             h[k] = resolve(spec, t)
         for hp in self._FLAGS:
-            hp.check(h[hp.name], self._name())
+            hp.check(h.get(hp.name, hp.default), self._name())
         for b in self.blocks:
             b.validate(b.view(h), self._name())
 
@@ -362,8 +388,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         params = group.get("params")
         if isinstance(params, torch.Tensor):
             params = [params]
-        if params is not None and len(list(params)) == 0:
-            raise ValueError(f"{self._name()}: got an empty parameter list")
+        if params is not None and len(list(params)) == 0 and group.get("partitioned") is not True:
+            # (a ZeroRedundancyOptimizer hands a rank with no tensor of a group an empty one)
+            raise ValueError(f"{self._name()}: got an empty parameter list (a group of a "
+                             "ZeroRedundancyOptimizer's partition may be empty with partitioned=True)")
         if self._sum_blocks():  # lr="auto": group["lr"] is the estimate's display, never an input
             given = param_group.get("lr", "auto")
             if not (isinstance(given, str) and given == "auto"):
@@ -372,7 +400,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         if "fast" in group and not isinstance(group["fast"], bool):
             raise ValueError(f"{self._name()}: invalid fast={group['fast']!r} in a parameter group; expected True or False")
         unknown = set(group) - set(self._known) - {k for b in self.blocks for k in b.group_state} - {
-            "params", "maximize", "skip_nonfinite", "name", "fast",
+            "params", "maximize", "skip_nonfinite", "partitioned", "name", "fast",
                                                    "param_names", "initial_lr", "schedules",
                                                    "step", "skipped_steps",
                                                    "differentiable"}  # torch's __setstate__ adds it
@@ -565,7 +593,9 @@ class ChainOptimizer(torch.optim.Optimizer):
     _profiled_step = torch.optim.Optimizer.profile_hook_step(_step)
 
     def _step_group(self, group: dict[str, Any]) -> None:
-        if group["skip_nonfinite"] and self._nonfinite(group):
+        # partitioned=True (ZeRO): the ranks that hold the rest of the model
+        world = _partition_ranks(group) if group.get("partitioned") else ()
+        if group["skip_nonfinite"] and self._nonfinite(group, world, self._reduce_device(group, world)):
             group["skipped_steps"] += 1
             return
         if group["schedules"]:
@@ -576,15 +606,17 @@ class ChainOptimizer(torch.optim.Optimizer):
             self._check_lr_shown(group)
         plans = self.__dict__.setdefault("_fast_plans", {})  # not pickled: it holds raw pointers
         # the planned step runs no torch op (only the kernel), so it needs no torch.no_grad(); a plan
-        # is kept for plain tensors only, so each rank's sums are already whole
+        # is kept for plain tensors only, so each rank's sums are already whole, unless the tensors
+        # are one rank's partition of the model (partitioned=True)
         if self.fast and group.get("fast", True) and kernels.run_planned(self.blocks, group, plans.get(id(group)), self.state,
                                                    **({} if acc is None else {"acc": acc})):
-            self._finish_group(group, acc)
+            self._finish_group(group, acc, world)
             return
         plans.pop(id(group), None)
         # where each rank holds shards (FSDP2), its sums are partial: the process groups that add them
-        # up (a ValueError for a group of mixed layouts, before anything has changed)
-        ranks = kernels.contract.sum_groups(group["params"], self._name()) if acc is not None else ()
+        # up (a ValueError for a group of mixed layouts, before anything has changed); where it holds a
+        # partition (ZeRO, partitioned=True), the default group, whatever the tensors' layout
+        ranks = world or (kernels.contract.sum_groups(group["params"], self._name()) if acc is not None else ())
         views = [b.view(group) for b in self.blocks]
         maximize = group["maximize"]
         with torch.no_grad():
@@ -595,6 +627,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         may leave a plan for the next step) and the readable reference for the rest."""
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
+            if ranks and group.get("partitioned"):  # the other ranks' partitions may have stepped:
+                self._finish_group(group, acc, ranks, stepped=False)  # join their count (and sums)
             return
         name = self._name()
         sparse = any(p.grad.is_sparse for p in params)
@@ -637,13 +671,17 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._finish_group(group, acc, ranks)
 
     def _finish_group(self, group: dict[str, Any], acc: list[dict[str, float]] | None = None,
-                      ranks: tuple = ()) -> None:
+                      ranks: tuple = (), stepped: bool = True) -> None:
+        """The group's step is taken (``stepped``: on this rank; with ``ranks``, on any of them):
+        count it, show the next scheduled values, fold the sums (added up over ``ranks``)."""
+        if ranks:  # (FSDP2: lr="auto"'s shard groups; partitioned=True: the default group, every step)
+            stepped = self._sum_over_ranks(group, acc or [], ranks, stepped)
+            if not stepped:  # no rank had a gradient in the group: one process would pass it by
+                return
         group["step"] += 1
         if group["schedules"]:
             self._apply_schedules(group)  # show the value the next step will use
         if acc is not None:
-            if ranks:
-                self._sum_over_ranks(group, acc, ranks)
             for b, a in zip(self.blocks, acc):
                 if b.sums:
                     b.finish(b.view(group), group, a)
@@ -684,32 +722,51 @@ class ChainOptimizer(torch.optim.Optimizer):
         return any(b.sums for b in self.blocks)
 
     @staticmethod
-    def _nonfinite(group: dict[str, Any]) -> bool:
+    def _nonfinite(group: dict[str, Any], world: tuple = (), device=None) -> bool:
         """Does any gradient of the group hold a NaN or ±inf? Over the whole tensors: where ranks hold
-        shards (FSDP2), a NaN on one rank's shard must skip the step on every rank, or their step
-        counts part. (The test runs on this rank's own elements: ``torch.isfinite`` on a DTensor.)"""
+        shards (FSDP2), or partitions (``world``: partitioned=True), a NaN on one rank's part must skip
+        the step on every rank, or their step counts part. (The test runs on this rank's own elements:
+        ``torch.isfinite`` on a DTensor.)"""
         bad = not all(
             bool(torch.isfinite(p.grad._values() if p.grad.is_sparse else p.grad).all())
             for p in group["params"] if p.grad is not None
         )
-        ranks = kernels.contract.shard_groups(group["params"])
+        ranks = world or kernels.contract.shard_groups(group["params"])
         if ranks:
-            (bad,) = _all_reduce([float(bad)], ranks, group["params"][0].device, "max")
+            (bad,) = _all_reduce([float(bad)], ranks, device or group["params"][0].device, "max")
         return bool(bad)
 
-    @staticmethod
-    def _sum_over_ranks(group: dict[str, Any], acc: list[dict[str, float]], ranks: tuple) -> None:
+    def _reduce_device(self, group: dict[str, Any], world: tuple):
+        """Where a partitioned group's collectives run: its tensors' device; for an empty partition,
+        that of this optimizer's other tensors, else the default backend's (NCCL: this rank's GPU),
+        so that every rank reduces through the same backend. None where nothing is reduced over
+        ``world``."""
+        if not world:
+            return None
+        for g in (group, *self.param_groups):
+            if g["params"]:
+                return g["params"][0].device
+        import torch.distributed as dist
+
+        cuda = "nccl" in str(dist.get_backend()) and torch.cuda.is_available()
+        return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+
+    def _sum_over_ranks(self, group: dict[str, Any], acc: list[dict[str, float]], ranks: tuple,
+                        stepped: bool = True) -> bool:
         """Each rank added up its own shards' elements; add those sums up over the process groups
         ``ranks`` (the mesh dimensions the group is sharded on), so that every rank folds the sums over
         the whole tensors, and they all keep one estimate. One all-reduce of a few float64 numbers per
         group step; a NaN on any rank reaches every rank, and every rank skips that step alike. (The
         kernel sums a DTensor's local shard; the reference's ``float(torch.sum(...))`` of a sharded
         DTensor is its Partial placement's local value, the same: tests/test_distributed.py checks
-        both paths against one process.)"""
+        both paths against one process.) The same all-reduce counts the ranks that ``stepped`` (had a
+        gradient in the group); returns whether any did."""
         keys = [(a, k) for a in acc for k in a]
-        total = _all_reduce([a[k] for a, k in keys], ranks, group["params"][0].device, "sum")
+        device = self._reduce_device(group, ranks) if group.get("partitioned") else group["params"][0].device
+        *total, stepped = _all_reduce([a[k] for a, k in keys] + [float(stepped)], ranks, device, "sum")
         for (a, k), v in zip(keys, total):
             a[k] = v
+        return stepped > 0
 
     def _new_sums(self) -> list[dict[str, float]] | None:
         """Zeroed accumulators for the blocks' per-group sums (None if no block keeps any)."""
@@ -739,7 +796,14 @@ class ChainOptimizer(torch.optim.Optimizer):
         """``with opt.averaged(): evaluate(model)``: the parameters hold the average of the iterates
         (:class:`~descend.blocks.AverageIterates`; ``lr="auto"`` keeps one) inside the block and their own
         values again, bitwise, after it. A parameter that has not stepped yet keeps its value.
-        Do not step inside the block."""
+        Do not step inside the block.
+
+        Under ZeroRedundancyOptimizer each rank's optimizer (``opt.optim``) holds only its partition,
+        so ``opt.optim.averaged()`` swaps in the average of that partition and leaves this rank's
+        copies of the other partitions at the current iterate. ZeRO's own (private)
+        ``opt._sync_params()``, called inside the block and again after it, broadcasts every rank's
+        partition: every rank then holds the whole average, and after the block its iterates again
+        (tests/test_distributed.py checks both, bitwise on the way back)."""
         if not any(type(b).__name__ == "AverageIterates" for b in self.blocks):
             raise RuntimeError(f"{self._name()}.averaged(): this optimizer keeps no average of the "
                                "iterates; lr='auto' keeps one (unless average=False), or add "

@@ -48,14 +48,14 @@ class GD(ChainOptimizer):
     Args:
         params: parameters or parameter groups.
         lr: η (or a schedule of the step).
-        maximize, skip_nonfinite, fast: see :class:`~descend.core.ChainOptimizer`.
+        maximize, skip_nonfinite, partitioned, fast: see :class:`~descend.core.ChainOptimizer`.
 
     Source: the chapter "Momentum & Adaptive LR"; Cauchy (1847).
     """
 
     blocks = (ScaleByLearningRate(),)
 
-    def __init__(self, params, lr, *, maximize=False, skip_nonfinite=False, fast=True):
+    def __init__(self, params, lr, *, maximize=False, skip_nonfinite=False, partitioned=False, fast=True):
         super().__init__(params, **_hp(locals()))
 
 
@@ -74,7 +74,8 @@ class Momentum(ChainOptimizer):
 
     blocks = (ScaleByLearningRate(), Trace(dampening=0.0, nesterov=False))
 
-    def __init__(self, params, lr, momentum=0.9, *, maximize=False, skip_nonfinite=False, fast=True):
+    def __init__(self, params, lr, momentum=0.9,
+                 *, maximize=False, skip_nonfinite=False, partitioned=False, fast=True):
         super().__init__(params, **_hp(locals()))
 
 
@@ -92,7 +93,8 @@ class AdaGrad(ChainOptimizer):
     blocks = (AddDecayedWeights(), ScaleByRss(), ScaleByLearningRate(decay=True))
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                 eps=1e-10, eps_in_sqrt=True, *, maximize=False, skip_nonfinite=False, fast=True):
+                 eps=1e-10, eps_in_sqrt=True,
+                 *, maximize=False, skip_nonfinite=False, partitioned=False, fast=True):
         super().__init__(params, **_hp(locals()))
 
     def _auto_defaults(self, hyperparameters):
@@ -118,7 +120,8 @@ class Nesterov(ChainOptimizer):
 
     blocks = (ScaleByLearningRate(), Trace(dampening=0.0, nesterov=True))
 
-    def __init__(self, params, lr, momentum=0.9, *, maximize=False, skip_nonfinite=False, fast=True):
+    def __init__(self, params, lr, momentum=0.9,
+                 *, maximize=False, skip_nonfinite=False, partitioned=False, fast=True):
         super().__init__(params, **_hp(locals()))
 
 
@@ -131,7 +134,7 @@ class SGD(ChainOptimizer):
     blocks = (AddDecayedWeights(), Trace(), ScaleByLearningRate())
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-                 *, maximize=False, skip_nonfinite=False, fast=True):
+                 *, maximize=False, skip_nonfinite=False, partitioned=False, fast=True):
         super().__init__(params, **_hp(locals()))
 
 
@@ -149,7 +152,7 @@ class RMSProp(ChainOptimizer):
     blocks = (AddDecayedWeights(), ScaleByRms(), Trace(dampening=0.0, nesterov=False), ScaleByLearningRate())
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                 eps_in_sqrt=True, *, maximize=False, skip_nonfinite=False, fast=True):
+                 eps_in_sqrt=True, *, maximize=False, skip_nonfinite=False, partitioned=False, fast=True):
         super().__init__(params, **_hp(locals()))
 
     def _auto_defaults(self, hyperparameters):
@@ -165,7 +168,7 @@ class AdaDelta(ChainOptimizer):
     blocks = (AddDecayedWeights(), ScaleByAdadelta(), ScaleByLearningRate())
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0,
-                 *, maximize=False, skip_nonfinite=False, fast=True):
+                 *, maximize=False, skip_nonfinite=False, partitioned=False, fast=True):
         super().__init__(params, **_hp(locals()))
 
 
@@ -179,7 +182,7 @@ class Adam(ChainOptimizer):
     blocks = (AddDecayedWeights(), ScaleByAdam(), ScaleByLearningRate())
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
-                 *, maximize=False, skip_nonfinite=False, fast=True):
+                 *, maximize=False, skip_nonfinite=False, partitioned=False, fast=True):
         super().__init__(params, **_hp(locals()))
 
 
@@ -191,7 +194,7 @@ class AdamW(ChainOptimizer):
     implied = {"decoupled_weight_decay": True}  # what torch.optim.AdamW's state says
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
-                 *, maximize=False, skip_nonfinite=False, fast=True):
+                 *, maximize=False, skip_nonfinite=False, partitioned=False, fast=True):
         super().__init__(params, **_hp(locals()))
 
 
@@ -204,7 +207,8 @@ class NAdam(ChainOptimizer):
               ScaleByLearningRate())
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
-                 decoupled_weight_decay=False, *, maximize=False, skip_nonfinite=False, fast=True):
+                 decoupled_weight_decay=False,
+                 *, maximize=False, skip_nonfinite=False, partitioned=False, fast=True):
         super().__init__(params, **_hp(locals()))
 
 
@@ -217,7 +221,8 @@ class RAdam(ChainOptimizer):
               ScaleByLearningRate())
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, *, maximize=False, skip_nonfinite=False, fast=True):
+                 decoupled_weight_decay=False,
+                 *, maximize=False, skip_nonfinite=False, partitioned=False, fast=True):
         super().__init__(params, **_hp(locals()))
 
 
@@ -228,7 +233,7 @@ class Adamax(ChainOptimizer):
     blocks = (AddDecayedWeights(), ScaleByAdamax(), ScaleByLearningRate())
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 *, maximize=False, skip_nonfinite=False, fast=True):
+                 *, maximize=False, skip_nonfinite=False, partitioned=False, fast=True):
         super().__init__(params, **_hp(locals()))
 
 
@@ -239,7 +244,7 @@ class Lion(ChainOptimizer):
     blocks = (ScaleByLion(), AddDecayedWeights(), ScaleByLearningRate())
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
-                 *, maximize=False, skip_nonfinite=False, fast=True):
+                 *, maximize=False, skip_nonfinite=False, partitioned=False, fast=True):
         super().__init__(params, **_hp(locals()))
 
 

@@ -34,7 +34,7 @@ def test_help_lists_every_optimizer_with_what_it_takes(cmd):
         line = next((ln for ln in text.splitlines() if re.match(rf"\s+{name}\s{{2,}}", ln)), None)
         assert line is not None, f"{name} missing from {cmd} --help"
         takes = [k for k in inspect.signature(descend.optimizers.REGISTRY[name]).parameters
-                 if k not in ("params", "maximize", "skip_nonfinite", "fast")]
+                 if k not in ("params", "maximize", "skip_nonfinite", "partitioned", "fast")]
         for k in takes:
             assert re.search(rf"\b{k}\b", line), (name, k, line)
 

@@ -15,7 +15,12 @@ every scenario and writes what each one raised; the tests below read those resul
   training the whole model on the whole batch, and so reaches the same parameters and, inside
   ``opt.averaged()``, the same average of the iterates (before, each rank
   estimated from its own shard: the ranks' rates differed by up to 2×); a group that mixes sharded and
-  plain tensors is refused with a ValueError before anything changes.
+  plain tensors is refused with a ValueError before anything changes;
+- ``ZeroRedundancyOptimizer(optimizer_class=descend.Adam, lr="auto", partitioned=True)``, fused and
+  reference, one parameter group and two (one rank's partition of the second is empty): the same, one
+  estimate and step count per group on every rank, one process's (without ``partitioned``, each rank
+  estimates from its own partition: the rates differed by ~19%); with ``skip_nonfinite=True``, a NaN
+  in one rank's partition skips the group on every rank.
 
 descend runs with its default fast path throughout, and a spy on ``descend.kernels.run_group`` checks
 that the fused kernel took every parameter (under FSDP2: each rank's local shard). A crash in a worker
@@ -32,6 +37,7 @@ import os
 import re
 import time
 import traceback
+import warnings
 
 import pytest
 import torch
@@ -180,11 +186,12 @@ def _dcp_case(rank, mesh, name, root):
 
 
 def _assert_one_estimate(opt, one):
-    """Every rank shows one lr="auto" rate, that of ``one`` (one process on the whole model and batch)."""
-    shown = [None] * WORLD
-    dist.all_gather_object(shown, opt.param_groups[0]["lr"])
-    assert shown[0] == shown[1], f"the ranks keep different estimates: {shown}"
-    assert shown[0] == pytest.approx(one.param_groups[0]["lr"], rel=1e-9), (shown, one.param_groups[0]["lr"])
+    """Every rank shows one lr="auto" rate per group, that of ``one`` (one process on the whole model
+    and batch), and has counted as many steps of each group."""
+    shown, theirs = [None] * WORLD, [x for g in one.param_groups for x in (g["lr"], g["step"])]
+    dist.all_gather_object(shown, [x for g in opt.param_groups for x in (g["lr"], g["step"])])
+    assert shown[0] == shown[1], f"the ranks keep different estimates (or step counts): {shown}"
+    assert shown[0] == pytest.approx(theirs, rel=1e-9), (shown, theirs)
 
 
 AUTO_CASES = {f"{n}-{'fast' if fast else 'reference'}": (n, fast)
@@ -312,6 +319,96 @@ def _zero(rank):
     _assert_bitwise(_local(model2), _local(model))
 
 
+ZERO_AUTO_CASES = {f"{layout}-{'fast' if fast else 'reference'}": (layout, fast)
+                   for layout in ("one-group", "two-groups") for fast in (True, False)}
+
+
+def _groups(model, layout):
+    """The parameters as one group, or as two: the second holds the last layer's bias alone, so that
+    one rank's partition of it is empty (ZeRO hands that rank's optimizer an empty group)."""
+    ps = list(model.parameters())
+    return ps if layout == "one-group" else [{"params": ps[:-1]}, {"params": ps[-1:]}]
+
+
+def _zero_auto(rank, case):
+    """ZeRO over descend.Adam with lr="auto" and partitioned=True, fused and reference: each rank's
+    optimizer holds a partition of plain tensors, yet every rank keeps one estimate per group, that of
+    one process on the whole model and batch, counts the groups' steps alike (also the rank whose
+    partition of a group is empty) and reaches the same parameters; with ZeRO's own broadcast, the same
+    iterate average inside ``opt.optim.averaged()``, and its iterates bitwise after it."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer as ZeRO
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    layout, fast = ZERO_AUTO_CASES[case]
+    model = DDP(_model(torch.float64))
+    opt = ZeRO(_groups(model, layout), optimizer_class=descend.Adam, lr="auto", partitioned=True, fast=fast)
+    sizes = [None] * WORLD
+    dist.all_gather_object(sizes, [len(g["params"]) for g in opt.optim.param_groups])
+    assert (layout == "two-groups") == any(0 in s for s in sizes), sizes  # the empty partition is there
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        (_fused if fast else lambda run: run())(lambda: _train(model, opt, 3 * STEPS, rank))
+    assert not [w for w in seen if "Adam" in str(w.message)], [str(w.message) for w in seen]
+    whole = _model(torch.float64)
+    one = descend.Adam(_groups(whole, layout), lr="auto")
+    _train(whole, one, 3 * STEPS, 0, whole=True)
+    _assert_one_estimate(opt.optim, one)
+    _assert_close(_local(model), _local(whole), torch.float64)
+    before = _local(model)
+    with opt.optim.averaged(), one.averaged():
+        opt._sync_params()  # each rank swapped its own partition in; ZeRO broadcasts the partitions
+        _assert_close(_local(model), _local(whole), torch.float64)
+        assert not all(torch.equal(a, b) for a, b in zip(_local(model), before))
+    opt._sync_params()
+    _assert_bitwise(_local(model), before)
+
+
+def _zero_auto_unpartitioned(rank):
+    """Why partitioned=True exists: without it, each rank's optimizer estimates lr="auto" from its own
+    partition, and the ranks' rates part."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer as ZeRO
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = DDP(_model(torch.float64))
+    opt = ZeRO(model.parameters(), optimizer_class=descend.Adam, lr="auto")
+    _train(model, opt, STEPS, rank)
+    shown = [None] * WORLD
+    dist.all_gather_object(shown, opt.optim.param_groups[0]["lr"])
+    assert shown[0] != pytest.approx(shown[1], rel=1e-3), shown
+
+
+def _zero_skip_nonfinite(rank):
+    """skip_nonfinite=True with partitioned=True under ZeRO: a NaN in one rank's partition of a group
+    skips that group's step on every rank (alone, that rank skipped and the other stepped its
+    partition); the other group, empty on one rank, steps and is counted on both."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer as ZeRO
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = DDP(_model(torch.float64))
+    opt = ZeRO(_groups(model, "two-groups"), optimizer_class=descend.Adam, lr=1e-2, skip_nonfinite=True,
+               partitioned=True)
+    _train(model, opt, 2, rank)
+    before = _local(model)
+    opt.zero_grad()
+    g = torch.Generator().manual_seed(7)
+    torch.nn.functional.mse_loss(model(torch.randn(4, 6, generator=g, dtype=torch.float64)),
+                                 torch.randn(4, 1, generator=g, dtype=torch.float64)).backward()
+    if rank == 0:
+        opt.optim.param_groups[0]["params"][0].grad.view(-1)[0] = float("nan")  # this rank's partition only
+    opt.step()
+    after = _local(model)
+    seen = [None] * WORLD  # every rank reports before any asserts
+    dist.all_gather_object(seen, [all(torch.equal(a, b) for a, b in zip(after[:-1], before[:-1])),
+                                  not torch.equal(after[-1], before[-1]),
+                                  [g["skipped_steps"] for g in opt.optim.param_groups],
+                                  [g["step"] for g in opt.optim.param_groups]])
+    assert seen == [[True, True, [1, 0], [2, 3]]] * WORLD, \
+        f"[group 0 unchanged, group 1 stepped, skipped steps, step counts] per rank: {seen}"
+    _train(model, opt, 2, rank, start=3)  # and the ranks go on together
+    dist.all_gather_object(seen, [g["step"] for g in opt.optim.param_groups])
+    assert seen == [[4, 5]] * WORLD, seen
+
+
 def _worker(rank: int, init_method: str, root: str) -> None:
     import torch.distributed.checkpoint  # noqa: F401  (dist.checkpoint.api below)
     from torch.distributed.device_mesh import init_device_mesh
@@ -329,6 +426,9 @@ def _worker(rank: int, init_method: str, root: str) -> None:
     scenarios["skip-nonfinite"] = lambda: _fsdp_skip_nonfinite(rank, mesh)
     scenarios["ddp"] = lambda: _ddp(rank)
     scenarios["zero"] = lambda: _zero(rank)
+    scenarios.update({f"zero-auto-{c}": (lambda c=c: _zero_auto(rank, c)) for c in ZERO_AUTO_CASES})
+    scenarios["zero-auto-unpartitioned"] = lambda: _zero_auto_unpartitioned(rank)
+    scenarios["zero-skip-nonfinite"] = lambda: _zero_skip_nonfinite(rank)
     results, times = {}, {}
     for name, run in scenarios.items():
         t0 = time.perf_counter()
@@ -402,3 +502,16 @@ def test_ddp_matches_torch(results):
 
 def test_zero_redundancy_optimizer(results):
     _check(results, "zero")
+
+
+@pytest.mark.parametrize("case", ZERO_AUTO_CASES)
+def test_zero_partitioned_lr_auto_keeps_one_estimate_across_ranks(results, case):
+    _check(results, f"zero-auto-{case}")
+
+
+def test_zero_unpartitioned_lr_auto_estimates_one_rate_per_rank(results):
+    _check(results, "zero-auto-unpartitioned")
+
+
+def test_zero_partitioned_skip_nonfinite_skips_on_every_rank_alike(results):
+    _check(results, "zero-skip-nonfinite")

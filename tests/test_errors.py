@@ -30,6 +30,7 @@ BAD = {
     "centered": (["yes"], "True or False"),
     "maximize": (["no", 0], "True or False"),
     "skip_nonfinite": ([None], "True or False"),
+    "partitioned": ([None, 1, "yes"], "True or False"),
 }
 
 

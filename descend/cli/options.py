@@ -219,7 +219,7 @@ def save_figure(fig, path: str, **kwargs) -> None:
 # ------------------------------------------------------------------------------- help: the valid names and what each takes
 
 #: switches every optimizer takes, left out of the per-optimizer lists
-_COMMON_SWITCHES = ("maximize", "skip_nonfinite", "fast")
+_COMMON_SWITCHES = ("maximize", "skip_nonfinite", "partitioned", "fast")
 
 
 def _show(v: Any) -> str:
