@@ -388,7 +388,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         params = group.get("params")
         if isinstance(params, torch.Tensor):
             params = [params]
-        if params is not None and len(list(params)) == 0 and group.get("partitioned") is not True:
+        elif params is not None and not isinstance(params, (set, list, tuple)):
+            # a generator (``model.parameters()``) read once here would reach torch empty
+            params = group["params"] = list(params)
+        if params is not None and len(params) == 0 and group.get("partitioned") is not True:
             # (a ZeroRedundancyOptimizer hands a rank with no tensor of a group an empty one)
             raise ValueError(f"{self._name()}: got an empty parameter list (a group of a "
                              "ZeroRedundancyOptimizer's partition may be empty with partitioned=True)")

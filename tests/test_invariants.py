@@ -140,6 +140,22 @@ def test_add_param_group(info):
     assert torch.equal(late[1][2], make_params()[2]) and not torch.equal(late[2][2], late[1][2])
 
 
+@pytest.mark.parametrize("info", OPTIMS, ids=ids)
+def test_a_group_may_give_its_parameters_as_a_generator(info):
+    """``[{"params": model.parameters()}, ...]``, as torch.optim takes it: the group holds every
+    tensor (before, the empty-list check read the generator first, and the group reached torch
+    empty: nothing trained, without an error), in the constructor and in add_param_group."""
+    model = torch.nn.Linear(3, 2)
+    opt = info.make([{"params": model.parameters()}], lr=0.01)
+    assert [len(g["params"]) for g in opt.param_groups] == [2]
+    extra = torch.nn.Linear(2, 1)
+    opt.add_param_group({"params": extra.parameters()})
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 2]
+    assert all(a is b for a, b in zip(opt.param_groups[1]["params"], extra.parameters()))
+    with pytest.raises(ValueError, match="empty parameter list"):
+        info.make([{"params": iter([])}], lr=0.01)
+
+
 def test_add_param_group_after_load_state_dict_and_deepcopy():
     """torch's load_state_dict and deepcopy put "differentiable" into the defaults; a later
     add_param_group must still work, and a deep copy keeps the chain of a ChainOptimizer."""
