@@ -378,6 +378,9 @@ def auto_version() -> str:
 
     seen = [getattr(cls, "_auto_defaults", None) for cls in REGISTRY.values()]
     parts += [f for i, f in enumerate(seen) if f is not None and f not in seen[:i]]
+    from descend import optimizers  # and what they share (the values for a rule with momentum)
+
+    parts += [getattr(optimizers, n) for n in ("_with_momentum",) if hasattr(optimizers, n)]
     return code_hash(*parts) if parts else "none"
 
 
