@@ -194,25 +194,40 @@ def test_options_reach_the_rule():
     assert w.item() == pytest.approx(theta3 + eta3, rel=1e-12)
 
 
+MOMENTUM = (0.1, 0.5)  # (β, c) for a rule whose direction keeps a momentum
+PLAIN = (0.2, 1.0)
+
+
 @pytest.mark.parametrize("make,want", [
-    (lambda ps: descend.AdaGrad(ps, lr="auto"), 0.3),  # the rule's own β (measured on the tuning table)
-    (lambda ps: descend.RMSProp(ps, lr="auto"), 0.3),
-    (lambda ps: descend.RMSProp(ps, lr="auto", momentum=0.9), 0.2),  # with momentum, as Momentum and Adam
-    (lambda ps: descend.create("rmsprop", ps, lr=descend.auto(scale=0.5)), 0.3),  # other options set, β not
-    (lambda ps: descend.AdaGrad(ps, lr=descend.auto(adapt=0.2)), 0.2),  # the caller's β wins
-    (lambda ps: descend.GD(ps, lr="auto"), 0.2),
-    (lambda ps: descend.Adam(ps, lr="auto"), 0.2),
-    (lambda ps: descend.Momentum(ps, lr="auto"), 0.2),
-    (lambda ps: descend.ChainOptimizer(ps, [B.ScaleByRss(), B.ScaleByLearningRate()], lr="auto"), 0.2),
-], ids=["adagrad", "rmsprop", "rmsprop-momentum", "rmsprop-scale", "adagrad-explicit", "gd", "adam",
-        "momentum", "custom-chain"])
-def test_each_rule_sets_its_own_adaptation_rate_unless_given(make, want):
+    (lambda ps: descend.AdaGrad(ps, lr="auto"), (0.3, 1.0)),  # the rule's own (measured on the tuning table)
+    (lambda ps: descend.RMSProp(ps, lr="auto"), (0.3, 1.0)),
+    (lambda ps: descend.RMSProp(ps, lr="auto", momentum=0.9), MOMENTUM),  # with momentum, as Momentum
+    (lambda ps: descend.create("rmsprop", ps, lr=descend.auto(scale=0.5)), (0.3, 1.0)),  # other options set
+    (lambda ps: descend.AdaGrad(ps, lr=descend.auto(adapt=0.2)), PLAIN),  # the caller's wins
+    (lambda ps: descend.Adam(ps, lr=descend.auto(adapt=0.2, cap=2.0)), (0.2, 2.0)),
+    (lambda ps: descend.Adam(ps, lr=descend.auto(cap=2.0)), (0.1, 2.0)),  # each option on its own
+    (lambda ps: descend.GD(ps, lr="auto"), PLAIN),
+    (lambda ps: descend.SGD(ps, lr="auto"), PLAIN),  # torch's default: no momentum
+    (lambda ps: descend.SGD(ps, lr="auto", momentum=0.9), MOMENTUM),
+    (lambda ps: descend.AdaDelta(ps, lr="auto"), PLAIN),
+    (lambda ps: descend.Adam(ps, lr="auto"), MOMENTUM),
+    (lambda ps: descend.Adam(ps, lr="auto", betas=(0.0, 0.99)), PLAIN),  # β₁ = 0: no momentum
+    (lambda ps: descend.Momentum(ps, lr="auto"), MOMENTUM),
+    (lambda ps: descend.Momentum(ps, lr="auto", momentum=0.0), PLAIN),
+    (lambda ps: descend.Nesterov(ps, lr="auto"), MOMENTUM),
+    *[(lambda ps, n=n: descend.create(n, ps, lr="auto"), MOMENTUM) for n in ("adamw", "nadam", "radam", "adamax", "lion")],
+    (lambda ps: descend.ChainOptimizer(ps, [B.ScaleByRss(), B.ScaleByLearningRate()], lr="auto"), PLAIN),
+], ids=["adagrad", "rmsprop", "rmsprop-momentum", "rmsprop-scale", "adagrad-explicit", "adam-explicit",
+        "adam-explicit-cap", "gd", "sgd", "sgd-momentum", "adadelta", "adam", "adam-beta1-0", "momentum",
+        "momentum-0", "nesterov", "adamw", "nadam", "radam", "adamax", "lion", "custom-chain"])
+def test_each_rule_sets_its_own_adaptation_rate_and_cap_unless_given(make, want):
     w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     opt = make([w])
-    assert opt.param_groups[0]["lr_adapt"] == want
+    g = opt.param_groups[0]
+    assert (g["lr_adapt"], g["lr_cap"]) == want
     w.grad = torch.ones(3, dtype=torch.float64)
-    opt.step()  # and the step runs with it
-    assert opt.param_groups[0]["lr_adapt"] == want and opt.param_groups[0]["lr_estimate"]["steps"] == 1
+    opt.step()  # and the step runs with them
+    assert (g["lr_adapt"], g["lr_cap"]) == want and g["lr_estimate"]["steps"] == 1
 
 
 # ------------------------------------------------------------------------------ invariants
