@@ -194,28 +194,28 @@ def test_options_reach_the_rule():
     assert w.item() == pytest.approx(theta3 + eta3, rel=1e-12)
 
 
-MOMENTUM = (0.1, 0.5)  # (β, c) for a rule whose direction keeps a momentum
+WITH_MOMENTUM = (0.1, 0.5)  # (β, c) for a rule whose direction keeps a momentum
 PLAIN = (0.2, 1.0)
 
 
 @pytest.mark.parametrize("make,want", [
     (lambda ps: descend.AdaGrad(ps, lr="auto"), (0.3, 1.0)),  # the rule's own (measured on the tuning table)
     (lambda ps: descend.RMSProp(ps, lr="auto"), (0.3, 1.0)),
-    (lambda ps: descend.RMSProp(ps, lr="auto", momentum=0.9), MOMENTUM),  # with momentum, as Momentum
+    (lambda ps: descend.RMSProp(ps, lr="auto", momentum=0.9), WITH_MOMENTUM),  # with momentum, as Momentum
     (lambda ps: descend.create("rmsprop", ps, lr=descend.auto(scale=0.5)), (0.3, 1.0)),  # other options set
     (lambda ps: descend.AdaGrad(ps, lr=descend.auto(adapt=0.2)), PLAIN),  # the caller's wins
     (lambda ps: descend.Adam(ps, lr=descend.auto(adapt=0.2, cap=2.0)), (0.2, 2.0)),
     (lambda ps: descend.Adam(ps, lr=descend.auto(cap=2.0)), (0.1, 2.0)),  # each option on its own
     (lambda ps: descend.GD(ps, lr="auto"), PLAIN),
     (lambda ps: descend.SGD(ps, lr="auto"), PLAIN),  # torch's default: no momentum
-    (lambda ps: descend.SGD(ps, lr="auto", momentum=0.9), MOMENTUM),
+    (lambda ps: descend.SGD(ps, lr="auto", momentum=0.9), WITH_MOMENTUM),
     (lambda ps: descend.AdaDelta(ps, lr="auto"), PLAIN),
-    (lambda ps: descend.Adam(ps, lr="auto"), MOMENTUM),
+    (lambda ps: descend.Adam(ps, lr="auto"), WITH_MOMENTUM),
     (lambda ps: descend.Adam(ps, lr="auto", betas=(0.0, 0.99)), PLAIN),  # β₁ = 0: no momentum
-    (lambda ps: descend.Momentum(ps, lr="auto"), MOMENTUM),
+    (lambda ps: descend.Momentum(ps, lr="auto"), WITH_MOMENTUM),
     (lambda ps: descend.Momentum(ps, lr="auto", momentum=0.0), PLAIN),
-    (lambda ps: descend.Nesterov(ps, lr="auto"), MOMENTUM),
-    *[(lambda ps, n=n: descend.create(n, ps, lr="auto"), MOMENTUM) for n in ("adamw", "nadam", "radam", "adamax", "lion")],
+    (lambda ps: descend.Nesterov(ps, lr="auto"), WITH_MOMENTUM),
+    *[(lambda ps, n=n: descend.create(n, ps, lr="auto"), WITH_MOMENTUM) for n in ("adamw", "nadam", "radam", "adamax", "lion")],
     (lambda ps: descend.ChainOptimizer(ps, [B.ScaleByRss(), B.ScaleByLearningRate()], lr="auto"), PLAIN),
 ], ids=["adagrad", "rmsprop", "rmsprop-momentum", "rmsprop-scale", "adagrad-explicit", "adam-explicit",
         "adam-explicit-cap", "gd", "sgd", "sgd-momentum", "adadelta", "adam", "adam-beta1-0", "momentum",
@@ -473,7 +473,9 @@ def test_momentum_chains_put_the_estimator_after_trace_and_step_by_hand(nesterov
     # The estimate by hand, plain floats: u is the direction the estimator receives (v, or g + γv), g the
     # gradient; G sums ‖g‖², U sums ‖u‖², and the cap is c r̄ max(‖g_t‖ / (‖u_t‖ √G), 1/√U): DoG's step
     # for GD or along u, whichever is longer
-    alpha, beta, rho, kappa, c = 1e-2, 0.2, 1.0, 0.01, 1.0
+    alpha, beta, rho, kappa, c = 1e-2, 0.1, 1.0, 0.01, 0.5  # β and c: a rule with momentum's own
+    g0 = opt.param_groups[0]
+    assert (g0["lr_init"], g0["lr_adapt"], g0["lr_down"], g0["lr_floor"], g0["lr_cap"]) == (alpha, beta, rho, kappa, c)
     gen = torch.Generator().manual_seed(0)
     theta0 = w.detach().clone()
     v, theta = None, theta0.clone()
@@ -678,11 +680,14 @@ def test_quadratic_and_rosenbrock_reached_without_tuning():
         assert (w.detach() - star).abs().max() < 1e-3, name
         with opt.averaged():
             assert (w.detach() - star).abs().max() < lag, name
-    # measured: 0 (last) and 1e-15 (average) for momentum, 6e-6 and 0.06 for adam; with γ = 1 and no
-    # restart the average was 0.10 and 0.12 from (1, 1), lagging along the long valley
-    for name, lag in (("momentum", 1e-3), ("adam", 0.15)):
+    # measured, at the rules' own β = 0.1 and c = 0.5: 8e-10 (last) and 2e-3 (average) for momentum,
+    # 0.15 and 7e-3 for adam. At β = 0.2, c = 1 (before 26 Nov): 0 and 1e-15, 6e-6 and 0.06: the
+    # slower fall leaves Adam's estimate at 0.15 when the run ends, and its last iterate bounces in the
+    # valley (0.026 after 8000 steps) while its average, what lr="auto" evaluates, is nearer; with
+    # γ = 1 and no restart the average was 0.10 and 0.12 from (1, 1), lagging along the long valley
+    for name, off, lag in (("momentum", 1e-6, 5e-3), ("adam", 0.25, 0.02)):
         last, avg = _rosenbrock(name, 4000)
-        assert (last - 1).abs().max() < 1e-3 and (avg - 1).abs().max() < lag, name
+        assert (last - 1).abs().max() < off and (avg - 1).abs().max() < lag, name
 
 
 @functools.lru_cache(maxsize=None)
