@@ -243,7 +243,11 @@ class NAdam(ChainOptimizer):
                  *, maximize=False, skip_nonfinite=False, partitioned=False, fast=True):
         super().__init__(params, **_hp(locals()))
 
-    _auto_defaults = _auto_defaults_from_betas  # lr="auto": with momentum where β₁ > 0
+    def _auto_defaults(self, hyperparameters):
+        # lr="auto": NAdam keeps β = 0.2 and c = 1 although it keeps a momentum. Measured (tuning
+        # table, 7 tasks × 10 seeds, against Adam's grid): with β = 0.1, c = 0.5 its MNIST-1D CNN
+        # fell from 0.922 to 0.858 and its mean gap from +0.82 to −0.47 (worst −1.37 → −3.36)
+        return {}
 
 
 class RAdam(ChainOptimizer):

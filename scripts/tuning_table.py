@@ -90,9 +90,9 @@ VARIANTS = {
     "every iterate averaged (avg_every=1)": {"avg_every": 1},
     "uniform average (avg_gamma=0)": {"avg_gamma": 0.0},
     "linearly weighted average (avg_gamma=1)": {"avg_gamma": 1.0},
-    "cap 1.5": {"cap": 1.5},
-    "faster adaptation everywhere (adapt=0.3)": {"adapt": 0.3},
-    "the uniform β before (adapt=0.2)": {"adapt": 0.2},
+    "the full cap everywhere (cap=1)": {"cap": 1.0},
+    "the values before for every rule (adapt=0.2, cap=1)": {"adapt": 0.2, "cap": 1.0},
+    "β = 0.2 everywhere (adapt=0.2)": {"adapt": 0.2},
 }
 
 
@@ -259,7 +259,7 @@ def lr_find_suggestion(problem: U.Problem, rule: str, seed: int) -> float | None
 # ------------------------------------------------------------------------------- running
 
 
-def plan(task: str, seeds: list[int], methods: set[str], auto_ok: bool, lrfind_v: str, auto_v: str):
+def plan(task: str, seeds: list[int], methods: set[str], auto_ok: bool, lrfind_v: str):
     """Every trial a task needs: (cache key, row label, ref rule, Trial or a lr_find request)."""
     _, model, hidden, epochs = TASKS[task]
     out = []
@@ -274,14 +274,14 @@ def plan(task: str, seeds: list[int], methods: set[str], auto_ok: bool, lrfind_v
             for rule in descend.available():
                 hp = {k: v for k, v in T.hyperparameters_for(rule).items() if k != "lr"}
                 trial = U.Trial(rule, rule, tuple(sorted({**hp, "lr": "auto"}.items())), s, epochs, epochs)
-                out.append((f"{task}|auto@{auto_v}|{rule}|auto|{s}", trial))
+                out.append((f"{task}|auto@{auto_version(rule)}|{rule}|auto|{s}", trial))
         if "variants" in methods and auto_ok:
             for name, opts in VARIANTS.items():
                 for rule in RULES:
                     hp = {k: v for k, v in T.hyperparameters_for(rule).items() if k != "lr"}
                     trial = U.Trial(rule, rule, tuple(sorted({**hp, "lr": descend.auto(**opts)}.items())), s, epochs,
                                     epochs)
-                    out.append((f"{task}|variant@{auto_v}|{rule}|{name}|{s}", trial))
+                    out.append((f"{task}|variant@{auto_version(rule)}|{rule}|{name}|{s}", trial))
         if "published" in methods:
             for label, (factory, module) in PUBLISHED.items():
                 trial = U.Trial(label, factory, (), s, epochs, epochs)
@@ -304,13 +304,13 @@ def run(args) -> None:
         if missing:
             sys.exit(f"published methods need their packages ({', '.join(sorted(set(missing)))} missing): "
                      "pip install torch==2.13.0 prodigyopt dadaptation dog-optimizer schedulefree mechanic-pytorch")
-    lrfind_v, auto_v = code_hash(LR_FIND), auto_version()
+    lrfind_v = code_hash(LR_FIND)
     torch.set_num_threads(1)
     # seed-major: every task gets seed 0 first, so a run stopped early still covers every task
     for s in seeds:
         for task in args.tasks.split(","):
             name, model, hidden, epochs = TASKS[task]
-            todo = [(k, t) for k, t in plan(task, [s], methods, auto_ok, lrfind_v, auto_v) if needs_run(cache, k)]
+            todo = [(k, t) for k, t in plan(task, [s], methods, auto_ok, lrfind_v) if needs_run(cache, k)]
             if not todo:
                 continue
             problem = U.problem_from_data(D.load(name), model, hidden, 32)
@@ -365,9 +365,12 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def auto_version() -> str:
+@functools.lru_cache(maxsize=None)
+def auto_version(rule: str | None = None) -> str:
     """A hash of the code behind lr="auto" (the estimator and averaging blocks, descend.auto, the
-    façade's lr="auto" handling), so a changed estimator re-runs those rows and nothing else does."""
+    façade's lr="auto" handling) and of ``rule``'s own defaults for it (every rule's where None), so
+    a changed estimator re-runs those rows, a rule's changed defaults re-run that rule's rows, and
+    nothing else does."""
     from descend import blocks, core
 
     parts = [getattr(blocks, n) for n in ("ScaleByAutoLearningRate", "AverageIterates", "Auto", "auto")
@@ -376,7 +379,7 @@ def auto_version() -> str:
     # each rule's own defaults for lr="auto" (where it has them), in the registry's order, each once
     from descend.optimizers import REGISTRY
 
-    seen = [getattr(cls, "_auto_defaults", None) for cls in REGISTRY.values()]
+    seen = [getattr(cls, "_auto_defaults", None) for name, cls in REGISTRY.items() if rule in (None, name)]
     parts += [f for i, f in enumerate(seen) if f is not None and f not in seen[:i]]
     from descend import optimizers  # and what they share (the values for a rule with momentum)
 
@@ -408,7 +411,7 @@ def report(args) -> str:
     cache = Cache(Path(args.cache))
     seeds = list(range(args.seeds))
     tasks = args.tasks.split(",")
-    lrfind_v, auto_v = code_hash(LR_FIND), auto_version()
+    lrfind_v = code_hash(LR_FIND)
     rows: dict[str, dict[str, dict]] = {}  # label -> task -> {"mean", "std", "n", "div", "runs", "sec"}
     ref_of: dict[str, str] = {}
     grid_best_of: dict[tuple[str, str], float] = {}
@@ -439,7 +442,7 @@ def report(args) -> str:
                 grid_heldout_of[(task, rule)] = held[0]
         for rule in descend.available():
             label = f"{rule}, lr=\"auto\""
-            got = [r for r in recs(f"auto@{auto_v}|{rule}|auto", task) if r is not None]
+            got = [r for r in recs(f"auto@{auto_version(rule)}|{rule}|auto", task) if r is not None]
             if got:
                 _cell(rows, label, task, got, 1)
                 ref_of[label] = rule if rule in RULES else "adam"
@@ -575,7 +578,6 @@ def variants_report(args) -> str:
     cache = Cache(Path(args.cache))
     seeds = list(range(args.seeds))
     tasks = args.tasks.split(",")
-    auto_v = auto_version()
     grids = {}
     for t in tasks:
         for r in RULES:
@@ -592,7 +594,8 @@ def variants_report(args) -> str:
         for rule in RULES:
             same, held, worst_task = [], [], None
             for t in tasks:
-                key = f"{t}|auto@{auto_v}|{rule}|auto" if name == "default" else f"{t}|variant@{auto_v}|{rule}|{name}"
+                v = auto_version(rule)
+                key = f"{t}|auto@{v}|{rule}|auto" if name == "default" else f"{t}|variant@{v}|{rule}|{name}"
                 got = [cache.get(f"{key}|{s}") for s in seeds]
                 g = grids[(t, rule)]
                 if g is None or any(r is None for r in got):
