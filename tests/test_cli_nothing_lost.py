@@ -164,11 +164,13 @@ def test_ctrl_c_before_any_run_finished_writes_nothing(tmp_path, monkeypatch):
 
 
 def test_sigint_to_a_running_compare(tmp_path):
-    """A real Ctrl-C (SIGINT) to the process, once the first runs are done."""
+    """A real Ctrl-C (SIGINT) to the process, once the first runs are done. (At 100 epochs a run
+    took ~0.3 s: the whole compare could end before the signal arrived, and the test failed once in
+    CI; at 1000 the other three runs take several seconds after gd seed 0.)"""
     out = tmp_path / "rep"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     p = subprocess.Popen([sys.executable, "-m", "descend.cli", "compare", "--optimizers", "gd,adam", "--subsample",
-                          "200", "--hidden", "8", "--seeds", "2", "--epochs", "100", "--out", str(out)],
+                          "200", "--hidden", "8", "--seeds", "2", "--epochs", "1000", "--out", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     seen = b""
     deadline = time.monotonic() + 120
