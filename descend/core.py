@@ -597,8 +597,8 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def _step_group(self, group: dict[str, Any]) -> None:
         # partitioned=True (ZeRO): the ranks that hold the rest of the model
-        world = _partition_ranks(group) if group.get("partitioned") else ()
-        if group["skip_nonfinite"] and self._nonfinite(group, world, self._reduce_device(group, world)):
+        world = _partition_ranks(group)
+        if group["skip_nonfinite"] and self._nonfinite(group, world):
             group["skipped_steps"] += 1
             return
         if group["schedules"]:
@@ -718,14 +718,14 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def _auto_defaults(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
         """This rule's own values for the ``descend.auto`` options left None (the constructor's
-        ``hyperparameters`` given): none here; AdaGrad and RMSProp set ``adapt``."""
+        ``hyperparameters`` given): none here; AdaGrad and RMSProp set ``adapt``, the rules with
+        momentum ``adapt`` and ``cap`` (:func:`descend.optimizers._with_momentum`)."""
         return {}
 
     def _sum_blocks(self) -> bool:
         return any(b.sums for b in self.blocks)
 
-    @staticmethod
-    def _nonfinite(group: dict[str, Any], world: tuple = (), device=None) -> bool:
+    def _nonfinite(self, group: dict[str, Any], world: tuple = ()) -> bool:
         """Does any gradient of the group hold a NaN or ±inf? Over the whole tensors: where ranks hold
         shards (FSDP2), or partitions (``world``: partitioned=True), a NaN on one rank's part must skip
         the step on every rank, or their step counts part. (The test runs on this rank's own elements:
@@ -736,16 +736,13 @@ class ChainOptimizer(torch.optim.Optimizer):
         )
         ranks = world or kernels.contract.shard_groups(group["params"])
         if ranks:
-            (bad,) = _all_reduce([float(bad)], ranks, device or group["params"][0].device, "max")
+            (bad,) = _all_reduce([float(bad)], ranks, self._reduce_device(group), "max")
         return bool(bad)
 
-    def _reduce_device(self, group: dict[str, Any], world: tuple):
-        """Where a partitioned group's collectives run: its tensors' device; for an empty partition,
-        that of this optimizer's other tensors, else the default backend's (NCCL: this rank's GPU),
-        so that every rank reduces through the same backend. None where nothing is reduced over
-        ``world``."""
-        if not world:
-            return None
+    def _reduce_device(self, group: dict[str, Any]):
+        """Where a group's collectives run: its tensors' device; for an empty partition
+        (partitioned=True), that of this optimizer's other tensors, else the default backend's (NCCL:
+        this rank's GPU), so that every rank reduces through the same backend."""
         for g in (group, *self.param_groups):
             if g["params"]:
                 return g["params"][0].device
@@ -765,8 +762,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         both paths against one process.) The same all-reduce counts the ranks that ``stepped`` (had a
         gradient in the group); returns whether any did."""
         keys = [(a, k) for a in acc for k in a]
-        device = self._reduce_device(group, ranks) if group.get("partitioned") else group["params"][0].device
-        *total, stepped = _all_reduce([a[k] for a, k in keys] + [float(stepped)], ranks, device, "sum")
+        *total, stepped = _all_reduce([a[k] for a, k in keys] + [float(stepped)], ranks, self._reduce_device(group),
+                                      "sum")
         for (a, k), v in zip(keys, total):
             a[k] = v
         return stepped > 0
