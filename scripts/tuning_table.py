@@ -294,7 +294,7 @@ def plan(task: str, seeds: list[int], methods: set[str], auto_ok: bool, lrfind_v
 
 def run(args) -> None:
     cache = Cache(Path(args.cache))
-    seeds = list(range(args.seeds))
+    seeds = args.seeds
     methods = set(args.methods.split(","))
     auto_ok = has_auto()
     if "auto" in methods and not auto_ok:
@@ -409,12 +409,13 @@ def _stats(vals):
 
 def report(args) -> str:
     cache = Cache(Path(args.cache))
-    seeds = list(range(args.seeds))
+    seeds = args.seeds
     tasks = args.tasks.split(",")
     lrfind_v = code_hash(LR_FIND)
     rows: dict[str, dict[str, dict]] = {}  # label -> task -> {"mean", "std", "n", "div", "runs", "sec"}
     ref_of: dict[str, str] = {}
     grid_best_of: dict[tuple[str, str], float] = {}
+    grid_seeds_of: dict[tuple[str, str], list] = {}  # the grid's best rate, seed by seed (paired errors)
     grid_heldout_of: dict[tuple[str, str], float] = {}
 
     def recs(prefix, task):
@@ -425,14 +426,17 @@ def report(args) -> str:
             hp = T.hyperparameters_for(rule)
             runs = grid_runs(cache, task, rule, seeds)
             if hp["lr"] in runs:
-                _cell(rows, f"{rule} at its default lr ({hp['lr']:g})", task, runs[hp["lr"]], 1)
+                _cell(rows, f"{rule} at its default lr ({hp['lr']:g})", task, runs[hp["lr"]], 1,
+                      by_seed=_finals(recs(f"grid|{rule}|{hp['lr']:.6g}", task)))
                 ref_of[f"{rule} at its default lr ({hp['lr']:g})"] = rule
             best = grid_best(runs)
             if best is not None:
                 label = f"{rule}, 8-point grid (best on validation)"
-                _cell(rows, label, task, runs[best[1]], 8, note=f"{best[1]:.2g}")
+                _cell(rows, label, task, runs[best[1]], 8, note=f"{best[1]:.2g}",
+                      by_seed=_finals(recs(f"grid|{rule}|{best[1]:.6g}", task)))
                 ref_of[label] = rule
                 grid_best_of[(task, rule)] = rows[label][task]["mean"]
+                grid_seeds_of[(task, rule)] = rows[label][task]["by_seed"]
             held = grid_heldout(runs, task)
             if held is not None:
                 label = f"{rule}, 8-point grid (held out: chosen on one half, reported on the other)"
@@ -442,20 +446,24 @@ def report(args) -> str:
                 grid_heldout_of[(task, rule)] = held[0]
         for rule in descend.available():
             label = f"{rule}, lr=\"auto\""
-            got = [r for r in recs(f"auto@{auto_version(rule)}|{rule}|auto", task) if r is not None]
+            aligned = recs(f"auto@{auto_version(rule)}|{rule}|auto", task)
+            got = [r for r in aligned if r is not None]
             if got:
-                _cell(rows, label, task, got, 1)
+                _cell(rows, label, task, got, 1, by_seed=_finals(aligned))
                 ref_of[label] = rule if rule in RULES else "adam"
         for rule in RULES:
             label = f"lr_find → {rule}"
-            got = [r for r in recs(f"lrfind@{lrfind_v}|{rule}|?", task) if r is not None]
+            aligned = recs(f"lrfind@{lrfind_v}|{rule}|?", task)
+            got = [r for r in aligned if r is not None]
             if got:
-                _cell(rows, label, task, got, 1, note=f"{statistics.median(r['lr'] or math.nan for r in got):.2g}")
+                _cell(rows, label, task, got, 1, note=f"{statistics.median(r['lr'] or math.nan for r in got):.2g}",
+                      by_seed=_finals(aligned))
                 ref_of[label] = rule
         for label in PUBLISHED:
-            got = [r for r in recs(f"published|{label}|-", task) if r is not None]
+            aligned = recs(f"published|{label}|-", task)
+            got = [r for r in aligned if r is not None]
             if got:
-                _cell(rows, label, task, got, 1)
+                _cell(rows, label, task, got, 1, by_seed=_finals(aligned))
                 ref_of[label] = "adam"
     # markdown, in the order of the docstring: grids and defaults, lr="auto", lr_find, published
     def order(label):
@@ -499,11 +507,14 @@ def report(args) -> str:
             parts.append(txt)
             g = grid_best_of.get((t, ref))
             if g is not None and math.isfinite(c["mean"]):
-                gaps.append(100 * (c["mean"] - g))
+                own = label == f"{ref}, 8-point grid (best on validation)"  # the reference itself: no error to show
+                gaps.append((100 * (c["mean"] - g), None if own else paired_se(c.get("by_seed"), grid_seeds_of.get((t, ref)))))
             h = grid_heldout_of.get((t, ref))
             if h is not None and math.isfinite(c["mean"]):
                 held.append(100 * (c["mean"] - h))
-        mg, wg = (f"{statistics.fmean(gaps):+.2f}", f"{min(gaps):+.2f}") if gaps else ("—", "—")
+        worst = min(gaps, key=lambda x: x[0]) if gaps else None
+        mg = f"{statistics.fmean(x[0] for x in gaps):+.2f}" if gaps else "—"
+        wg = "—" if worst is None else f"{worst[0]:+.2f}" + (f" ± {worst[1]:.2f}" if worst[1] is not None else "")
         mh, wh = (f"{statistics.fmean(held):+.2f}", f"{min(held):+.2f}") if held else ("—", "—")
         runs = next(iter(cells.values()))["runs"]
         lines.append("| " + " | ".join([label, *parts, mg, wg, mh, wh, str(runs)]) + " |")
@@ -514,7 +525,7 @@ def lr_find_report(args) -> str:
     """lr_find's gap table: per task and rule, the suggestion (median over seeds), the grid's best rate,
     the final metric at each (mean over seeds) and the gap in points."""
     cache = Cache(Path(args.cache))
-    seeds = list(range(args.seeds))
+    seeds = args.seeds
     lrfind_v = code_hash(LR_FIND)
     lines = ["| task | rule | suggested (median) | grid best lr | at the suggestion | grid best | gap (points) | seeds |",
              "|---|---|---|---|---|---|---|---|"]
@@ -576,7 +587,7 @@ def variants_report(args) -> str:
     """Each lr="auto" variant of VARIANTS (and the default) against each rule's grid: mean and worst
     gap over the tasks, on the same rows and held out, in points."""
     cache = Cache(Path(args.cache))
-    seeds = list(range(args.seeds))
+    seeds = args.seeds
     tasks = args.tasks.split(",")
     grids = {}
     for t in tasks:
@@ -614,15 +625,45 @@ def variants_report(args) -> str:
     return "\n".join(lines) + "\n\ncells: mean / worst gap over the tasks, points, to the rule's own 8-point grid"
 
 
-def _cell(rows, label, task, recs, runs, note=None):
+def _cell(rows, label, task, recs, runs, note=None, by_seed=None):
+    """One cell: ``recs`` the finished seeds' records; ``by_seed`` the finals aligned with the table's
+    seeds (None where missing or diverged), for the paired standard error of a gap."""
     m, s = _stats([r["final"] for r in recs if not r["diverged"]])
     rows.setdefault(label, {})[task] = dict(mean=m, std=s, n=len(recs), div=sum(bool(r["diverged"]) for r in recs),
-                                            runs=runs, note=note)
+                                            runs=runs, note=note, by_seed=by_seed)
+
+
+def _finals(recs: list[dict | None]) -> list[float | None]:
+    """Each seed's final metric, None where the trial is missing or diverged."""
+    return [None if r is None or r["diverged"] else r["final"] for r in recs]
+
+
+def paired_se(row: list[float | None] | None, ref: list[float | None] | None) -> float | None:
+    """The standard error, in points, of a gap measured seed by seed (same initial weights and
+    mini-batches for both): the standard deviation of the per-seed differences over √seeds. None
+    unless both have every seed."""
+    if not row or not ref or len(row) != len(ref) or len(row) < 2 or None in row or None in ref:
+        return None
+    diffs = [100 * (a - b) for a, b in zip(row, ref)]
+    return statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
+def seed_range(text: str) -> list[int]:
+    """``--seeds``: N (seeds 0 … N−1) or A:B (seeds A … B−1, e.g. 10:15 for five fresh seeds)."""
+    try:
+        a, _, b = text.partition(":")
+        seeds = list(range(int(a), int(b))) if b else list(range(int(a)))
+    except ValueError:
+        seeds = []
+    if not seeds or seeds[0] < 0:
+        raise argparse.ArgumentTypeError(f"invalid --seeds {text!r}: expected N ≥ 1 or A:B with 0 ≤ A < B")
+    return seeds
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=seed_range, default=seed_range("5"),
+                    help="N: seeds 0 … N-1; A:B: seeds A … B-1 (default 5)")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--methods", default="grid,auto,lrfind,published")
     ap.add_argument("--jobs", type=int, default=1, help="local processes for the trials")

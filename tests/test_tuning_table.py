@@ -92,3 +92,40 @@ def test_grid_rows_cached_without_halves_run_again(tmp_path):
 def test_tuning_table_refuses_an_unknown_task(tmp_path):
     out = _run("--tasks", "nope", "--report", "--cache", str(tmp_path / "c.jsonl"), cwd=tmp_path)
     assert out.returncode != 0 and "unknown task 'nope'" in out.stderr
+
+
+def test_seed_ranges_and_paired_errors():
+    import argparse
+    import math
+
+    import pytest
+
+    TT = _script()
+    assert TT.seed_range("3") == [0, 1, 2]
+    assert TT.seed_range("10:15") == [10, 11, 12, 13, 14]  # fresh seeds only
+    for bad in ("0", "x", "3:1", "-2:3", "1:1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--seeds"):
+            TT.seed_range(bad)
+    # the standard error of a gap taken seed by seed: the spread of the differences, not of each row
+    row, ref = [0.50, 0.61, 0.70], [0.40, 0.50, 0.70]
+    diffs = [10.0, 11.0, 0.0]
+    assert math.isclose(TT.paired_se(row, ref), TT.statistics.stdev(diffs) / math.sqrt(3))
+    assert TT.paired_se([0.75, 0.5], [0.5, 0.25]) == 0.0  # the same gap on every seed: no doubt about it
+    assert TT.paired_se([0.9, None], [0.8, 0.7]) is None  # a seed missing or diverged: no error shown
+    assert TT.paired_se([0.9], [0.8]) is None
+
+
+def test_worst_gap_shows_its_paired_error(tmp_path):
+    TT = _script()
+    cache = TT.Cache(tmp_path / "c.jsonl")
+    for s, (g, a) in enumerate([(0.90, 0.80), (0.90, 0.86), (0.93, 0.90)]):
+        for lr in TT.U.grid(float(TT.T.hyperparameters_for("adam")["lr"])):
+            cache.put(f"iris|grid|adam|{lr:.6g}|{s}", final=g if lr == 0.01 else 0.5, diverged=False, seconds=0.1,
+                      lr=lr, halves=[g, g] if lr == 0.01 else [0.5, 0.5])
+        cache.put(f"iris|auto@{TT.auto_version('adam')}|adam|auto|{s}", final=a, diverged=False, seconds=0.1, lr="auto")
+    out = _run("--tasks", "iris", "--seeds", "3", "--report", "--cache", str(cache.path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    row = next(r for r in out.stdout.splitlines() if r.startswith('| adam, lr="auto" |'))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    se = TT.statistics.stdev([-10.0, -4.0, -3.0]) / 3 ** 0.5
+    assert cells[-4] == f"-5.67 ± {se:.2f}", row  # worst gap (the only task) and its error
