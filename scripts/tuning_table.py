@@ -27,6 +27,10 @@ on diabetes — after a fixed number of epochs):
 
 Gaps are in points (metric × 100), the row's mean minus the grid-tuned mean of its own rule (the
 ``RULE`` rows) or of Adam (everything else), per task; "mean gap" and "worst gap" are over tasks.
+The worst gap carries ``± SE``, the paired standard error of that task's gap: per seed both rows
+start from the same weights and see the same mini-batches, so the error is the spread of the
+per-seed differences over √seeds (shown where both rows have every seed and none diverged; it does
+not count the grid's own choice of rate, nor that the worst of 7 noisy gaps leans low).
 
 Tasks (the issue's setup; iris and wine the lab's MLP): digits MLP 64 (20 epochs), breast_cancer
 logistic regression (30), diabetes MLP 64 (40), MNIST-1D MLP 100-100 (30) and 1-D CNN 16-16-16 (30),
@@ -39,6 +43,7 @@ time, run it again to go on; ``--report`` prints the table from the cache withou
     nice -n 10 python scripts/tuning_table.py --seeds 5 --jobs 2     # everything (hours on 2 cores)
     python scripts/tuning_table.py --report --seeds 5                  # the table from the cache
     python scripts/tuning_table.py --tasks iris,wine --seeds 2         # a quick look
+    python scripts/tuning_table.py --report --seeds 10:15              # seeds 10-14 alone (fresh seeds)
     python scripts/tuning_table.py --seeds 5 --methods variants --jobs 2 --variants   # lr="auto" option variants
 """
 
