@@ -129,3 +129,17 @@ def test_worst_gap_shows_its_paired_error(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     se = TT.statistics.stdev([-10.0, -4.0, -3.0]) / 3 ** 0.5
     assert cells[-4] == f"-5.67 ± {se:.2f}", row  # worst gap (the only task) and its error
+
+
+def test_best_epoch_view_trains_and_reports_both_measures(tmp_path):
+    out = _run("--best-epoch", "--tasks", "iris", "--seeds", "1", "--cache", str(tmp_path / "c.jsonl"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = [r for r in out.stdout.splitlines() if r.startswith("| iris |")]
+    assert [r.split(" | ")[1] for r in rows] == ["gd", "momentum", "adagrad", "rmsprop", "adam"]
+    for r in rows:
+        c = [x.strip() for x in r.strip("|").split("|")]
+        final_grid, final_auto, best_grid, best_auto = (float(c[i].split()[0]) for i in (2, 3, 5, 6))
+        assert best_grid >= final_grid and best_auto >= final_auto  # a best epoch is never below the last
+        assert abs(float(c[4]) - 100 * (final_auto - final_grid)) < 0.016  # the gap, from the cells (each rounded to 4 digits)
+        assert abs(float(c[7]) - 100 * (best_auto - best_grid)) < 0.016
+    assert not (tmp_path / "c.jsonl").exists()  # not cached: per-epoch metrics are not kept
