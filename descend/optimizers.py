@@ -36,11 +36,11 @@ __all__ = ["GD", "Momentum", "Nesterov", "SGD", "AdaGrad", "RMSProp", "AdaDelta"
 
 def _with_momentum(coefficient: Any) -> dict[str, float]:
     """``lr="auto"`` for a rule whose direction keeps a momentum (``coefficient`` ≠ 0; a schedule
-    counts): β = 0.1 and c = 0.5 (descend.auto's ``adapt`` and ``cap``). Measured (7 tasks × 10
+    counts): β = 0.1 and c = 0.5 (descend.auto's ``adapt`` and ``cap``). Measured (7 tasks × 15
     seeds, each rule against its own grid): at the defaults of the other rules, Momentum and Adam
-    settled on diabetes at ~10× the rate that generalises and lost 2.6 and 1.9 points there; with
-    these their worst tasks came to −0.99 and −0.29. Rules without momentum, whose cap binds, lost
-    4–5 points of mean with them (iris, the MNIST-1D CNN), so they keep theirs."""
+    settled on diabetes at ~10× the rate that generalises and lost 2.15 and 2.05 points there; with
+    these, −0.94 and −0.39 (Adam pays 2.3 points on the MNIST-1D CNN). Rules without momentum, whose
+    cap binds, lost 4–5 points of mean with them (iris, the MNIST-1D CNN), so they keep theirs."""
     try:
         none = float(coefficient) == 0.0
     except (TypeError, ValueError, RuntimeError):
