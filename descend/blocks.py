@@ -767,9 +767,10 @@ class Auto:
             7 tasks × 15 seeds against each rule's grid, these against β = 0.2 and c = 1: Adam's
             worst task from −2.05 to −0.39 (diabetes, where the estimate had settled ~10× above the
             rate that generalises) and its mean from +0.32 to +0.36 (2.3 points lost on the MNIST-1D
-            CNN); Momentum's from −2.15 to −1.33 and +0.61 to +1.04. Chosen on seeds 0–9, where
-            Adam read +0.44 / −0.29; on seeds 10–14 alone it reads +0.10 / −0.67. For GD, AdaGrad
-            and RMSProp, whose cap binds, these values cost 4–5 points of mean).
+            CNN); Momentum's worst from −2.15 (diabetes) to −1.33 (iris), its mean from +0.61
+            to +1.04. Chosen on seeds 0–9, where Adam read +0.44 / −0.29; on seeds 10–14 alone it
+            reads +0.10 / −0.67. For GD, AdaGrad and RMSProp, whose cap binds, these values cost
+            4–5 points of mean).
         average: keep a polynomial-decay average of the iterates for ``opt.averaged()`` (one more
             state tensor per parameter). On by default: while this estimator was designed, dropping
             it cost 1 to 11 points on diabetes by rule and up to 4 on MNIST-1D (2 seeds, the tasks
