@@ -145,12 +145,41 @@ def test_bad_problems_and_arguments_fail_before_training(tiny):
         _user_problem(False, metric="f1")
     with pytest.raises(TypeError, match="Dataset"):
         U.Problem(model=nn.Linear, loss=nn.functional.mse_loss, train=[1, 2, 3], val=None)
-    for kw, name in [({"search": "random"}, "search"), ({"epochs": 0}, "epochs"), ({"jobs": 0}, "jobs"),
+    for kw, name in [({"search": "random"}, "search"), ({"select": "last"}, "select"), ({"epochs": 0}, "epochs"), ({"jobs": 0}, "jobs"),
                      ({"lrs": [-1.0]}, "lrs"), ({"search": "halving", "rate": 1}, "rate")]:
         with pytest.raises(ValueError, match=name):
             U.tune(tiny, ["adam"], hidden=(4,), **kw)
     with pytest.raises(ValueError, match="picklable"):
         U.tune(tiny, {"sgd": lambda p, lr: torch.optim.SGD(p, lr=lr)}, lrs=[0.1], epochs=1, jobs=2, hidden=(4,))
+
+
+@pytest.mark.parametrize("search", ["grid", "halving"])
+def test_select_best_scores_each_run_by_its_best_epoch(tiny, search):
+    kw = dict(search=search, lrs=[0.3, 1.0, 2.0], epochs=6, seeds=2, hidden=(8,))  # 2.0 peaks early
+    final, best = U.tune(tiny, ["gd"], **kw)["gd"], U.tune(tiny, ["gd"], select="best", **kw)["gd"]
+    if search == "grid":  # the same runs, scored otherwise (halving may keep other rates going)
+        assert [r.metrics for r in best.trials] == [r.metrics for r in final.trials]
+    by = {}
+    for r in best.trials:  # the score at the largest budget each rate reached
+        if r.trial.epochs == best.budget[r.trial.hp["lr"]]:
+            by.setdefault(r.trial.hp["lr"], []).append(
+                -math.inf if r.diverged_epoch is not None else max(r.metrics[1:]))
+    for lr, vals in by.items():
+        assert best.scores[lr] == (-math.inf if -math.inf in vals else pytest.approx(np.mean(vals)))
+        assert best.finals[lr] == [r.metrics[-1] for r in best.trials  # finals stay the last epoch's
+                                   if r.trial.hp["lr"] == lr and r.trial.epochs == best.budget[lr]]
+    full = [lr for lr in best.lrs if best.budget[lr] == 6 and best.scores[lr] > -math.inf]
+    assert best.best_lr == max(full, key=lambda v: best.scores[v])
+    assert best.best_mean == pytest.approx(best.scores[best.best_lr]) and best.best_mean >= np.mean(best.finals[best.best_lr])
+    assert any(best.scores[lr] > np.mean(best.finals[lr]) for lr in best.lrs)  # a run peaked before its last epoch
+    assert best.heldout is None  # the halves are measured after the last epoch only
+
+
+def test_select_best_for_a_loss_takes_the_lowest_epoch():
+    res = U.tune(_user_problem(False), ["gd"], lrs=[0.3], epochs=5, select="best")
+    (r,) = res["gd"].trials
+    assert res["gd"].best_mean == pytest.approx(min(r.metrics[1:]))  # lower loss is better
+    assert res.settings["select"] == "best"
 
 
 # ------------------------------------------------------------------------------- backends
@@ -226,7 +255,15 @@ def test_tune_command_end_to_end(tmp_path):
     assert sorted({float(r["lr"]) for r in rows}) == pytest.approx([1e-3, 1e-2, 1e-1])
 
 
+def test_tune_command_select_best(tmp_path):
+    res, text = _cli(["tune", "--subsample", "200", "--hidden", "4", "--epochs", "3", "--optimizers", "gd",
+                      "--lrs", "1e-2,1", "--select", "best", "--no-progress"])
+    assert res.exit_code == 0, text
+    assert "val accuracy at best (best epoch)" in text and "held out" not in text
+
+
 @pytest.mark.parametrize("args, words", [
+    (["--select", "last"], "--select"),
     (["--ray", "--jobs", "2"], "not both"),
     (["--lrs", "1:0.1"], "--lrs"),
     (["--optimizers", "adam,nope"], "unknown optimizer"),

@@ -42,7 +42,8 @@ def tuning_table(res) -> str:
     """The search's summary as aligned text: best rate, its metric, what the search cost."""
     m = res.metric_name
     held = any(t.heldout is not None for t in res.tunings)
-    head = ["optimizer", "rates tried", "best lr", f"val {m} at best", *(["held out"] if held else []), "runs", "epochs",
+    at = f"val {m} at best" + (" (best epoch)" if res.settings.get("select") == "best" else "")
+    head = ["optimizer", "rates tried", "best lr", at, *(["held out"] if held else []), "runs", "epochs",
             "train time", "diverged"]
     rows = []
     for t in res.tunings:
@@ -83,6 +84,9 @@ def tuning_table(res) -> str:
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Seeds per rate (0..K-1); a rate's score is the mean final validation metric over them.")
+@click.option("--select", type=click.Choice(["final", "best"]), default="final", show_default=True,
+              help="A run's score: final: its metric after the last epoch; best: after its best epoch (the rate to "
+                   "pick if you stop early on the validation rows; optimistic, as that epoch is chosen on them).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="OPT.HP=VALUE",
               help="Another hyperparameter, e.g. --set momentum.momentum=0.95; OPT.lr / lr sets the grid's centre.")
@@ -96,7 +100,7 @@ def tuning_table(res) -> str:
               help="Write one row per trial (optimizer, lr, seed, epochs, val_metric, diverged, seconds) to this CSV.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def tune_command(task, data_file, target, kind, val_fraction, subsample, features, drop, model, hidden, optimizers, search, points, lrs,
-                 rate, epochs, seeds, batch_size, sets, schedule, jobs, ray_address, out_file, progress):
+                 rate, epochs, seeds, select, batch_size, sets, schedule, jobs, ray_address, out_file, progress):
     """Search each optimizer's learning rate on the validation split; print the best and what it cost.
 
     \b
@@ -104,6 +108,7 @@ def tune_command(task, data_file, target, kind, val_fraction, subsample, feature
       descend tune
       descend tune --task mnist1d --model cnn1d --optimizers adam,momentum --jobs 2
       descend tune --task diabetes --search halving --epochs 40 --seeds 3
+      descend tune --task diabetes --epochs 40 --select best
       descend tune --data my.csv --target label --lrs 1e-5:1e-1 --points 9 --ray
     """
     from descend.lab import tune as U
@@ -126,7 +131,7 @@ def tune_command(task, data_file, target, kind, val_fraction, subsample, feature
         problem = U.problem_from_data(data, model, widths, batch_size)
         res = U.tune(problem, names, search=search, lrs=tried, points=points, seeds=seeds, epochs=epochs,
                      hyperparameters=per, schedule=schedule, rate=rate, jobs=jobs,
-                     ray=ray_address, progress=progress)
+                     ray=ray_address, progress=progress, select=select)
     except (ValueError, TypeError) as e:  # bad hyperparameters, schedule or backend: found before any training
         raise click.ClickException(str(e)) from None
     wall = time.perf_counter() - t0
