@@ -651,14 +651,13 @@ def best_epoch_report(args) -> str:
                 res = {k: ex.run([(U.Trial(rule, rule, tuple(sorted(v.items())), s, epochs, epochs), None, False)
                                   for s in args.seeds]) for k, v in settings.items()}
 
-                def score(got, best):
-                    return statistics.fmean(-math.inf if r.diverged_epoch is not None else
-                                            max(r.metrics[1:]) if best else r.metrics[-1] for r in got)
+                def score(got, select):  # the mean over the seeds (every task here: higher is better)
+                    return statistics.fmean(U.trial_score(r, problem.higher_is_better, select) for r in got)
 
                 cells = []
-                for best in (False, True):
-                    g = max((k for k in res if k != "auto"), key=lambda k: score(res[k], best))
-                    a, b = score(res["auto"], best), score(res[g], best)
+                for select in ("final", "best"):
+                    g = max((k for k in res if k != "auto"), key=lambda k: score(res[k], select))
+                    a, b = score(res["auto"], select), score(res[g], select)
                     cells += [f"{b:.4f} @{g:.2g}", f"{a:.4f}", f"{100 * (a - b):+.2f}"]
                 lines.append(f"| {task} | {rule} | " + " | ".join(cells) + f" | {len(args.seeds)} |")
         finally:

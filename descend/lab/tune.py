@@ -63,7 +63,7 @@ from descend.lab import train as T
 from descend.lab.data import Data
 
 __all__ = ["grid", "GRID_POINTS", "SEARCHES", "Problem", "problem_from_data", "Trial", "TrialResult",
-           "run_trial", "Executor", "executor", "Tuning", "TuneResult", "tune", "halving_budgets"]
+           "run_trial", "trial_score", "Executor", "executor", "Tuning", "TuneResult", "tune", "halving_budgets"]
 
 GRID_POINTS = 8
 SEARCHES = ("grid", "halving")
@@ -668,7 +668,7 @@ class TuneResult:
         return out
 
 
-def _score(res: TrialResult, higher: bool, select: str = "final") -> float:
+def trial_score(res: TrialResult, higher: bool, select: str = "final") -> float:
     """A trial's score, higher is better (−∞ if it diverged): its metric after the last epoch, or
     (``select="best"``) after its best epoch of training (``metrics[0]``, before training, is not one)."""
     f = res.final
@@ -810,7 +810,7 @@ def _search(ex: Executor, problem: Problem, label: str, opt, hp: dict[str, Any],
             checkpoints[key] = res.checkpoint
             all_trials.append(res)
         for lr in alive:
-            vals = [_score(results[(lr, s)], higher, select) for s in seeds]
+            vals = [trial_score(results[(lr, s)], higher, select) for s in seeds]
             scores[lr] = -math.inf if any(v == -math.inf for v in vals) else float(np.mean(vals))
             budget[lr] = rung_epochs
         if r < last_rung:
@@ -825,8 +825,7 @@ def _search(ex: Executor, problem: Problem, label: str, opt, hp: dict[str, Any],
     diverged = {lr: sum(results[(lr, s)].diverged_epoch is not None for s in seeds) for lr in tried}
     if best is not None:  # the best rate's metric, as scored (the last epoch's, or the best epoch's)
         sign = 1.0 if higher else -1.0
-        vals = np.array(finals[best] if select == "final" else
-                        [sign * _score(results[(best, s)], higher, select) for s in seeds], dtype=float)
+        vals = np.array([sign * trial_score(results[(best, s)], higher, select) for s in seeds], dtype=float)
         best_mean, best_std = float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
     else:
         best_mean = best_std = math.nan
