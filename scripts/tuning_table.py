@@ -30,7 +30,8 @@ Gaps are in points (metric × 100), the row's mean minus the grid-tuned mean of 
 The worst gap carries ``± SE``, the paired standard error of that task's gap: per seed both rows
 start from the same weights and see the same mini-batches, so the error is the spread of the
 per-seed differences over √seeds (shown where both rows have every seed and none diverged; it does
-not count the grid's own choice of rate, nor that the worst of 7 noisy gaps leans low).
+not count the grid's own choice of rate, nor that the worst of 7 noisy gaps leans low). The mean
+gap carries the same for the mean: the spread over seeds of each seed's mean gap over the tasks.
 
 Tasks (the issue's setup; iris and wine the lab's MLP): digits MLP 64 (20 epochs), breast_cancer
 logistic regression (30), diabetes MLP 64 (40), MNIST-1D MLP 100-100 (30) and 1-D CNN 16-16-16 (30),
@@ -495,7 +496,7 @@ def report(args) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, cells in rows.items():
         ref = ref_of[label]
-        gaps, held, parts = [], [], []
+        gaps, held, parts, pairs = [], [], [], []
         for t in tasks:
             c = cells.get(t)
             if c is None:
@@ -514,12 +515,15 @@ def report(args) -> str:
             g = grid_best_of.get((t, ref))
             if g is not None and math.isfinite(c["mean"]):
                 own = label == f"{ref}, 8-point grid (best on validation)"  # the reference itself: no error to show
-                gaps.append((100 * (c["mean"] - g), None if own else paired_se(c.get("by_seed"), grid_seeds_of.get((t, ref)))))
+                pair = None if own else (c.get("by_seed"), grid_seeds_of.get((t, ref)))
+                gaps.append((100 * (c["mean"] - g), pair and paired_se(*pair)))
+                pairs.append(pair)
             h = grid_heldout_of.get((t, ref))
             if h is not None and math.isfinite(c["mean"]):
                 held.append(100 * (c["mean"] - h))
         worst = min(gaps, key=lambda x: x[0]) if gaps else None
-        mg = f"{statistics.fmean(x[0] for x in gaps):+.2f}" if gaps else "—"
+        mse = mean_gap_se(pairs)
+        mg = (f"{statistics.fmean(x[0] for x in gaps):+.2f}" + (f" ± {mse:.2f}" if mse is not None else "")) if gaps else "—"
         wg = "—" if worst is None else f"{worst[0]:+.2f}" + (f" ± {worst[1]:.2f}" if worst[1] is not None else "")
         mh, wh = (f"{statistics.fmean(held):+.2f}", f"{min(held):+.2f}") if held else ("—", "—")
         runs = next(iter(cells.values()))["runs"]
@@ -686,6 +690,19 @@ def paired_se(row: list[float | None] | None, ref: list[float | None] | None) ->
         return None
     diffs = [100 * (a - b) for a, b in zip(row, ref)]
     return statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
+def mean_gap_se(pairs: list[tuple | None]) -> float | None:
+    """The paired standard error, in points, of a mean gap over tasks: per seed, the mean over the
+    tasks of that seed's gaps; the spread of those over √seeds. ``pairs``: per task, the row's and
+    the reference's finals seed by seed. None unless every task has every seed of both."""
+    if not pairs or any(p is None or paired_se(*p) is None for p in pairs):
+        return None
+    n = len(pairs[0][0])
+    if any(len(row) != n for row, _ in pairs):
+        return None
+    per_seed = [statistics.fmean(100 * (row[s] - ref[s]) for row, ref in pairs) for s in range(n)]
+    return statistics.stdev(per_seed) / math.sqrt(n)
 
 
 def seed_range(text: str) -> list[int]:

@@ -129,6 +129,37 @@ def test_worst_gap_shows_its_paired_error(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     se = TT.statistics.stdev([-10.0, -4.0, -3.0]) / 3 ** 0.5
     assert cells[-4] == f"-5.67 ± {se:.2f}", row  # worst gap (the only task) and its error
+    assert cells[-5] == f"-5.67 ± {se:.2f}", row  # one task: the mean gap is that task's gap
+
+
+def test_mean_gap_shows_the_paired_error_of_the_mean_over_tasks(tmp_path):
+    TT = _script()
+    cache = TT.Cache(tmp_path / "c.jsonl")
+    finals = {"iris": [(0.90, 0.80), (0.90, 0.86), (0.93, 0.90)],  # (grid at its best rate, lr="auto") per seed
+              "wine": [(0.95, 0.99), (0.97, 0.97), (0.96, 0.92)]}
+    for task, by_seed in finals.items():
+        for s, (g, a) in enumerate(by_seed):
+            for lr in TT.U.grid(float(TT.T.hyperparameters_for("adam")["lr"])):
+                cache.put(f"{task}|grid|adam|{lr:.6g}|{s}", final=g if lr == 0.01 else 0.5, diverged=False,
+                          seconds=0.1, lr=lr, halves=[g, g] if lr == 0.01 else [0.5, 0.5])
+            cache.put(f"{task}|auto@{TT.auto_version('adam')}|adam|auto|{s}", final=a, diverged=False, seconds=0.1,
+                      lr="auto")
+    out = _run("--tasks", "iris,wine", "--seeds", "3", "--report", "--cache", str(cache.path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    row = next(r for r in out.stdout.splitlines() if r.startswith('| adam, lr="auto" |'))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # per seed, the mean of the two tasks' gaps: (-10 + 4)/2, (-4 + 0)/2, (-3 - 4)/2 points
+    per_seed = [-3.0, -2.0, -3.5]
+    se = TT.statistics.stdev(per_seed) / 3 ** 0.5
+    assert cells[-5] == f"{TT.statistics.fmean(per_seed):+.2f} ± {se:.2f}", row
+    # not the errors of the two tasks' gaps put together, which ignore that a seed is hard for both
+    apart = (TT.paired_se([.8, .86, .9], [.9, .9, .93]) ** 2 + TT.paired_se([.99, .97, .92], [.95, .97, .96]) ** 2) ** .5 / 2
+    assert f"{apart:.2f}" != f"{se:.2f}"
+    # the grid's own row carries no error, and a seed missing on one task drops it
+    grid = next(r for r in out.stdout.splitlines() if r.startswith("| adam, 8-point grid (best"))
+    assert [c.strip() for c in grid.strip("|").split("|")][-5] == "+0.00"
+    assert TT.mean_gap_se([([0.9, 0.8], [0.8, 0.8]), ([0.9, None], [0.8, 0.7])]) is None
+    assert TT.mean_gap_se([([0.9, 0.8], [0.8, 0.8]), None]) is None
 
 
 def test_best_epoch_view_trains_and_reports_both_measures(tmp_path):
