@@ -316,6 +316,45 @@ def test_compare_tuned_table_and_report(tmp_path):
     assert len(tuned_lr) == 1 and tuned_lr.pop() in U.grid(T.DEFAULT_HYPERPARAMETERS["adam"]["lr"])
 
 
+def test_compare_tuned_select_best_picks_and_compares_by_the_best_epoch(tmp_path, monkeypatch):
+    real, seen = U.tune, []
+
+    def spy(*a, **k):
+        seen.append(k.get("select"))
+        res = real(*a, **k)
+        seen.append(res)
+        return res
+
+    monkeypatch.setattr(U, "tune", spy)
+    out = tmp_path / "rep"
+    res, text = _cli(["compare", "--tuned", "--select", "best", "--subsample", "200", "--epochs", "3", "--seeds", "1",
+                      "--hidden", "4", "--optimizers", "adam", "--no-progress", "--out", str(out)])
+    assert res.exit_code == 0, text
+    assert seen[0] == "best"
+    tuning = seen[1].tunings[0]
+    # the rate it trains at is the one whose runs scored best at their best epoch (tune's scores then)
+    assert seen[1].settings["select"] == "best" and tuning.best_lr == max(tuning.scores, key=tuning.scores.get)
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {float(r["lr"]) for r in rows if r["optimizer"] == "adam (tuned)" and r["epoch"] != "0"} == {tuning.best_lr}
+    assert f"picked lr={tuning.best_lr:.2g} by each run's best epoch" in text
+    if U._has_auto():
+        best = {r["optimizer"]: max(float(x["val_metric"]) for x in rows if x["optimizer"] == r["optimizer"]
+                                    and x["epoch"] != "0") for r in rows}
+        assert (f'lr="auto" in one run reached at its best epoch {best["adam (lr=auto)"]:.3f} against '
+                f'{best["adam (tuned)"]:.3f}') in text
+
+
+def test_compare_select_needs_tuned_and_a_known_value(monkeypatch):
+    monkeypatch.setattr(U, "tune", lambda *a, **k: pytest.fail("trained before the error"))
+    monkeypatch.setattr(T, "compare", lambda *a, **k: pytest.fail("trained before the error"))
+    res, text = _cli(["compare", "--select", "best", "--subsample", "200", "--no-progress"])
+    assert res.exit_code != 0 and text.count("Error:") == 1 and "--select" in text and "--tuned" in text
+    assert "Traceback" not in text
+    with pytest.raises(ValueError, match="select='nope'"):
+        U.compare_tuned(D.load("iris"), ["adam"], select="nope")
+
+
 @pytest.mark.parametrize("spec, words", [("reduce_on_plateau", "reduce_on_plateau"), ("nope", "unknown schedule")])
 def test_compare_tuned_errors_before_training(spec, words, monkeypatch):
     monkeypatch.setattr(U, "tune", lambda *a, **k: pytest.fail("trained before the error"))

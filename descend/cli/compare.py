@@ -40,11 +40,15 @@ __all__ = ["compare_command"]
               help="Compare each optimizer at its tuned lr (an 8-point grid around its default, on seed 0's "
                    "validation split: `descend tune`) beside the same rule with lr=auto from one run; the table "
                    "adds what each rate cost to find. With --schedule the search tunes its peak and lr=auto takes its shape.")
+@click.option("--select", type=click.Choice(["final", "best"]), default=None,
+              help="With --tuned: pick each rate by its runs' metric after the last epoch (final, the default) or "
+                   "after their best epoch (best: the rate to train at when stopping early on the validation rows; "
+                   "lr=auto is then compared by its best epoch too).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --tuned: run the search's trials in this many local processes.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def compare_command(task, data_file, target, kind, val_fraction, subsample, features, drop, model, optimizers, epochs, seeds,
-                    batch_size, hidden, lr, sets, schedule, goal, out_dir, tuned, jobs, progress):
+                    batch_size, hidden, lr, sets, schedule, goal, out_dir, tuned, select, jobs, progress):
     """Train the same MLP with several optimizers on a real data set and write a report.
 
     Every optimizer starts, per seed, from the same weights and sees the same mini-batches. Prints a
@@ -59,9 +63,13 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, feat
       descend compare --data my.csv --target label --optimizers adam,rmsprop --set adam.lr=3e-4
       descend compare --schedule warmup_cosine:warmup_steps=50 --seeds 5
       descend compare --tuned --optimizers adam,momentum
+      descend compare --tuned --task diabetes --epochs 40 --select best
     """
     from descend.lab import report, train
 
+    if select is not None and not tuned:
+        raise click.BadParameter("--select chooses how --tuned picks each rate; give --tuned with it",
+                                 param_hint="--select")
     names = optimizer_names(optimizers)
     per = parse_sets(sets, names)
     widths = parse_hidden(hidden) or train.DEFAULT_HIDDEN[model]
@@ -81,7 +89,8 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, feat
             centre = {n: ({"lr": lr} if lr is not None else {}) | per.get(n, {}) for n in names}
             comp = tune.compare_tuned(data, names, seeds=seeds, epochs=epochs, batch_size=batch_size, model=model,
                                       hidden=widths, hyperparameters={n: v for n, v in centre.items() if v},
-                                      jobs=jobs, goal=goal, progress=progress, schedule=schedule)
+                                      jobs=jobs, goal=goal, progress=progress, schedule=schedule,
+                                      select=select or "final")
         else:
             comp = train.compare(data, names, hyperparameters=per, lr=lr, seeds=seeds, epochs=epochs,
                                  batch_size=batch_size, hidden=widths, schedule=schedule, goal=goal,

@@ -431,16 +431,18 @@ def tuned_reading(comp: Comparison) -> list[str]:
         rule = label.rsplit(" (", 1)[0]
         auto = sums.get(f"{rule} (lr=auto)")
         t = sums[label]
+        best = cost.get("select") == "best"  # the rate picked by each run's best epoch, not its last
         txt = (f"{rule}: the {cost['search']} search over {cost['lrs'][2]} rates "
-               f"({cost['lrs'][0]:.2g} … {cost['lrs'][1]:.2g}) picked lr={cost['lr']:.2g} for "
-               f"{cost['runs']} runs and {cost['epochs']} epochs")
+               f"({cost['lrs'][0]:.2g} … {cost['lrs'][1]:.2g}) picked lr={cost['lr']:.2g}"
+               + (" by each run's best epoch" if best else "") + f" for {cost['runs']} runs and {cost['epochs']} epochs")
         if cost.get("heldout") is not None and math.isfinite(cost.get("best", math.nan)):
             txt += (f" (it scored {cost['best']:.3f} on the validation rows that chose it; chosen on one half of "
                     f"them and measured on the other, {cost['heldout']:.3f})")
-        if auto is not None and math.isfinite(auto.final_mean) and math.isfinite(t.final_mean):
-            d = 100 * (auto.final_mean - t.final_mean)
-            txt += (f"; lr=\"auto\" in one run ended at {auto.final_mean:.3f} against {t.final_mean:.3f} "
-                    f"({d:+.1f} points)")
+        a, b = (auto.best_mean, t.best_mean) if best and auto is not None else (
+            (auto.final_mean, t.final_mean) if auto is not None else (math.nan, math.nan))
+        if math.isfinite(a) and math.isfinite(b):
+            txt += (f"; lr=\"auto\" in one run " + ("reached at its best epoch" if best else "ended at")
+                    + f" {a:.3f} against {b:.3f} ({100 * (a - b):+.1f} points)")
         out.append(txt + ".")
     return out
 

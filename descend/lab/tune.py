@@ -851,7 +851,7 @@ def compare_tuned(data: Data, optimizers: Sequence[str] = T.DEFAULT_OPTIMIZERS, 
                   hyperparameters: Mapping[str, Mapping[str, Any]] | None = None, tune_seeds: Sequence[int] = (0,),
                   search: str = "grid", points: int = GRID_POINTS, auto: bool = True, jobs: int = 1,
                   ray: str | bool | None = None, goal: float | None = None, progress: bool = False,
-                  schedule: str | None = None) -> T.Comparison:
+                  schedule: str | None = None, select: str = "final") -> T.Comparison:
     """Each optimizer at its tuned learning rate, beside the same rule with ``lr="auto"`` from one run.
 
     With ``schedule`` (a lab spec, e.g. ``"warmup_cosine:warmup_steps=50"``) the search tunes the
@@ -865,7 +865,13 @@ def compare_tuned(data: Data, optimizers: Sequence[str] = T.DEFAULT_OPTIMIZERS, 
     (``NAME (lr=auto)``). Returns a :class:`~descend.lab.train.Comparison` whose
     ``settings["tuning"]`` holds, per row, what finding its rate cost (``runs``, ``epochs``,
     ``seconds``; one run for lr="auto"), which the table and the report show.
+
+    ``select`` is :func:`tune`'s: ``"final"`` picks each rate by its runs' last epoch, ``"best"`` by
+    their best (the rate to train at when stopping early on the validation rows); the reading then
+    compares ``lr="auto"`` with the tuned rows by the best epoch too (the table's "best val" column).
     """
+    if select not in SELECTS:  # before any training
+        raise ValueError(f"invalid select={select!r}; expected one of {', '.join(SELECTS)}")
     names = [str(o).lower() for o in optimizers]
     total_steps = epochs * math.ceil(len(data.x_train) / batch_size)
     if schedule:
@@ -875,7 +881,7 @@ def compare_tuned(data: Data, optimizers: Sequence[str] = T.DEFAULT_OPTIMIZERS, 
         T.make_schedule(schedule, 1.0, total_steps)  # a bad spec fails here, before any training
     res = tune(data, names, search=search, points=points, seeds=list(tune_seeds), epochs=epochs,
                hyperparameters=hyperparameters, jobs=jobs, ray=ray, progress=progress, model=model,
-               hidden=hidden, batch_size=batch_size, schedule=schedule)
+               hidden=hidden, batch_size=batch_size, schedule=schedule, select=select)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     auto_ok = auto and _has_auto()
     variants: list[tuple[str, str, dict[str, Any]]] = []
@@ -886,7 +892,7 @@ def compare_tuned(data: Data, optimizers: Sequence[str] = T.DEFAULT_OPTIMIZERS, 
             variants.append((label, t.label, t.best_hyperparameters()))
             tuning[label] = dict(runs=t.runs, epochs=t.epochs, seconds=t.seconds, search=t.search,
                                  lrs=(min(t.lrs), max(t.lrs), len(t.lrs)), lr=t.best_lr, best=t.best_mean,
-                                 heldout=t.heldout)
+                                 heldout=t.heldout, select=select)
         if auto_ok:
             label = f"{t.label} (lr=auto)"
             lr_auto = descend.auto(scale=T.make_schedule(schedule, 1.0, total_steps)) if schedule else "auto"
