@@ -44,6 +44,7 @@ time, run it again to go on; ``--report`` prints the table from the cache withou
     nice -n 10 python scripts/tuning_table.py --seeds 5 --jobs 2     # everything (hours on 2 cores)
     python scripts/tuning_table.py --report --seeds 5                  # the table from the cache
     python scripts/tuning_table.py --tasks iris,wine --seeds 2         # a quick look
+    python scripts/tuning_table.py --seeds 15:20 --methods grid,auto --rules adam   # fresh seeds, one rule
     python scripts/tuning_table.py --report --seeds 10:15              # seeds 10-14 alone (fresh seeds)
     python scripts/tuning_table.py --best-epoch --tasks diabetes --seeds 15 --jobs 2   # final vs best epoch
     python scripts/tuning_table.py --seeds 5 --methods variants --jobs 2 --variants   # lr="auto" option variants
@@ -266,25 +267,29 @@ def lr_find_suggestion(problem: U.Problem, rule: str, seed: int) -> float | None
 # ------------------------------------------------------------------------------- running
 
 
-def plan(task: str, seeds: list[int], methods: set[str], auto_ok: bool, lrfind_v: str):
-    """Every trial a task needs: (cache key, row label, ref rule, Trial or a lr_find request)."""
+def plan(task: str, seeds: list[int], methods: set[str], auto_ok: bool, lrfind_v: str,
+         rules: set[str] | None = None):
+    """Every trial a task needs: (cache key, Trial or a lr_find request); ``rules``: only these
+    optimizers' rows (None: every one)."""
     _, model, hidden, epochs = TASKS[task]
+    core = [r for r in RULES if rules is None or r in rules]
+    every = [r for r in descend.available() if rules is None or r in rules] if auto_ok else []
     out = []
     for s in seeds:
         if "grid" in methods:
-            for rule in RULES:
+            for rule in core:
                 hp = T.hyperparameters_for(rule)
                 for lr in U.grid(float(hp["lr"])):
                     trial = U.Trial(rule, rule, tuple(sorted({**hp, "lr": lr}.items())), s, epochs, epochs)
                     out.append((f"{task}|grid|{rule}|{lr:.6g}|{s}", trial))
         if "auto" in methods and auto_ok:
-            for rule in descend.available():
+            for rule in every:
                 hp = {k: v for k, v in T.hyperparameters_for(rule).items() if k != "lr"}
                 trial = U.Trial(rule, rule, tuple(sorted({**hp, "lr": "auto"}.items())), s, epochs, epochs)
                 out.append((f"{task}|auto@{auto_version(rule)}|{rule}|auto|{s}", trial))
         if "variants" in methods and auto_ok:
             for name, opts in VARIANTS.items():
-                for rule in RULES:
+                for rule in core:
                     hp = {k: v for k, v in T.hyperparameters_for(rule).items() if k != "lr"}
                     trial = U.Trial(rule, rule, tuple(sorted({**hp, "lr": descend.auto(**opts)}.items())), s, epochs,
                                     epochs)
@@ -294,7 +299,7 @@ def plan(task: str, seeds: list[int], methods: set[str], auto_ok: bool, lrfind_v
                 trial = U.Trial(label, factory, (), s, epochs, epochs)
                 out.append((f"{task}|published|{label}|-|{s}", trial))
         if "lrfind" in methods:
-            for rule in RULES:
+            for rule in core:
                 out.append((f"{task}|lrfind@{lrfind_v}|{rule}|?|{s}", ("lrfind", rule, s)))
     return out
 
@@ -317,7 +322,7 @@ def run(args) -> None:
     for s in seeds:
         for task in args.tasks.split(","):
             name, model, hidden, epochs = TASKS[task]
-            todo = [(k, t) for k, t in plan(task, [s], methods, auto_ok, lrfind_v) if needs_run(cache, k)]
+            todo = [(k, t) for k, t in plan(task, [s], methods, auto_ok, lrfind_v, args.rules) if needs_run(cache, k)]
             if not todo:
                 continue
             problem = U.problem_from_data(D.load(name), model, hidden, 32)
@@ -705,6 +710,16 @@ def mean_gap_se(pairs: list[tuple | None]) -> float | None:
     return statistics.stdev(per_seed) / math.sqrt(n)
 
 
+def rule_set(text: str) -> set[str]:
+    """``--rules``: optimizer names of ``descend.available()``."""
+    names = {n.strip().lower() for n in text.split(",") if n.strip()}
+    bad = sorted(names - set(descend.available()))
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"invalid --rules {text!r}: unknown {', '.join(bad) or '(none given)'}; "
+                                         f"expected names of {', '.join(descend.available())}")
+    return names
+
+
 def seed_range(text: str) -> list[int]:
     """``--seeds``: N (seeds 0 … N−1) or A:B (seeds A … B−1, e.g. 10:15 for five fresh seeds)."""
     try:
@@ -723,6 +738,9 @@ def main():
                     help="N: seeds 0 … N-1; A:B: seeds A … B-1 (default 5)")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--methods", default="grid,auto,lrfind,published")
+    ap.add_argument("--rules", type=rule_set, default=None,
+                    help="comma-separated optimizers: run only their grid, lr=\"auto\", variant and lr_find rows "
+                         "(default: every one; the published methods are not filtered)")
     ap.add_argument("--jobs", type=int, default=1, help="local processes for the trials")
     ap.add_argument("--cache", default=str(ROOT / "docs" / "tuning_cache.jsonl"))
     ap.add_argument("--report", action="store_true", help="only print the table from the cache")

@@ -115,6 +115,28 @@ def test_seed_ranges_and_paired_errors():
     assert TT.paired_se([0.9], [0.8]) is None
 
 
+def test_rules_restrict_the_rows_run():
+    import argparse
+
+    import pytest
+
+    TT = _script()
+    assert TT.rule_set("Adam, momentum") == {"adam", "momentum"}
+    for bad in ("nope", "adam,nope", ","):
+        with pytest.raises(argparse.ArgumentTypeError, match="--rules"):
+            TT.rule_set(bad)
+    methods = {"grid", "auto", "lrfind", "variants", "published"}
+    every = TT.plan("iris", [0], methods, True, "v")
+    only = TT.plan("iris", [0], methods, True, "v", {"adam", "lion"})
+    rule_of = lambda key: key.split("|")[2]  # noqa: E731
+    assert {rule_of(k) for k, _ in every} > {"adam", "lion", "gd"}
+    kept = [k for k, _ in only if "|published|" not in k]
+    assert kept and {rule_of(k) for k in kept} == {"adam", "lion"}
+    assert set(kept) == {k for k, _ in every if "|published|" not in k and rule_of(k) in ("adam", "lion")}
+    assert {k for k, _ in only if "|published|" in k} == {k for k, _ in every if "|published|" in k}
+    assert not any(k.startswith("iris|grid|lion") for k in kept)  # lion has no grid rows: not a core rule
+
+
 def test_worst_gap_shows_its_paired_error(tmp_path):
     TT = _script()
     cache = TT.Cache(tmp_path / "c.jsonl")
