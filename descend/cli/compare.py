@@ -6,9 +6,9 @@ import time
 
 import click
 
-from descend.cli.options import (check_out_dir, command_line, data_options, load_data, model_options, optimizer_names,
-                                 optimizers_help, parse_hidden, parse_sets, schedule_option, schedules_help,
-                                 tasks_help)
+from descend.cli.options import (LearningRate, check_out_dir, command_line, data_options, load_data, model_options,
+                                 optimizer_names, optimizers_help, parse_hidden, parse_sets, schedule_option,
+                                 schedules_help, tasks_help)
 
 __all__ = ["compare_command"]
 
@@ -25,7 +25,9 @@ __all__ = ["compare_command"]
               help="Number of seeds (0..K-1); each seed: one initialisation and batch order shared by all optimizers.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Rows per mini-batch (one optimizer step each).")
-@click.option("--lr", type=float, default=None, help="Learning rate for every optimizer (replaces the defaults).")
+@click.option("--lr", type=LearningRate(), default=None,
+              help="Learning rate for every optimizer (replaces the defaults); auto: each estimates its own during "
+                   "training (lr=\"auto\"; or per optimizer, --set adam.lr=auto).")
 @click.option("--set", "sets", multiple=True, metavar="OPT.HP=VALUE",
               help="A hyperparameter of one optimizer, e.g. --set adam.lr=3e-4 --set adam.betas=0.9,0.99 "
                    "--set momentum.momentum=0.95, or of all without the prefix (--set weight_decay=1e-4); "

@@ -4,7 +4,8 @@
 ``--set OPT.KEY=VALUE`` sets one optimizer's hyperparameter, ``--set KEY=VALUE`` every optimizer's;
 ``OPT.KEY`` wins over ``KEY`` whatever the order. A value is ``true``/``false``, an int, a float or a
 comma-separated tuple of those (``0.9,0.999``), read by :func:`descend.lab.train.parse_value`, the same
-reader the lab's ``NAME:K=V`` schedule specs use.
+reader the lab's ``NAME:K=V`` schedule specs use; ``lr=auto`` (``--set adam.lr=auto``) asks for the
+learning rate estimated during training.
 
 ``--schedule NAME[:K=V,...]`` (``compare`` and ``race``) names a schedule of :mod:`descend.schedules`
 for every optimizer's lr; :func:`descend.lab.train.make_schedule` builds it.
@@ -27,7 +28,7 @@ from descend.lab.train import parse_value
 __all__ = ["data_options", "model_options", "load_data", "parse_sets", "optimizer_names", "parse_hidden", "command_line", "batch_stream",
            "parse_value", "parse_assignment", "schedule_option",
            "hyperparameters_from_sets", "check_out_file", "check_out_dir", "save_figure",
-           "FIGURE_SUFFIXES"]
+           "FIGURE_SUFFIXES", "LearningRate"]
 
 
 def _columns(text: str | None) -> list[str] | None:
@@ -126,12 +127,32 @@ def batch_stream(n: int, batch_size: int, seed: int):
 
 
 def parse_assignment(text: str) -> tuple[str | None, str, Any]:
-    """``OPTIMIZER.KEY=VALUE`` (one optimizer) or ``KEY=VALUE`` (all) → (optimizer or None, key, value)."""
+    """``OPTIMIZER.KEY=VALUE`` (one optimizer) or ``KEY=VALUE`` (all) → (optimizer or None, key, value);
+    ``lr=auto`` gives the string ``"auto"`` (descend's estimated learning rate)."""
     m = re.fullmatch(r"\s*(?:([A-Za-z_]\w*)\.)?([A-Za-z_]\w*)\s*=\s*(.+)", text)
     if not m:
         raise ValueError(f"{text!r} is not OPTIMIZER.KEY=VALUE or KEY=VALUE")
     opt, key, value = m.groups()
+    if key == "lr" and value.strip().lower() == "auto":  # the learning rate estimated during training
+        return (opt.lower() if opt else None), key, "auto"
     return (opt.lower() if opt else None), key, parse_value(value)
+
+
+class LearningRate(click.ParamType):
+    """``--lr``: a number, or ``auto`` for the learning rate estimated during training (``lr="auto"``)."""
+
+    name = "LR|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) or value == "auto":
+            return value
+        text = str(value).strip()
+        if text.lower() == "auto":
+            return "auto"
+        try:
+            return float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a number or 'auto'", param, ctx)
 
 
 def hyperparameters_from_sets(items: Iterable[str], names: list[str], hint: str = "'--set'") -> dict[str, dict]:

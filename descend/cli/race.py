@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 import descend
-from descend.cli.options import (check_out_file, hyperparameters_from_sets, optimizers_help, save_figure, schedule_option,
-                                 schedules_help)
+from descend.cli.options import (LearningRate, check_out_file, hyperparameters_from_sets, optimizers_help, save_figure,
+                                 schedule_option, schedules_help)
 from descend.lab.problems import problems
 
 __all__ = ["race_command"]
@@ -52,9 +52,9 @@ def _fmt_hp(hp: dict[str, Any]) -> str:
 @click.option("--start", default=None, metavar="X,Y",
               help="Start point, comma-separated (e.g. -1.5,2; one number for double_well). "
                    "Default: the problem's usual start.")
-@click.option("--lr", type=float, default=None,
-              help="Learning rate η for every optimizer. Default: a per-problem η for the plain-gradient "
-                   "family (gd, momentum, nesterov, sgd) and one for the adaptive family.")
+@click.option("--lr", type=LearningRate(), default=None,
+              help="Learning rate η for every optimizer, or auto (estimated during the run: lr=\"auto\"). Default: a "
+                   "per-problem η for the plain-gradient family (gd, momentum, nesterov, sgd) and one for the adaptive family.")
 @click.option("--set", "assignments", multiple=True, metavar="[OPT.]KEY=VALUE",
               help="A hyperparameter for one optimizer (momentum.lr=0.002, adam.betas=0.9,0.99, "
                    "adagrad.eps_in_sqrt=false) or, without OPT., for all. Repeatable; "
@@ -106,10 +106,10 @@ def race_command(function: str, optimizers: str, steps: int, start: str | None, 
     for n in names:
         hp = {**prob.default_hyperparameters(n), **({"lr": lr} if lr is not None else {}), **per_opt[n]}
         if schedule is not None:
-            from descend.lab.train import make_schedule
+            from descend.lab.train import scheduled_lr
 
-            try:  # the same NAME:K=V parsing as compare's --schedule, peaking at this optimizer's lr
-                hp["lr"] = make_schedule(schedule, hp["lr"], steps)
+            try:  # the same NAME:K=V parsing as compare's --schedule, peaking at this optimizer's lr (lr=auto: its shape)
+                hp["lr"] = scheduled_lr(schedule, hp["lr"], steps)
             except ValueError as e:
                 raise click.BadParameter(str(e), param_hint="'--schedule'") from None
         try:

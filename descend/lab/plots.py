@@ -71,7 +71,8 @@ def _axes(ax, figsize):
 
 def _label(t: Trajectory) -> str:
     lr = t.hyperparameters.get("lr")
-    text = t.label if lr is None or callable(lr) else f"{t.label} (η={lr:g})"
+    text = (f"{t.label} (η=auto)" if lr == "auto" or type(lr).__name__ == "Auto" else
+            t.label if lr is None or callable(lr) else f"{t.label} (η={lr:g})")
     return text + (" — diverged" if t.diverged else "")
 
 

@@ -414,7 +414,39 @@ def reading(comp: Comparison) -> list[str]:
     if sums and not any(s.diverged for s in sums):
         out.append("No run diverged.")
     out += [f"Note: {n}" for n in getattr(comp.data, "notes", [])]
+    for name, ratio in still_rising(comp).items():
+        out.append(f"{name}'s learning-rate estimate (lr=auto) was still rising when training ended: ×{ratio:.1f} "
+                   "over the last quarter of the epochs (median over the seeds), so it had not settled; its "
+                   "estimate needs steps to grow, and a longer run may end elsewhere.")
     out.extend(tuned_reading(comp))
+    return out
+
+
+#: the rise over the last quarter of the epochs from which the reading says an estimate had not settled
+RISING = 1.5
+
+
+def still_rising(comp: Comparison) -> dict[str, float]:
+    """Per ``lr="auto"`` row without a schedule (whose shape moves the rate in use by design): the
+    median over its finished seeds of the rate in use at the end (the median of the last three
+    epochs') over the same three quarters of the way through; rows at ``RISING`` or more."""
+    if comp.settings.get("schedule"):
+        return {}
+    out = {}
+    for s in comp.summaries():
+        if s.hyperparameters.get("lr") != "auto":
+            continue
+        ratios = []
+        for run in comp.runs_of(s.optimizer):
+            lrs = [float(r["lr"]) for r in run.rows[1:]]
+            if run.diverged or len(lrs) < 8:
+                continue
+            q = round(0.75 * len(lrs))
+            before, end = float(np.median(lrs[q - 3:q])), float(np.median(lrs[-3:]))
+            if before > 0 and math.isfinite(end):
+                ratios.append(end / before)
+        if ratios and float(np.median(ratios)) >= RISING:
+            out[s.optimizer] = float(np.median(ratios))
     return out
 
 

@@ -237,6 +237,15 @@ def _check_length(spec: str, sched: Any, total_steps: int) -> None:
                       "the run sees a constant rate", LabWarning, stacklevel=3)
 
 
+def scheduled_lr(spec: str, lr: Any, total_steps: int) -> Any:
+    """The ``lr`` to give an optimizer for the schedule ``spec``: the schedule peaking at a numeric
+    ``lr``, or, for ``lr="auto"``, the estimate scaled by the schedule's shape with peak 1
+    (``descend.auto(scale=...)``)."""
+    if isinstance(lr, str) and lr == "auto":
+        return descend.auto(scale=make_schedule(spec, 1.0, total_steps))
+    return make_schedule(spec, lr, total_steps)
+
+
 def feeds_on_validation_loss(schedule: Any) -> bool:
     """Whether ``schedule`` (a spec or a built schedule) is a plateau schedule, fed the validation loss per epoch."""
     if isinstance(schedule, str):
@@ -400,8 +409,8 @@ def train_run(data: Data, optimizer: str, hyperparameters: Mapping[str, Any], *,
     steps_per_epoch = math.ceil(n / batch_size)
     hp = dict(hyperparameters)
     if schedule:
-        hp["lr"] = make_schedule(schedule, float(hp["lr"]), epochs * steps_per_epoch)
-    plateau = schedule is not None and feeds_on_validation_loss(hp.get("lr"))
+        hp["lr"] = scheduled_lr(schedule, hp["lr"] if isinstance(hp["lr"], str) else float(hp["lr"]), epochs * steps_per_epoch)
+    plateau = schedule is not None and feeds_on_validation_loss(schedule)
     arch = model  # the keyword names the architecture; from here on ``model`` is the module
     model = make_model(data.n_features, data.n_outputs, hidden, seed, arch)
     opt = descend.create(optimizer, model.parameters(), **hp)
@@ -566,8 +575,9 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
     for name in names:
         hp = hyperparameters_for(name, ({"lr": lr} if lr is not None else {}) | per.get(name, {}))
         check_optimizer(name, hp)
-        if schedule:
-            make_schedule(schedule, float(hp["lr"]), epochs * math.ceil(len(data.x_train) / batch_size))  # fail now
+        if schedule:  # fail now
+            scheduled_lr(schedule, hp["lr"] if isinstance(hp["lr"], str) else float(hp["lr"]),
+                         epochs * math.ceil(len(data.x_train) / batch_size))
         hps[name] = hp
     check_memory(data, hidden, batch_size, model)
     bar = None

@@ -741,6 +741,9 @@ def tune(problem: Problem | Data, optimizers: Sequence[str] | Mapping[str, Any] 
             hp = dict(per.get(label, {}))
         else:
             raise TypeError(f"optimizer {label!r}: expected a descend name or a factory(params, **hp)")
+        if isinstance(hp.get("lr"), str) and hp["lr"] == "auto":
+            raise ValueError(f"{label}: lr='auto' has no rate to search (the search tries fixed rates); to see "
+                             "it beside the tuned ones, use descend compare --tuned (compare_tuned)")
         if lrs is None:
             if not isinstance(hp.get("lr"), (int, float)):
                 raise ValueError(f"{label}: give a default lr to centre the grid on, or the rates (lrs=...)")
@@ -895,7 +898,7 @@ def compare_tuned(data: Data, optimizers: Sequence[str] = T.DEFAULT_OPTIMIZERS, 
                                  heldout=t.heldout, select=select)
         if auto_ok:
             label = f"{t.label} (lr=auto)"
-            lr_auto = descend.auto(scale=T.make_schedule(schedule, 1.0, total_steps)) if schedule else "auto"
+            lr_auto = T.scheduled_lr(schedule, "auto", total_steps) if schedule else "auto"
             variants.append((label, t.label, {**t.hyperparameters, "lr": lr_auto}))
             tuning[label] = dict(runs=1, epochs=epochs, seconds=None, search="auto", lr="auto")
     if not variants:
