@@ -427,7 +427,10 @@ m(torch.randn(3, 4)).sum().backward()
 opt.step()
 assert opt.optim.fast is False and all(g["fast"] is False for g in opt.optim.param_groups)
 dist.destroy_process_group()
-print("ok")
+print("ok", flush=True)
+# the work is done: leave without the interpreter's teardown, where gloo's threads once aborted the
+# process (std::terminate, SIGABRT) after "ok" under a loaded CI run (0 of 30 runs alone)
+os._exit(0)
 """
 
 
