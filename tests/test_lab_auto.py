@@ -65,9 +65,12 @@ def test_compare_lr_auto_takes_the_schedule_s_shape(tmp_path):
     (["--lr", "fast"], "'fast' is not a number or 'auto'"),
     (["--set", "momentum=auto"], "is not a number"),
     (["--lr", "auto", "--schedule", "nope"], "unknown schedule"),
+    (["--lr", "auto", "--tuned"], "--tuned searches each optimizer's rate and runs lr=auto beside it"),
+    (["--set", "adam.lr=auto", "--tuned"], "--tuned searches each optimizer's rate and runs lr=auto beside it"),
 ])
 def test_compare_lr_auto_errors_before_training(args, words, monkeypatch):
     monkeypatch.setattr(T, "train_run", lambda *a, **k: pytest.fail("trained before the error"))
+    monkeypatch.setattr(U, "run_trial", lambda *a, **k: pytest.fail("trained before the error"))
     res, text = _run(["compare", "--optimizers", "adam", *args, *TINY])
     assert res.exit_code != 0 and text.count("Error:") == 1 and words in text and "Traceback" not in text
 

@@ -74,6 +74,10 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, feat
                                  param_hint="--select")
     names = optimizer_names(optimizers)
     per = parse_sets(sets, names)
+    if tuned and (lr == "auto" or any(v.get("lr") == "auto" for v in per.values())):
+        raise click.BadParameter("--tuned searches each optimizer's rate and runs lr=auto beside it (the rows "
+                                 "'NAME (lr=auto)'); give --lr or --set OPT.lr a number (the grid's centre), or drop it",
+                                 param_hint="--lr" if lr == "auto" else "--set")
     widths = parse_hidden(hidden) or train.DEFAULT_HIDDEN[model]
     check_out_dir(out_dir)  # before any training: a bad --out must cost nothing
     data = load_data(task, data_file, target, kind, val_fraction, subsample, features, drop)
