@@ -523,7 +523,7 @@ class Comparison:
 
 
 def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
-            hyperparameters: Mapping[str, Mapping[str, Any]] | None = None, lr: float | None = None,
+            hyperparameters: Mapping[str, Mapping[str, Any]] | None = None, lr: float | str | None = None,
             seeds: int | Sequence[int] = 5, epochs: int = 20, batch_size: int = 32, hidden: Sequence[int] | None = None,
             schedule: str | None = None, goal: float | None = None, divergence_factor: float = 1e3,
             progress: bool = False, threads: int | None = 1, model: str = "mlp") -> Comparison:
@@ -534,7 +534,8 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
         optimizers: descend names (``descend.available()``).
         hyperparameters: per optimizer, values that replace the lab defaults
             (:data:`DEFAULT_HYPERPARAMETERS`), e.g. ``{"adam": {"lr": 3e-4}}``.
-        lr: if given, the learning rate of every optimizer (``hyperparameters`` still win).
+        lr: if given, the learning rate of every optimizer (``hyperparameters`` still win); ``"auto"``
+            (here or per optimizer): the rate estimated during training, scaled by ``schedule``'s shape.
         seeds: a count K (seeds 0..K−1) or the seeds themselves.
         schedule: e.g. ``"cosine"`` or ``"warmup_cosine:warmup_steps=50"`` (see :func:`make_schedule`);
             the schedule's peak is each optimizer's lr.
