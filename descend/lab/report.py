@@ -445,8 +445,9 @@ def still_rising(comp: Comparison) -> dict[str, float]:
             before, end = float(np.median(lrs[q - 3:q])), float(np.median(lrs[-3:]))
             if before > 0 and math.isfinite(end):
                 ratios.append(end / before)
-        if ratios and float(np.median(ratios)) >= RISING:
-            out[s.optimizer] = float(np.median(ratios))
+        rise = float(np.median(ratios)) if ratios else 0.0
+        if rise >= RISING:
+            out[s.optimizer] = rise
     return out
 
 

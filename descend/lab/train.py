@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -243,7 +244,7 @@ def scheduled_lr(spec: str, lr: Any, total_steps: int) -> Any:
     (``descend.auto(scale=...)``)."""
     if isinstance(lr, str) and lr == "auto":
         return descend.auto(scale=make_schedule(spec, 1.0, total_steps))
-    return make_schedule(spec, lr, total_steps)
+    return make_schedule(spec, float(lr) if isinstance(lr, (numbers.Real, torch.Tensor)) else lr, total_steps)
 
 
 def feeds_on_validation_loss(schedule: Any) -> bool:
@@ -409,7 +410,7 @@ def train_run(data: Data, optimizer: str, hyperparameters: Mapping[str, Any], *,
     steps_per_epoch = math.ceil(n / batch_size)
     hp = dict(hyperparameters)
     if schedule:
-        hp["lr"] = scheduled_lr(schedule, hp["lr"] if isinstance(hp["lr"], str) else float(hp["lr"]), epochs * steps_per_epoch)
+        hp["lr"] = scheduled_lr(schedule, hp["lr"], epochs * steps_per_epoch)
     plateau = schedule is not None and feeds_on_validation_loss(schedule)
     arch = model  # the keyword names the architecture; from here on ``model`` is the module
     model = make_model(data.n_features, data.n_outputs, hidden, seed, arch)
@@ -577,8 +578,7 @@ def compare(data: Data, optimizers: Iterable[str] = DEFAULT_OPTIMIZERS, *,
         hp = hyperparameters_for(name, ({"lr": lr} if lr is not None else {}) | per.get(name, {}))
         check_optimizer(name, hp)
         if schedule:  # fail now
-            scheduled_lr(schedule, hp["lr"] if isinstance(hp["lr"], str) else float(hp["lr"]),
-                         epochs * math.ceil(len(data.x_train) / batch_size))
+            scheduled_lr(schedule, hp["lr"], epochs * math.ceil(len(data.x_train) / batch_size))
         hps[name] = hp
     check_memory(data, hidden, batch_size, model)
     bar = None
