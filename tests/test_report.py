@@ -82,7 +82,7 @@ def written(tmp_path_factory):
 def test_files_and_csv(written):
     comp, paths, out = written
     assert {p.name for p in out.iterdir()} == {"metrics.csv", "report.html", "val_metric.png", "train_loss.png",
-                                              "compare.png"}
+                                              "lr.png", "compare.png"}
     with open(paths["metrics.csv"], newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["optimizer", "seed", "epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds"]
@@ -91,7 +91,7 @@ def test_files_and_csv(written):
         assert line[0] == row["optimizer"] and int(line[1]) == row["seed"] and int(line[2]) == row["epoch"]
         for k, v in zip(T.CSV_COLUMNS[3:], line[3:]):
             assert float(v) == row[k] or (math.isnan(float(v)) and math.isnan(row[k]))
-    for name in ("val_metric.png", "train_loss.png", "compare.png"):
+    for name in ("val_metric.png", "train_loss.png", "lr.png", "compare.png"):
         assert paths[name].read_bytes().startswith(PNG)
 
 
@@ -103,11 +103,48 @@ def test_html_is_self_contained(written):
     assert not re.search(r"""(src|href)\s*=\s*(?!["']?data:)""", page, re.I)  # only data: sources
     assert "@import" not in page and "url(" not in page
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(imgs) == 2
+    assert len(imgs) == 3  # the schedule changes adam's rate: the learning-rate figure is on the page
     embedded = [base64.b64decode(s) for s in imgs]
     assert embedded[0] == paths["val_metric.png"].read_bytes() and embedded[1] == paths["train_loss.png"].read_bytes()
+    assert embedded[2] == paths["lr.png"].read_bytes() and "Learning rate: the rate each epoch" in page
     assert "diverged 2/2 (epoch 1)" in page and "descend compare --test" in page
     assert "gd (lr=1e+06) diverged in 2 of 2 seeds" in page
+
+
+def test_lr_figure_only_where_a_rate_changed(tmp_path):
+    """lr.png is always written; the page shows it where some run's rate changed over its epochs."""
+    flat = _fake({"gd": [0.9, 0.8], "adam": [0.85, 0.9]})
+    assert not R.lr_varies(flat)
+    paths = R.write_report(flat, tmp_path / "flat")
+    page = paths["report.html"].read_text(encoding="utf-8")
+    assert paths["lr.png"].read_bytes().startswith(PNG)
+    assert len(re.findall("data:image/png", page)) == 2 and "Learning rate:" not in page
+    rising = _fake({"gd": [0.9, 0.8], "adam": [0.85, 0.9]})
+    for run in rising.runs_of("adam")[:1]:  # one seed's rate grows: lr="auto"
+        for row in run.rows:
+            row["lr"] = 0.0 if row["epoch"] == 0 else 1e-3 * 2 ** row["epoch"]
+    assert R.lr_varies(rising)
+    paths = R.write_report(rising, tmp_path / "rising")
+    assert len(re.findall("data:image/png", paths["report.html"].read_text(encoding="utf-8"))) == 3
+
+
+def test_lr_figure_leaves_out_zero_on_its_log_axis():
+    """lr="auto" shows 0 before its first step: that epoch is a gap on the log axis, not a plunge."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    comp = _fake({"adam": [0.9, 0.9]})
+    for run in comp.runs:
+        for row in run.rows:
+            row["lr"] = 0.0 if row["epoch"] == 0 else 1e-3 * (1 + row["epoch"])
+    fig = R.lr_figure(comp)
+    ax = fig.axes[0]
+    x, y = ax.get_lines()[0].get_data()
+    assert ax.get_yscale() == "log" and list(x) == [0, 1, 2, 3, 4]
+    assert math.isnan(y[0]) and np.allclose(y[1:], [2e-3, 3e-3, 4e-3, 5e-3])
+    assert ax.get_ylim()[0] > 1e-4  # the axis is set by the positive values
+    plt.close(fig)
 
 
 def _chromium():

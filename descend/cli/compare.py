@@ -56,7 +56,7 @@ def compare_command(task, data_file, target, kind, val_fraction, subsample, feat
     Every optimizer starts, per seed, from the same weights and sees the same mini-batches. Prints a
     results table and writes OUT/report.html (self-contained), OUT/metrics.csv (one row per optimizer,
     seed and epoch: optimizer, seed, epoch, train_loss, val_loss, val_metric, lr, seconds) and the
-    figures val_metric.png, train_loss.png, compare.png.
+    figures val_metric.png, train_loss.png, lr.png (the learning rate in use per epoch), compare.png.
 
     \b
     Examples:

@@ -121,6 +121,8 @@ def _plot(ax, comp: Comparison, key: str, ylabel: str, log: bool = False) -> Non
         c = colors(i % 10)
         ls, marker = _STYLES[i % len(_STYLES)]
         ep, mean, lo, hi = _curves(comp, name, key)
+        if log:  # a log axis has no place for 0 (lr="auto" shows 0 before its first step)
+            mean, lo, hi = (np.where(v > 0, v, np.nan) for v in (mean, lo, hi))
         runs = comp.runs_of(name)
         div = sum(r.diverged for r in runs)
         label = name + (f" (diverged {div}/{len(runs)})" if div else "")
@@ -232,6 +234,27 @@ def loss_figure(comp: Comparison):
     ax.set_title(_title(comp), fontsize=9)
     _legend(fig, ax)
     return fig
+
+
+def lr_figure(comp: Comparison):
+    """The learning rate in use vs epoch (the rate of each epoch's last step), log scale: the
+    estimate of ``lr="auto"`` as it grows and settles, a schedule's shape, or a flat line."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110, layout="constrained")
+    _plot(ax, comp, "lr", "learning rate in use", log=True)
+    ax.set_title(_title(comp), fontsize=9)
+    _legend(fig, ax)
+    return fig
+
+
+def lr_varies(comp: Comparison) -> bool:
+    """Whether any run's learning rate changed over its epochs (``lr="auto"``, a schedule)."""
+    for run in comp.runs:
+        lrs = [float(r["lr"]) for r in run.rows[1:]]
+        if any(not math.isclose(x, lrs[0], rel_tol=1e-9) for x in lrs[1:]):
+            return True
+    return False
 
 
 def figure(comp: Comparison):
@@ -568,7 +591,9 @@ def render_html(comp: Comparison, figures: dict[str, bytes], command: str | None
         "epochs to goal: mean over the seeds that reached it; time/run: wall time of the training steps.</p>",
         "<h2>Curves</h2>",
         '<p class="muted">Lines: mean over seeds; bands: lowest to highest seed; ×: a run that diverged. '
-        "Training loss is measured on the whole training set after each epoch (epoch 0: before training).</p>",
+        "Training loss is measured on the whole training set after each epoch (epoch 0: before training)."
+        + (" Learning rate: the rate each epoch's last step used (lr=auto: the estimate in use; a schedule: "
+           "its value then)." if "lr.png" in figures else "") + "</p>",
         *[f"<p>{_img(png, name)}</p>" for name, png in figures.items()],
         "<h2>Settings</h2>", '<div class="wide"><table>',
         *[f'<tr><th>{e(k)}</th><td class="long">{e(v)}</td></tr>' for k, v in settings], "</table></div>",
@@ -579,7 +604,7 @@ def render_html(comp: Comparison, figures: dict[str, bytes], command: str | None
 
 #: the files :func:`write_report` writes; a folder holding only these (or report.html / metrics.csv
 #: among others of a previous run's kind) is a previous report that may be replaced whole
-REPORT_FILES = ("metrics.csv", "val_metric.png", "train_loss.png", "compare.png", "report.html")
+REPORT_FILES = ("metrics.csv", "val_metric.png", "train_loss.png", "lr.png", "compare.png", "report.html")
 
 
 def check_out_dir(out_dir: str | Path) -> None:
@@ -611,8 +636,9 @@ def check_out_dir(out_dir: str | Path) -> None:
 
 
 def write_report(comp: Comparison, out_dir: str | Path, command: str | None = None) -> dict[str, Path]:
-    """Write ``metrics.csv``, ``val_metric.png``, ``train_loss.png``, ``compare.png`` and ``report.html``
-    into ``out_dir`` and return name → path.
+    """Write ``metrics.csv``, ``val_metric.png``, ``train_loss.png``, ``lr.png``, ``compare.png`` and
+    ``report.html`` into ``out_dir`` and return name → path. The page embeds the first two, and
+    ``lr.png`` too where a run's learning rate changed during training (``lr="auto"``, a schedule).
 
     Whole or not at all: everything is written into a temporary folder beside ``out_dir``, which then
     takes ``out_dir``'s place (a previous report there is moved aside and removed only after that), so
@@ -631,10 +657,12 @@ def write_report(comp: Comparison, out_dir: str | Path, command: str | None = No
         os.chmod(tmp, 0o777 & ~_umask())
         write_csv(comp, tmp / "metrics.csv")
         figs = {"val_metric.png": _png(metric_figure(comp)), "train_loss.png": _png(loss_figure(comp)),
-                "compare.png": _png(figure(comp))}
+                "lr.png": _png(lr_figure(comp)), "compare.png": _png(figure(comp))}
         for name, png in figs.items():
             (tmp / name).write_bytes(png)
-        embedded = {k: figs[k] for k in ("val_metric.png", "train_loss.png")}
+        # the learning-rate figure only where a rate changed during training (lr="auto", a schedule)
+        shown = ("val_metric.png", "train_loss.png") + (("lr.png",) if lr_varies(comp) else ())
+        embedded = {k: figs[k] for k in shown}
         (tmp / "report.html").write_text(render_html(comp, embedded, command), encoding="utf-8")
         _swap_in(tmp, target)
     except BaseException:
