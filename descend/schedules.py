@@ -784,6 +784,14 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     the schedules (with any plateau state); ``load_state_dict`` resumes exactly and writes the
     resumed values into the optimizer.
 
+    On a descend optimizer with ``lr="auto"`` the schedule is the *shape* that multiplies the
+    estimate (peak 1, as ``descend.auto(scale=schedule)``, with the same steps): it goes into each
+    group's ``lr_scale``, and ``group["lr"]`` and :meth:`get_last_lr` show the rate in use, the
+    estimate times the shape. So a training loop that drives a scheduler object (HF Trainer's
+    ``optimizers=(opt, scheduler)``, Lightning's ``configure_optimizers``) shapes the estimate and
+    logs the rate in use. (A torch scheduler cannot: it writes ``group["lr"]``, which lr="auto" only
+    shows, and its base rate would be the estimate before the first step, 0.)
+
     Args:
         optimizer: any torch.optim.Optimizer.
         schedule: one schedule for every group, or a list with one per group.
@@ -800,8 +808,9 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         self.schedules = self._per_group("schedule", schedule, n)
         self.momentum_schedules = None if momentum is None else self._per_group("momentum", momentum, n)
         for i, g in enumerate(optimizer.param_groups):
-            if "lr" in g.get("schedules", {}):
-                raise ValueError(f"ScheduleLR: group {i}'s lr is already a descend schedule; "
+            key = "lr_scale" if "lr_estimate" in g else "lr"
+            if key in g.get("schedules", {}):
+                raise ValueError(f"ScheduleLR: group {i}'s {key} is already a descend schedule; "
                                  "give the schedule to the optimizer or to ScheduleLR, not both")
             if self.momentum_schedules is not None and "momentum" not in g and "betas" not in g:
                 raise ValueError(f"ScheduleLR: invalid momentum for group {i}; the optimizer has "
@@ -828,9 +837,23 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
 
     _get_closed_form_lr = get_lr
 
+    def step(self, epoch: int | None = None) -> None:
+        super().step(epoch)
+        self._to_auto_groups()
+
     def _apply(self) -> None:
         for g, lr in zip(self.optimizer.param_groups, self.get_lr()):
             g["lr"] = lr
+        self._to_auto_groups()
+
+    def _to_auto_groups(self) -> None:
+        """An lr="auto" group (it keeps an ``lr_estimate``) takes the value just written into its
+        ``lr`` as ``lr_scale`` and shows the rate in use again; then record what the groups show."""
+        show = getattr(self.optimizer, "_show_lr", None)
+        for g in self.optimizer.param_groups:
+            if "lr_estimate" in g and show is not None:
+                g["lr_scale"] = float(g["lr"])
+                show(g)
         self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:

@@ -658,6 +658,71 @@ def test_torch_scheduler_writing_lr_warns_and_the_estimate_is_used():
     assert opt.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr_estimate"]["eta"])
 
 
+def _scheduled_run(make, steps=40, **kw):
+    """Adam on a small MLP; ``make(model)`` returns (optimizer, scheduler or None)."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    x, y = torch.randn(128, 5), torch.randn(128, 1)
+    opt, sch = make(m)
+    shown = []
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(m(x), y).backward()
+        opt.step()
+        if sch is not None:
+            sch.step()
+            assert sch.get_last_lr() == [g["lr"] for g in opt.param_groups]  # what HF Trainer logs
+        shown.append(opt.param_groups[0]["lr"])
+    return [p.detach().clone() for p in m.parameters()], shown, opt
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_schedule_lr_shapes_the_estimate_as_auto_scale_does(fast, recwarn):
+    """descend's ScheduleLR, the scheduler object a training loop drives, on an lr="auto" optimizer:
+    the schedule goes into lr_scale, bitwise the same run as descend.auto(scale=schedule), and
+    group["lr"] / get_last_lr() show the rate in use; no warning."""
+    from descend import schedules as S
+
+    shape = S.warmup_cosine(1.0, 10, 40)
+    a, shown_a, oa = _scheduled_run(lambda m: (o := descend.Adam(m.parameters(), lr="auto", fast=fast),
+                                               S.ScheduleLR(o, shape)))
+    b, shown_b, ob = _scheduled_run(lambda m: (descend.Adam(m.parameters(), lr=descend.auto(scale=shape), fast=fast),
+                                               None))
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and shown_a == shown_b
+    g = oa.param_groups[0]
+    assert g["lr_scale"] == shape(40) and g["lr"] == g["lr_estimate"]["eta"] * g["lr_estimate"]["damp"] * shape(40)
+    assert shown_a[5] < shown_a[9]  # the warm-up shaped it
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_schedule_lr_on_auto_resumes_and_refuses_a_second_shape():
+    from descend import schedules as S
+
+    shape = S.cosine(1.0, 40)
+    full, _, _ = _scheduled_run(lambda m: (o := descend.Adam(m.parameters(), lr="auto"), S.ScheduleLR(o, shape)))
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    x, y = torch.randn(128, 5), torch.randn(128, 1)
+    opt = descend.Adam(m.parameters(), lr="auto")
+    sch = S.ScheduleLR(opt, shape)
+    for t in range(40):
+        if t == 15:  # resume into fresh objects from the state dicts
+            so, ss, sm = copy.deepcopy(opt.state_dict()), copy.deepcopy(sch.state_dict()), copy.deepcopy(m.state_dict())
+            m.load_state_dict(sm)
+            opt = descend.Adam(m.parameters(), lr="auto")
+            opt.load_state_dict(so)
+            sch = S.ScheduleLR(opt, S.constant(1.0))
+            sch.load_state_dict(ss)
+            assert opt.param_groups[0]["lr_scale"] == shape(15)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(m(x), y).backward()
+        opt.step()
+        sch.step()
+    assert all(torch.equal(p.detach(), q) for p, q in zip(m.parameters(), full))
+    with pytest.raises(ValueError, match="lr_scale is already a descend schedule"):
+        S.ScheduleLR(descend.Adam(m.parameters(), lr=descend.auto(scale=shape)), shape)
+
+
 # ------------------------------------------------------------------------------ known minima
 
 def test_quadratic_and_rosenbrock_reached_without_tuning():
