@@ -723,6 +723,21 @@ def test_schedule_lr_on_auto_resumes_and_refuses_a_second_shape():
         S.ScheduleLR(descend.Adam(m.parameters(), lr=descend.auto(scale=shape)), shape)
 
 
+def test_schedule_lr_plateau_on_auto_halves_the_shape(recwarn):
+    """observe() on a ScheduleLR of an lr="auto" optimizer: the plateau's value is the shape."""
+    from descend import schedules as S
+
+    _, _, opt = _scheduled_run(lambda m: (o := descend.Adam(m.parameters(), lr="auto"), None), steps=5)
+    sch = S.ScheduleLR(opt, S.reduce_on_plateau(1.0, factor=0.5, patience=0, threshold=0.0))
+    g = opt.param_groups[0]
+    in_use = g["lr"]
+    S.observe(sch, 1.0)
+    S.observe(sch, 2.0)  # worse: halved
+    assert g["lr_scale"] == 0.5 and g["lr"] == pytest.approx(0.5 * in_use, rel=1e-12)
+    assert sch.get_last_lr() == [g["lr"]]
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 # ------------------------------------------------------------------------------ known minima
 
 def test_quadratic_and_rosenbrock_reached_without_tuning():
