@@ -790,7 +790,9 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     estimate times the shape. So a training loop that drives a scheduler object (HF Trainer's
     ``optimizers=(opt, scheduler)``, Lightning's ``configure_optimizers``) shapes the estimate and
     logs the rate in use. (A torch scheduler cannot: it writes ``group["lr"]``, which lr="auto" only
-    shows, and its base rate would be the estimate before the first step, 0.)
+    shows, and its base rate would be the estimate before the first step, 0.) Under
+    ZeroRedundancyOptimizer (``partitioned=True``) the shape reaches each rank's optimizer at its next
+    step, and ``get_last_lr()`` shows the rate of the step before until then.
 
     Args:
         optimizer: any torch.optim.Optimizer.
@@ -838,22 +840,28 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     _get_closed_form_lr = get_lr
 
     def step(self, epoch: int | None = None) -> None:
+        shown = [g.get("lr") for g in self.optimizer.param_groups]
         super().step(epoch)
-        self._to_auto_groups()
+        self._to_auto_groups(shown)
 
     def _apply(self) -> None:
+        shown = [g.get("lr") for g in self.optimizer.param_groups]
         for g, lr in zip(self.optimizer.param_groups, self.get_lr()):
             g["lr"] = lr
-        self._to_auto_groups()
+        self._to_auto_groups(shown)
 
-    def _to_auto_groups(self) -> None:
+    def _to_auto_groups(self, shown: list) -> None:
         """An lr="auto" group (it keeps an ``lr_estimate``) takes the value just written into its
-        ``lr`` as ``lr_scale`` and shows the rate in use again; then record what the groups show."""
+        ``lr`` as ``lr_scale`` and shows the rate in use again (``shown``: what its ``lr`` held
+        before); then record what the groups show."""
         show = getattr(self.optimizer, "_show_lr", None)
-        for g in self.optimizer.param_groups:
-            if "lr_estimate" in g and show is not None:
+        for g, before in zip(self.optimizer.param_groups, shown):
+            if "lr_estimate" in g:
                 g["lr_scale"] = float(g["lr"])
-                show(g)
+                if show is not None:
+                    show(g)
+                else:  # a wrapper that copies its groups' keys into a descend optimizer's
+                    g["lr"] = before  # (ZeroRedundancyOptimizer): that one shows the new rate at its step
         self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:

@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 import descend
+from descend import schedules as S
 from optim_db import BY_NAME, TOL, WITH_TORCH, Decay
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
@@ -363,6 +364,35 @@ def _zero_auto(rank, case):
     _assert_bitwise(_local(model), before)
 
 
+def _zero_auto_schedule_lr(rank):
+    """descend's ScheduleLR on ZeRO over lr="auto": ZeRO copies its groups' keys into each rank's
+    optimizer, so the shape (lr_scale) reaches them; the same run as one process with
+    descend.auto(scale=shape), and no warning that a scheduler overwrote the rate shown."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer as ZeRO
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    shape = S.warmup_cosine(1.0, 4, 3 * STEPS)
+    model = DDP(_model(torch.float64))
+    opt = ZeRO(model.parameters(), optimizer_class=descend.Adam, lr="auto", partitioned=True)
+    sched = S.ScheduleLR(opt, shape)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for t in range(3 * STEPS):
+            _train(model, opt, 1, rank, start=t)
+            sched.step()
+    assert not [w for w in seen if "Adam" in str(w.message)], [str(w.message) for w in seen]
+    whole = _model(torch.float64)
+    one = descend.Adam(whole.parameters(), lr=descend.auto(scale=shape))
+    _train(whole, one, 3 * STEPS, 0, whole=True)
+    # the estimate and the step count are one process's; the rate shown is still the last step's
+    # (the new shape reaches the rank's optimizer at its next step)
+    mine, theirs = opt.optim.param_groups[0], one.param_groups[0]
+    assert mine["step"] == theirs["step"] == 3 * STEPS
+    assert mine["lr_estimate"]["eta"] == pytest.approx(theirs["lr_estimate"]["eta"], rel=1e-9)
+    assert mine["lr_scale"] == shape(3 * STEPS - 1) and opt.param_groups[0]["lr_scale"] == shape(3 * STEPS)
+    _assert_close(_local(model), _local(whole), torch.float64)
+
+
 def _zero_auto_unpartitioned(rank):
     """Why partitioned=True exists: without it, each rank's optimizer estimates lr="auto" from its own
     partition, and the ranks' rates part."""
@@ -428,6 +458,7 @@ def _worker(rank: int, init_method: str, root: str) -> None:
     scenarios["zero"] = lambda: _zero(rank)
     scenarios.update({f"zero-auto-{c}": (lambda c=c: _zero_auto(rank, c)) for c in ZERO_AUTO_CASES})
     scenarios["zero-auto-unpartitioned"] = lambda: _zero_auto_unpartitioned(rank)
+    scenarios["zero-auto-schedule-lr"] = lambda: _zero_auto_schedule_lr(rank)
     scenarios["zero-skip-nonfinite"] = lambda: _zero_skip_nonfinite(rank)
     results, times = {}, {}
     for name, run in scenarios.items():
@@ -510,6 +541,10 @@ def test_zero_redundancy_optimizer(results):
 @pytest.mark.parametrize("case", ZERO_AUTO_CASES)
 def test_zero_partitioned_lr_auto_keeps_one_estimate_across_ranks(results, case):
     _check(results, f"zero-auto-{case}")
+
+
+def test_zero_partitioned_lr_auto_takes_a_schedule_lr_shape(results):
+    _check(results, "zero-auto-schedule-lr")
 
 
 def test_zero_unpartitioned_lr_auto_estimates_one_rate_per_rank(results):
