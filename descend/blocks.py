@@ -525,7 +525,11 @@ class ScaleByAutoLearningRate(Block):
     batches of 32) the last batch of an epoch has 2 rows, and it fired there in 23 of 40 epochs of
     an Adam run. Waiting for a second such step in a row before braking lets those through and left
     diabetes as it was (Adam 0.510, 15 seeds), but GD then collapsed to chance on one of 15
-    MNIST-1D CNN runs: it brakes at once.
+    MNIST-1D CNN runs: it brakes at once. Per batch ‖g‖² spreads by a factor e (σ of its log ≈ 1) on
+    digits, diabetes and the CNN, so 4× fires on 3–4% of steps everywhere. A brake in proportion,
+    d ← d·√(4E/‖g‖²) (milder below 16×, harder above), was mixed at 20 seeds (mean / worst gap: GD
+    +1.04 / −0.33, Momentum +1.00 / −1.14, AdaGrad +1.28 / −0.95, RMSProp +0.63 / −0.58, Adam
+    +0.32 / −0.21, against +0.92 / −0.38, +1.04 / −1.17, +1.26 / −0.83, +0.66 / −0.50, +0.38 / −0.33).
 
     Invariant. |cos_t| ≤ 1: η̂ grows by at most e^β (×1.22 at β = 0.2) per step, the hypergradient lowers it by
     at most e^−ρβ per step and never below κ × its peak, and the cap only lowers it. One step's
