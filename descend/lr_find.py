@@ -142,6 +142,10 @@ class LRFinder:
             raise TypeError(f"lr_find: optimizer must be a torch.optim.Optimizer, not {type(optimizer).__name__}")
         if not callable(loss_fn):
             raise TypeError("lr_find: loss_fn must be callable: loss_fn() -> the loss of the next batch")
+        if any("lr_estimate" in g for g in optimizer.param_groups):  # its group["lr"] is a display only
+            raise ValueError(f"lr_find: invalid optimizer={type(optimizer).__name__}(lr='auto'): its rate is "
+                             "estimated during training and a sweep's rates would be ignored; build it with a "
+                             "number (e.g. lr=1e-3) to run the range test")
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.start_lr, self.end_lr, self.num_steps = float(start_lr), float(end_lr), num_steps
         self.smoothing, self.diverge_factor, self.rule = float(smoothing), float(diverge_factor), rule

@@ -275,3 +275,14 @@ def test_the_blow_up_note_names_the_step_and_its_rate(bad_at):
     lr = 1e-4 * (1e-1 / 1e-4) ** ((bad_at - 1) / 9)
     assert res.stopped_early
     assert f"the loss blew up at step {bad_at} of 10 (lr {lr:.3g})" in " ".join(res.notes), res.notes
+
+
+def test_an_lr_auto_optimizer_is_refused_before_any_step():
+    """lr="auto" only shows its rate in group["lr"]: a sweep's writes would be ignored (it used to run
+    anyway and suggest a meaningless rate, with the scheduler warning)."""
+    model = torch.nn.Linear(4, 1)
+    opt = descend.Adam(model.parameters(), lr="auto")
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"optimizer=Adam\(lr='auto'\).*build it with a number"):
+        descend.lr_find(model, opt, lambda: model(torch.ones(2, 4)).sum())
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before)) and opt.param_groups[0]["step"] == 0
