@@ -476,6 +476,12 @@ class ChainOptimizer(torch.optim.Optimizer):
                     if _count(sg[k]) is None:
                         raise ValueError(f"{name}.load_state_dict: group {i} has {k}={sg[k]!r}; expected {_COUNT}")
                     sg[k] = _count(sg[k])
+            for b in self.blocks:  # a block's per-group state (lr="auto"'s estimate) came with the state
+                if b.group_state and not any(k in sg for k in b.group_state):
+                    raise ValueError(
+                        f"{name}.load_state_dict: group {i} has no {b.group_state[0]!r}: the state was saved "
+                        f"without lr='auto' (at lr={sg.get('lr')!r}, by torch.optim or descend), and lr='auto' "
+                        "resumes only its own; build the optimizer with that lr to resume it")
             merged = {**self.defaults, **{k: v for k, v in sg.items() if k != "params"}}
             try:
                 self._check_group(merged)

@@ -1167,3 +1167,30 @@ def test_a_chain_that_pins_estimator_settings_takes_lr_auto():
     b, plain = run(False)
     assert "lr_adapt" not in pinned.param_groups[0] and plain.param_groups[0]["lr_adapt"] == 0.3
     assert torch.equal(a, b) and pinned.param_groups[0]["lr"] == plain.param_groups[0]["lr"]
+
+
+def test_a_fixed_rate_state_is_refused_by_lr_auto_and_nothing_changes():
+    """torch.optim.Adam's state (or descend's at a fixed lr) into descend.Adam(lr="auto"): it used to
+    load, and the next step failed with KeyError 'lr_estimate'. Now a ValueError before anything changes."""
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 1)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+
+    def steps(o, n=3):
+        for _ in range(n):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+
+    auto = descend.Adam(m.parameters(), lr="auto")
+    steps(auto)
+    before = copy.deepcopy(auto.state_dict())
+    fixed = torch.optim.Adam(m.parameters(), lr=1e-3)
+    steps(fixed)
+    with pytest.raises(ValueError, match=r"group 0 has no 'lr_estimate'.*at lr=0\.001.*build the optimizer with"):
+        auto.load_state_dict(fixed.state_dict())
+    after = auto.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    assert all(torch.equal(after["state"][k][n], before["state"][k][n]) for k in before["state"]
+               for n in before["state"][k] if torch.is_tensor(before["state"][k][n]))
+    steps(auto)  # and it still steps
