@@ -644,8 +644,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         if sparse:
             bad = [type(b).__name__ for b in self.blocks if not b.supports_sparse]
             if bad:
+                hint = ("AdaGrad at a fixed lr (lr='auto' measures every element)" if self._sum_blocks()
+                        else "AdaGrad")
                 raise RuntimeError(f"{name} does not support sparse gradients (blocks {bad} need dense "
-                                   "ones); use AdaGrad or densify the gradient")
+                                   f"ones); use {hint} or densify the gradient")
         # per-parameter bookkeeping: state, step count, plain-number state. This loop runs for every
         # parameter on every step, so it does only dict work; anything per group is hoisted out of it.
         needed = [(b, h, b.buffers(h)) for b, h in zip(self.blocks, views)]

@@ -449,6 +449,18 @@ def test_sparse_gradients_rejected_with_the_optimizer_name(info):
     assert torch.equal(emb.weight, w0) and len(opt.state) == 0
 
 
+def test_sparse_adagrad_with_lr_auto_says_to_use_a_fixed_rate():
+    """AdaGrad takes sparse gradients at a fixed lr; lr='auto' sums over every element, so it refuses
+    them, before anything changes, saying so (it used to say 'use AdaGrad' to AdaGrad)."""
+    emb = torch.nn.Embedding(5, 2, sparse=True)
+    w0 = emb.weight.detach().clone()
+    opt = descend.AdaGrad(emb.parameters(), lr="auto")
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match=r"AdaGrad does not support sparse.*use AdaGrad at a fixed lr"):
+        opt.step()
+    assert torch.equal(emb.weight, w0) and len(opt.state) == 0
+
+
 def test_sparse_adagrad_rejects_weight_decay():
     emb = torch.nn.Embedding(5, 2, sparse=True)
     opt = descend.AdaGrad(emb.parameters(), weight_decay=0.1)
