@@ -551,7 +551,8 @@ class ScaleByAutoLearningRate(Block):
     β = 0.1 and c = 0.5. There the estimate rises slowly all run (×2–3 over its last 350 steps) on
     cosines of a few hundredths on average; a dead zone that ignores |cos| < 0.1 stopped that drift
     (Adam +0.6 on diabetes, 7 seeds) but the MNIST-1D CNN finds its rate the same way, through
-    cosines of about ±0.02 over thousands of steps, and lost 1 to 23 points with it. With ρ < 1 an oscillation whose cosines alternate ±1 nets a slow rise
+    cosines of about ±0.02 over thousands of steps, and lost 1 to 23 points with it.
+    With ρ < 1 an oscillation whose cosines alternate ±1 nets a slow rise
     (e^{(1−ρ)β} per pair) until the cap holds it: with ρ = 0.7, the default before, the estimate
     drifted up through whole runs on diabetes, and with the cap along u Adam's estimate climbed to
     0.33 on Rosenbrock and its iterate bounced 0.19 from the minimum (ρ = 1: 6e-6; at Adam's own
@@ -707,6 +708,13 @@ class ScaleByAutoLearningRate(Block):
 
     def __repr__(self):
         return "ScaleByAutoLearningRate(decay=True)" if self.decay else super().__repr__()
+
+
+def estimates_lr(group: Mapping[str, Any]) -> bool:
+    """Whether a parameter group's rate is estimated (lr="auto": it keeps
+    :class:`ScaleByAutoLearningRate`'s state): its ``group["lr"]`` then only shows the rate in use,
+    and ``lr_scale`` takes a schedule's shape."""
+    return ScaleByAutoLearningRate.group_state[0] in group
 
 
 class AverageIterates(Block):

@@ -142,7 +142,9 @@ class LRFinder:
             raise TypeError(f"lr_find: optimizer must be a torch.optim.Optimizer, not {type(optimizer).__name__}")
         if not callable(loss_fn):
             raise TypeError("lr_find: loss_fn must be callable: loss_fn() -> the loss of the next batch")
-        if any("lr_estimate" in g for g in optimizer.param_groups):  # its group["lr"] is a display only
+        from descend.blocks import estimates_lr
+
+        if any(estimates_lr(g) for g in optimizer.param_groups):  # its group["lr"] is a display only
             raise ValueError(f"lr_find: invalid optimizer={type(optimizer).__name__}(lr='auto'): its rate is "
                              "estimated during training and a sweep's rates would be ignored; build it with a "
                              "number (e.g. lr=1e-3) to run the range test")

@@ -809,8 +809,10 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         n = len(optimizer.param_groups)
         self.schedules = self._per_group("schedule", schedule, n)
         self.momentum_schedules = None if momentum is None else self._per_group("momentum", momentum, n)
+        from descend.blocks import estimates_lr
+
         for i, g in enumerate(optimizer.param_groups):
-            key = "lr_scale" if "lr_estimate" in g else "lr"
+            key = "lr_scale" if estimates_lr(g) else "lr"
             if key in g.get("schedules", {}):
                 raise ValueError(f"ScheduleLR: group {i}'s {key} is already a descend schedule; "
                                  "give the schedule to the optimizer or to ScheduleLR, not both")
@@ -851,12 +853,14 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         self._to_auto_groups(shown)
 
     def _to_auto_groups(self, shown: list) -> None:
-        """An lr="auto" group (it keeps an ``lr_estimate``) takes the value just written into its
+        """An lr="auto" group (its rate estimated) takes the value just written into its
         ``lr`` as ``lr_scale`` and shows the rate in use again (``shown``: what its ``lr`` held
         before); then record what the groups show."""
+        from descend.blocks import estimates_lr
+
         show = getattr(self.optimizer, "_show_lr", None)
         for g, before in zip(self.optimizer.param_groups, shown):
-            if "lr_estimate" in g:
+            if estimates_lr(g):
                 g["lr_scale"] = float(g["lr"])
                 if show is not None:
                     show(g)
