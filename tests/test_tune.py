@@ -255,6 +255,45 @@ def test_tune_command_end_to_end(tmp_path):
     assert sorted({float(r["lr"]) for r in rows}) == pytest.approx([1e-3, 1e-2, 1e-1])
 
 
+def test_tune_command_plot(tmp_path):
+    """--plot: the metric against the rate, one line per optimizer, the chosen rate starred, × where a
+    seed diverged (gd at 1e6); the figure is the result's own plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig_path = tmp_path / "tune.png"
+    res, text = _cli(["tune", "--subsample", "200", "--hidden", "4", "--epochs", "2", "--optimizers", "gd,adam",
+                      "--lrs", "1e-2,1e-1,1e6", "--seeds", "2", "--no-progress", "--plot", str(fig_path)])
+    assert res.exit_code == 0, text
+    assert fig_path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_tune_result_plot_marks_the_choice_and_the_divergence():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = D.load("iris", subsample=120)
+    problem = U.problem_from_data(data, "mlp", (4,), 32)
+    res = U.tune(problem, ["gd", "adam"], lrs=[1e-2, 1e-1, 1e6], seeds=2, epochs=2, progress=False)
+    fig = res.plot()
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    gd, adam = res["gd"], res["adam"]
+    diverged = [t for t in res.tunings if t.scores[1e6] == -math.inf]
+    assert gd in diverged
+    x, y = lines["gd"].get_data()
+    assert list(x) == [lr for lr in gd.lrs if math.isfinite(gd.scores[lr])] and list(y) == [gd.scores[lr] for lr in x]
+    stars = [ln for ln in ax.get_lines() if ln.get_marker() == "*"]
+    assert sorted(float(s.get_xdata()[0]) for s in stars) == sorted([gd.best_lr, adam.best_lr])
+    crosses = [ln for ln in ax.get_lines() if ln.get_marker() == "x"]
+    assert len(crosses) == len(diverged) and all(list(c.get_xdata()) == [1e6] for c in crosses)
+    assert all(c.get_ydata()[0] == ax.get_ylim()[0] for c in crosses)  # on the lower edge
+    assert ax.get_xscale() == "log" and "validation accuracy (last epoch)" == ax.get_ylabel()
+    plt.close(fig)
+
+
 def test_tune_command_select_best(tmp_path):
     res, text = _cli(["tune", "--subsample", "200", "--hidden", "4", "--epochs", "3", "--optimizers", "gd",
                       "--lrs", "1e-2,1", "--select", "best", "--no-progress"])
@@ -272,6 +311,8 @@ def test_tune_command_select_best(tmp_path):
     (["--model", "rnn"], "--model"),
     (["--out", "."], "--out"),
     (["--out", "trials.txt"], ".csv"),
+    (["--plot", "tune.txt"], "--plot: 'tune.txt' must end in .png"),
+    (["--plot", "no/such/folder/tune.png"], "does not exist"),
 ])
 def test_tune_command_errors_are_one_line(args, words):
     res, text = _cli(["tune", "--subsample", "200", "--no-progress", *args])

@@ -9,8 +9,9 @@ import time
 
 import click
 
-from descend.cli.options import (check_out_file, data_options, load_data, model_options, optimizer_names,
-                                 optimizers_help, parse_hidden, parse_sets, schedule_option, tasks_help)
+from descend.cli.options import (FIGURE_SUFFIXES, check_out_file, data_options, load_data, model_options,
+                                 optimizer_names, optimizers_help, parse_hidden, parse_sets, save_figure,
+                                 schedule_option, tasks_help)
 
 __all__ = ["tune_command", "parse_lrs", "tuning_table"]
 
@@ -98,9 +99,12 @@ def tuning_table(res) -> str:
                    "(e.g. auto, ray://host:10001). Needs pip install 'descend[ray]'.")
 @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
               help="Write one row per trial (optimizer, lr, seed, epochs, val_metric, diverged, seconds) to this CSV.")
+@click.option("--plot", "plot_file", default=None, type=click.Path(dir_okay=False),
+              help="Draw the validation metric against the learning rate, one line per optimizer, the chosen rate "
+                   "starred, to this figure (.png, .pdf, .svg, .jpg).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def tune_command(task, data_file, target, kind, val_fraction, subsample, features, drop, model, hidden, optimizers, search, points, lrs,
-                 rate, epochs, seeds, select, batch_size, sets, schedule, jobs, ray_address, out_file, progress):
+                 rate, epochs, seeds, select, batch_size, sets, schedule, jobs, ray_address, out_file, plot_file, progress):
     """Search each optimizer's learning rate on the validation split; print the best and what it cost.
 
     \b
@@ -110,6 +114,7 @@ def tune_command(task, data_file, target, kind, val_fraction, subsample, feature
       descend tune --task diabetes --search halving --epochs 40 --seeds 3
       descend tune --task diabetes --epochs 40 --select best
       descend tune --data my.csv --target label --lrs 1e-5:1e-1 --points 9 --ray
+      descend tune --task wine --seeds 3 --plot tune.png
     """
     from descend.lab import tune as U
 
@@ -119,6 +124,8 @@ def tune_command(task, data_file, target, kind, val_fraction, subsample, feature
     tried = parse_lrs(lrs, points)
     if out_file:
         check_out_file(out_file, suffixes=(".csv",))
+    if plot_file:
+        check_out_file(plot_file, option="--plot", suffixes=FIGURE_SUFFIXES)  # before any training
     if ray_address is not None and importlib.util.find_spec("ray") is None:
         raise click.UsageError("--ray needs Ray: pip install 'descend[ray]'")
     if ray_address is not None and jobs != 1:
@@ -148,3 +155,13 @@ def tune_command(task, data_file, target, kind, val_fraction, subsample, feature
             w.writeheader()
             w.writerows(rows)
         click.echo(f"wrote {out_file}", err=True)
+    if plot_file:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig = res.plot()
+        save_figure(fig, plot_file)
+        plt.close(fig)
+        click.echo(f"wrote {plot_file}", err=True)

@@ -657,6 +657,60 @@ class TuneResult:
         """{optimizer: its hyperparameters with the tuned lr} (only those with a finite best)."""
         return {t.label: t.best_hyperparameters() for t in self.tunings if t.best_lr is not None}
 
+    def plot(self, ax=None):
+        """The validation metric against the learning rate tried (log x axis), one line per optimizer:
+        each rate's score (the mean over the seeds, as the search judged it), a band from the lowest to
+        the highest seed's last-epoch metric (grid search by the last epoch), × on the lower edge for a
+        rate where a seed diverged, and a star on the rate chosen. Returns the matplotlib Figure."""
+        import matplotlib.pyplot as plt
+
+        own = ax is None
+        if own:
+            fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110, layout="constrained")
+        else:
+            fig = ax.figure
+        sign = 1.0 if self.higher_is_better else -1.0
+        select = self.settings.get("select", "final")
+        finite = []
+        for i, t in enumerate(self.tunings):
+            c = f"C{i % 10}"
+            ok = [lr for lr in t.lrs if math.isfinite(t.scores.get(lr, math.nan))]
+            ys = [sign * t.scores[lr] for lr in ok]
+            finite += ys
+            ax.plot(ok, ys, "o-", color=c, lw=1.6, ms=4, label=t.label)
+            if t.search == "grid" and select == "final":
+                lo = [min(t.finals[lr]) for lr in ok]
+                hi = [max(t.finals[lr]) for lr in ok]
+                ax.fill_between(ok, lo, hi, color=c, alpha=0.15, lw=0)
+                finite += lo + hi
+            if t.best_lr is not None and t.best_lr in ok:
+                ax.plot([t.best_lr], [sign * t.scores[t.best_lr]], "*", color=c, ms=14, mec="k", mew=0.6, zorder=5)
+        if finite:
+            lo, hi = min(finite), max(finite)
+            if self.higher_is_better:
+                lo = max(lo, hi - (1.0 if self.metric_name == "accuracy" else 2.0))  # an R² of −50 would flatten the rest
+            pad = 0.06 * (hi - lo or 1.0)
+            ax.set_ylim(lo - pad, hi + pad)
+        y0 = ax.get_ylim()[0]
+        for i, t in enumerate(self.tunings):
+            bad = [lr for lr in t.lrs if t.scores.get(lr) == -math.inf]
+            if bad:
+                ax.plot(bad, [y0] * len(bad), "x", color=f"C{i % 10}", ms=9, mew=2.2, clip_on=False, zorder=6)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        what = "best epoch" if select == "best" else "last epoch"
+        ax.set_ylabel(f"validation {self.metric_name} ({what})")
+        n = len(self.settings.get("seeds", [0]))
+        ax.set_title(f"{self.settings.get('problem', '')}: {self.settings.get('search', 'grid')} search, mean over "
+                     f"{n} seed{'s' if n != 1 else ''}; ★ chosen, × a seed diverged", fontsize=9)
+        ax.grid(alpha=0.3)
+        if own:  # under the plot, where no curve or mark is
+            fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=min(len(self.tunings), 6),
+                       fontsize=8, frameon=False)
+        else:
+            ax.legend(fontsize=8)
+        return fig
+
     def rows(self) -> list[dict[str, Any]]:
         """One row per trial: optimizer, lr, seed, epochs trained to, final metric, diverged, seconds."""
         out = []
