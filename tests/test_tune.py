@@ -2,6 +2,7 @@
 halving's bookkeeping, the same results from every backend (this process, processes, Ray), the
 user-model paths (tensors and a Dataset), MNIST-1D offline and the 1-D CNN."""
 
+import base64
 import csv
 import math
 import re
@@ -355,6 +356,41 @@ def test_compare_tuned_table_and_report(tmp_path):
     assert {r["optimizer"] for r in rows} == set(labels) and len(rows) == len(labels) * 2 * 3
     tuned_lr = {float(r["lr"]) for r in rows if r["optimizer"] == "adam (tuned)"}
     assert len(tuned_lr) == 1 and tuned_lr.pop() in U.grid(T.DEFAULT_HYPERPARAMETERS["adam"]["lr"])
+    # the search's picture: written, and on the page after the curves
+    assert (out / "tuning.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert base64.b64decode(imgs[-1]) == (out / "tuning.png").read_bytes() and "Search: each rule's" in page
+
+
+def test_tuning_figure_draws_each_search_and_where_lr_auto_ended():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from descend.lab import report as R
+
+    data = D.load("iris", subsample=120)
+    comp = U.compare_tuned(data, ["gd", "adam"], seeds=2, epochs=4, hidden=(4,), points=3)
+    fig = R.tuning_figure(comp)
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    tuning = comp.settings["tuning"]
+    for rule in ("gd", "adam"):
+        t = tuning[f"{rule} (tuned)"]
+        x, y = lines[f"{rule}: the search"].get_data()
+        assert list(x) == [lr for lr, v in t["curve"] if v is not None] and len(x) == 3
+        if U._has_auto():
+            runs = comp.runs_of(f"{rule} (lr=auto)")
+            ends = [float(r["lr"]) for run in runs for r in run.rows[1:][-1:]]  # 4 epochs: the last quarter is one
+            (dx,), (dy,) = lines[f"{rule}: lr=auto, one run"].get_data()
+            assert dx == pytest.approx(float(np.median(ends)))
+            assert dy == pytest.approx(np.mean([run.rows[-1]["val_metric"] for run in runs]))
+    stars = [ln for ln in ax.get_lines() if ln.get_marker() == "*"]
+    assert sorted(float(s.get_xdata()[0]) for s in stars) == sorted(tuning[f"{r} (tuned)"]["lr"] for r in ("gd", "adam"))
+    plt.close(fig)
+    plain = T.compare(data, ["gd"], seeds=1, epochs=1, hidden=(4,))
+    assert R.tuning_figure(plain) is None  # no search: no figure
 
 
 def test_compare_tuned_select_best_picks_and_compares_by_the_best_epoch(tmp_path, monkeypatch):

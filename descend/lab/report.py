@@ -257,6 +257,59 @@ def lr_varies(comp: Comparison) -> bool:
     return False
 
 
+def tuning_figure(comp: Comparison):
+    """compare --tuned: each rule's search, its validation metric against the rate (the grid's seeds,
+    ★ the rate chosen), and its ``lr="auto"`` rows as one ◆: their mean final metric over the seeds, at
+    the rate the estimate ended with (the median over the seeds of the last quarter's epochs).
+    None without a search."""
+    import matplotlib.pyplot as plt
+
+    tuning = comp.settings.get("tuning") or {}
+    tuned = [(label, t) for label, t in tuning.items() if t.get("curve")]
+    if not tuned:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110, layout="constrained")
+    sums = {s.optimizer: s for s in comp.summaries()}
+    ys = []
+    for i, (label, t) in enumerate(tuned):
+        c = f"C{i % 10}"
+        rule = label.removesuffix(" (tuned)")
+        pts = [(lr, v) for lr, v in t["curve"] if v is not None]
+        if pts:
+            ax.plot(*zip(*pts), "o-", color=c, lw=1.5, ms=4, label=f"{rule}: the search")
+            ys += [v for _, v in pts]
+        chosen = dict(pts).get(t["lr"])
+        if chosen is not None:
+            ax.plot([t["lr"]], [chosen], "*", color=c, ms=14, mec="k", mew=0.6, zorder=5)
+        auto = f"{rule} (lr=auto)"
+        s = sums.get(auto)
+        if s is not None and math.isfinite(s.final_mean):
+            ends = []
+            for run in comp.runs_of(auto):
+                lrs = [float(r["lr"]) for r in run.rows[1:] if float(r["lr"]) > 0]
+                if lrs and not run.diverged:
+                    ends += lrs[-max(1, len(lrs) // 4):]
+            if ends:
+                ax.plot([float(np.median(ends))], [s.final_mean], "D", color=c, ms=9, mec="k", mew=0.8, zorder=6,
+                        label=f"{rule}: lr=auto, one run")
+                ys.append(s.final_mean)
+    if ys:
+        hi = max(ys)
+        lo = max(min(ys), hi - (1.0 if comp.data.kind == "classification" else 2.0))
+        pad = 0.06 * (hi - lo or 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (lr=auto: where its estimate ended)")
+    n = len(comp.settings.get("tuning_seeds", [0]))
+    ax.set_ylabel(f"validation {comp.data.metric_name}")
+    ax.set_title(f"{_title(comp)}\nsearch on {n} seed{'s' if n != 1 else ''} (★ chosen); "
+                 f"◆ lr=auto, mean over the seeds", fontsize=9)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    return fig
+
+
 def figure(comp: Comparison):
     """Both panels side by side (the picture in the README)."""
     import matplotlib.pyplot as plt
@@ -593,7 +646,9 @@ def render_html(comp: Comparison, figures: dict[str, bytes], command: str | None
         '<p class="muted">Lines: mean over seeds; bands: lowest to highest seed; ×: a run that diverged. '
         "Training loss is measured on the whole training set after each epoch (epoch 0: before training)."
         + (" Learning rate: the rate each epoch's last step used (lr=auto: the estimate in use; a schedule: "
-           "its value then)." if "lr.png" in figures else "") + "</p>",
+           "its value then)." if "lr.png" in figures else "")
+        + (" Search: each rule's validation metric against the rates tried, and lr=auto from one run at the rate "
+           "its estimate ended with." if "tuning.png" in figures else "") + "</p>",
         *[f"<p>{_img(png, name)}</p>" for name, png in figures.items()],
         "<h2>Settings</h2>", '<div class="wide"><table>',
         *[f'<tr><th>{e(k)}</th><td class="long">{e(v)}</td></tr>' for k, v in settings], "</table></div>",
@@ -658,17 +713,21 @@ def write_report(comp: Comparison, out_dir: str | Path, command: str | None = No
         write_csv(comp, tmp / "metrics.csv")
         figs = {"val_metric.png": _png(metric_figure(comp)), "train_loss.png": _png(loss_figure(comp)),
                 "lr.png": _png(lr_figure(comp)), "compare.png": _png(figure(comp))}
+        searched = tuning_figure(comp)  # compare --tuned only
+        if searched is not None:
+            figs["tuning.png"] = _png(searched)
         for name, png in figs.items():
             (tmp / name).write_bytes(png)
         # the learning-rate figure only where a rate changed during training (lr="auto", a schedule)
-        shown = ("val_metric.png", "train_loss.png") + (("lr.png",) if lr_varies(comp) else ())
+        shown = (("val_metric.png", "train_loss.png") + (("lr.png",) if lr_varies(comp) else ())
+                 + (("tuning.png",) if searched is not None else ()))
         embedded = {k: figs[k] for k in shown}
         (tmp / "report.html").write_text(render_html(comp, embedded, command), encoding="utf-8")
         _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {name: out / name for name in REPORT_FILES}
+    return {name: out / name for name in REPORT_FILES + (("tuning.png",) if searched is not None else ())}
 
 
 def _umask() -> int:

@@ -947,9 +947,13 @@ def compare_tuned(data: Data, optimizers: Sequence[str] = T.DEFAULT_OPTIMIZERS, 
         if t.best_lr is not None:
             label = f"{t.label} (tuned)"
             variants.append((label, t.label, t.best_hyperparameters()))
+            sign = 1.0 if res.higher_is_better else -1.0
             tuning[label] = dict(runs=t.runs, epochs=t.epochs, seconds=t.seconds, search=t.search,
                                  lrs=(min(t.lrs), max(t.lrs), len(t.lrs)), lr=t.best_lr, best=t.best_mean,
-                                 heldout=t.heldout, select=select)
+                                 heldout=t.heldout, select=select,
+                                 # every rate's score (None: a seed diverged), for the report's figure
+                                 curve=[(lr, sign * t.scores[lr] if math.isfinite(t.scores.get(lr, math.nan))
+                                         else None) for lr in t.lrs])
         if auto_ok:
             label = f"{t.label} (lr=auto)"
             lr_auto = T.scheduled_lr(schedule, "auto", total_steps) if schedule else "auto"
