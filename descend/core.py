@@ -798,7 +798,8 @@ class ChainOptimizer(torch.optim.Optimizer):
                 f"{self._name()}: group['lr'] was changed to {group['lr']!r} (by a torch LRScheduler?), but "
                 "with lr='auto' it only shows the estimate, which is used; give the schedule's shape as "
                 "lr=descend.auto(scale=schedule), as a scheduler descend.schedules.ScheduleLR(opt, schedule) "
-                "(peak 1), or set group['lr_scale'].", RuntimeWarning, stacklevel=5)
+                "(peak 1; HF Trainer makes a torch one when given none: pass optimizers=(opt, ScheduleLR(...))), "
+                "or set group['lr_scale'].", RuntimeWarning, stacklevel=5)
 
     @contextlib.contextmanager
     def averaged(self):
