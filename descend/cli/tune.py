@@ -60,7 +60,7 @@ def tuning_table(res) -> str:
         cells = []
         for lr in t.lrs:
             s = t.scores.get(lr, math.nan)
-            v = "div" if s == -math.inf else f"{(s if res.higher_is_better else -s):.3f}"
+            v = "div" if s == -math.inf else f"{res.as_metric(s):.3f}"
             mark = "*" if lr == t.best_lr else ""
             budget = "" if t.search == "grid" else f"@{t.budget[lr]}"
             cells.append(f"{_g(lr)}{budget}: {v}{mark}")

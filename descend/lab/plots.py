@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from descend.blocks import Auto
 from descend.lab.problems import Problem, problem as get_problem
 from descend.lab.trajectory import Trajectory
 
@@ -71,7 +72,7 @@ def _axes(ax, figsize):
 
 def _label(t: Trajectory) -> str:
     lr = t.hyperparameters.get("lr")
-    text = (f"{t.label} (η=auto)" if lr == "auto" or type(lr).__name__ == "Auto" else
+    text = (f"{t.label} (η=auto)" if lr == "auto" or isinstance(lr, Auto) else
             t.label if lr is None or callable(lr) else f"{t.label} (η={lr:g})")
     return text + (" — diverged" if t.diverged else "")
 

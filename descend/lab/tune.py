@@ -657,6 +657,11 @@ class TuneResult:
         """{optimizer: its hyperparameters with the tuned lr} (only those with a finite best)."""
         return {t.label: t.best_hyperparameters() for t in self.tunings if t.best_lr is not None}
 
+    def as_metric(self, score: float) -> float:
+        """A score back on its metric's scale (a lower-is-better metric's scores are negated, so that
+        the search always maximises)."""
+        return score if self.higher_is_better else -score
+
     def plot(self, ax=None):
         """The validation metric against the learning rate tried (log x axis), one line per optimizer:
         each rate's score (the mean over the seeds, as the search judged it), a band from the lowest to
@@ -669,13 +674,12 @@ class TuneResult:
             fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110, layout="constrained")
         else:
             fig = ax.figure
-        sign = 1.0 if self.higher_is_better else -1.0
         select = self.settings.get("select", "final")
         finite = []
         for i, t in enumerate(self.tunings):
             c = f"C{i % 10}"
             ok = [lr for lr in t.lrs if math.isfinite(t.scores.get(lr, math.nan))]
-            ys = [sign * t.scores[lr] for lr in ok]
+            ys = [self.as_metric(t.scores[lr]) for lr in ok]
             finite += ys
             ax.plot(ok, ys, "o-", color=c, lw=1.6, ms=4, label=t.label)
             if t.search == "grid" and select == "final":
@@ -684,7 +688,7 @@ class TuneResult:
                 ax.fill_between(ok, lo, hi, color=c, alpha=0.15, lw=0)
                 finite += lo + hi
             if t.best_lr is not None and t.best_lr in ok:
-                ax.plot([t.best_lr], [sign * t.scores[t.best_lr]], "*", color=c, ms=14, mec="k", mew=0.6, zorder=5)
+                ax.plot([t.best_lr], [self.as_metric(t.scores[t.best_lr])], "*", color=c, ms=14, mec="k", mew=0.6, zorder=5)
         if finite:
             lo, hi = min(finite), max(finite)
             if self.higher_is_better:
@@ -947,12 +951,11 @@ def compare_tuned(data: Data, optimizers: Sequence[str] = T.DEFAULT_OPTIMIZERS, 
         if t.best_lr is not None:
             label = f"{t.label} (tuned)"
             variants.append((label, t.label, t.best_hyperparameters()))
-            sign = 1.0 if res.higher_is_better else -1.0
             tuning[label] = dict(runs=t.runs, epochs=t.epochs, seconds=t.seconds, search=t.search,
                                  lrs=(min(t.lrs), max(t.lrs), len(t.lrs)), lr=t.best_lr, best=t.best_mean,
                                  heldout=t.heldout, select=select,
                                  # every rate's score (None: a seed diverged), for the report's figure
-                                 curve=[(lr, sign * t.scores[lr] if math.isfinite(t.scores.get(lr, math.nan))
+                                 curve=[(lr, res.as_metric(t.scores[lr]) if math.isfinite(t.scores.get(lr, math.nan))
                                          else None) for lr in t.lrs])
         if auto_ok:
             label = f"{t.label} (lr=auto)"
