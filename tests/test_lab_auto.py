@@ -112,3 +112,16 @@ def test_the_reading_says_when_the_estimate_was_still_rising_at_the_end():
     for row in fixed.runs[0].rows[1:]:
         row["lr"] = float(row["epoch"])
     assert R.still_rising(fixed) == {}
+
+
+def test_race_labels_name_lr_auto_with_or_without_options():
+    """The legend says η=auto for lr="auto" and for descend.auto(...) (a schedule's shape)."""
+    from types import SimpleNamespace
+
+    import descend
+    from descend import schedules as S
+    from descend.lab import plots
+
+    for lr in ("auto", descend.auto(scale=S.cosine(1.0, 60))):
+        assert plots._label(SimpleNamespace(label="adam", hyperparameters={"lr": lr}, diverged=False)) == "adam (η=auto)"
+    assert plots._label(SimpleNamespace(label="gd", hyperparameters={"lr": 0.1}, diverged=True)) == "gd (η=0.1) — diverged"
