@@ -182,3 +182,17 @@ def test_the_figure_dimensions_stay_sane():
     fig = R.figure(comp)
     w, h = fig.get_size_inches()
     assert 8 < w < 14 and 3 < h < 7 and not math.isnan(fig.axes[0].get_ylim()[0])
+
+
+def test_a_metric_plot_is_cut_to_its_span_below_the_best_value():
+    # an R² of −50 (epoch 0, a far-off seed) would flatten every other curve: R² shows at most 2
+    # below its best, accuracy 1; other metrics (a user's own, of any scale) are not cut
+    lo, hi = P.metric_limits([0.5, 0.45, -50.0, math.nan], "R²", pad=0.0)
+    assert (lo, hi) == (0.5 - 2.0, 0.5)
+    lo, hi = P.metric_limits([0.9, -3.0], "accuracy", pad=0.0)
+    assert (lo, hi) == (pytest.approx(-0.1), 0.9)
+    assert P.metric_limits([12.0, -40.0], "bleu", pad=0.0) == (-40.0, 12.0)
+    lo, hi = P.metric_limits([0.2, 0.4], "R²", pad=0.1)
+    assert (lo, hi) == (pytest.approx(0.18), pytest.approx(0.42))
+    assert P.metric_limits([0.7], "accuracy", pad=0.5) == pytest.approx((0.2, 1.2))  # one value: a span of 1 to pad
+    assert P.metric_limits([math.nan, math.inf], "R²") is None

@@ -14,7 +14,8 @@ a test, a CI job or a notebook (where a returned Figure is shown inline).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from descend.blocks import Auto
 from descend.lab.problems import Problem, problem as get_problem
 from descend.lab.trajectory import Trajectory
 
-__all__ = ["contour_paths", "loss_curves", "race_figure", "race_gif", "COLORS"]
+__all__ = ["contour_paths", "loss_curves", "race_figure", "race_gif", "metric_limits", "COLORS"]
 
 #: Colours given to trajectories / series in order (matplotlib's tab10).
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -37,6 +38,23 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
 #: point, its head in a GIF), so paths that run together stay apart
 STYLES = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ((0, (6, 2, 1, 2, 1, 2)), "v"), ((0, (9, 3)), "P"),
           ((0, (1, 1)), "X"), ((0, (4, 1, 4, 4)), "*")]
+
+
+#: the widest y span a plot of a validation metric shows, down from its best value: an R² of −50 at
+#: epoch 0 (or a seed far off) would otherwise flatten every other curve; other metrics are not capped
+METRIC_SPAN = {"accuracy": 1.0, "R²": 2.0}
+
+
+def metric_limits(values: Iterable[float], metric: str, pad: float = 0.06) -> tuple[float, float] | None:
+    """y limits for a plot of ``metric``: the finite ``values``' range, cut to :data:`METRIC_SPAN`
+    below the highest, padded by ``pad`` of the span on each side. None without a finite value."""
+    vals = [float(v) for v in values if math.isfinite(v)]
+    if not vals:
+        return None
+    hi = max(vals)
+    lo = max(min(vals), hi - METRIC_SPAN.get(metric, math.inf))
+    margin = pad * (hi - lo or 1.0)
+    return lo - margin, hi + margin
 
 
 def _style(i: int, n: int) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from descend.lab.plots import metric_limits
 from descend.lab.train import CSV_COLUMNS, Comparison, Summary
 
 __all__ = ["write_csv", "figure", "metric_figure", "loss_figure", "table_rows", "table_text", "reading",
@@ -89,12 +90,9 @@ def _healthy_range(comp: Comparison, key: str, log: bool, first_epoch: int = 0) 
         vals += [v for v in np.concatenate([mean[first_epoch:], lo[first_epoch:], hi[first_epoch:]]) if math.isfinite(v) and (v > 0 or not log)]
     if not vals:
         return None
-    lo, hi = min(vals), max(vals)
     if not log:
-        cap = 1.0 if comp.data.kind == "classification" else 2.0  # an R² of −50 at epoch 0 would flatten the rest
-        lo = max(lo, hi - cap)
-        pad = 0.04 * (hi - lo or 1.0)
-        return lo - pad, hi + pad
+        return metric_limits(vals, comp.data.metric_name, pad=0.04)
+    lo, hi = min(vals), max(vals)
     span = math.log10(hi) - math.log10(lo)
     pad = 10 ** max(0.04 * span, 0.05)
     return lo / pad, hi * pad
@@ -293,11 +291,9 @@ def tuning_figure(comp: Comparison):
                 ax.plot([float(np.median(ends))], [s.final_mean], "D", color=c, ms=9, mec="k", mew=0.8, zorder=6,
                         label=f"{rule}: lr=auto, one run")
                 ys.append(s.final_mean)
-    if ys:
-        hi = max(ys)
-        lo = max(min(ys), hi - (1.0 if comp.data.kind == "classification" else 2.0))
-        pad = 0.06 * (hi - lo or 1.0)
-        ax.set_ylim(lo - pad, hi + pad)
+    limits = metric_limits(ys, comp.data.metric_name)
+    if limits is not None:
+        ax.set_ylim(*limits)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (lr=auto: where its estimate ended)")
     n = len(comp.settings.get("tuning_seeds", [0]))

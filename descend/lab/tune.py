@@ -669,6 +669,8 @@ class TuneResult:
         rate where a seed diverged, and a star on the rate chosen. Returns the matplotlib Figure."""
         import matplotlib.pyplot as plt
 
+        from descend.lab.plots import metric_limits
+
         own = ax is None
         if own:
             fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110, layout="constrained")
@@ -689,12 +691,9 @@ class TuneResult:
                 finite += lo + hi
             if t.best_lr is not None and t.best_lr in ok:
                 ax.plot([t.best_lr], [self.as_metric(t.scores[t.best_lr])], "*", color=c, ms=14, mec="k", mew=0.6, zorder=5)
-        if finite:
-            lo, hi = min(finite), max(finite)
-            if self.higher_is_better:
-                lo = max(lo, hi - (1.0 if self.metric_name == "accuracy" else 2.0))  # an R² of −50 would flatten the rest
-            pad = 0.06 * (hi - lo or 1.0)
-            ax.set_ylim(lo - pad, hi + pad)
+        limits = metric_limits(finite, self.metric_name)
+        if limits is not None:
+            ax.set_ylim(*limits)
         y0 = ax.get_ylim()[0]
         for i, t in enumerate(self.tunings):
             bad = [lr for lr in t.lrs if t.scores.get(lr) == -math.inf]
