@@ -102,6 +102,7 @@ VARIANTS = {
     "the values before for every rule (adapt=0.2, cap=1)": {"adapt": 0.2, "cap": 1.0},
     "β = 0.2 everywhere (adapt=0.2)": {"adapt": 0.2},
     "half the cap (cap=0.5)": {"cap": 0.5},  # AdaGrad's and RMSProp's (the others': their default)
+    "a later restart of the average (restart=3)": {"restart": 3.0},
 }
 
 

@@ -196,3 +196,29 @@ def test_best_epoch_view_trains_and_reports_both_measures(tmp_path):
         assert abs(float(c[4]) - 100 * (final_auto - final_grid)) < 0.016  # the gap, from the cells (each rounded to 4 digits)
         assert abs(float(c[7]) - 100 * (best_auto - best_grid)) < 0.016
     assert not (tmp_path / "c.jsonl").exists()  # not cached: per-epoch metrics are not kept
+
+
+def test_the_committed_cache_holds_the_readme_table_for_the_code_as_it_is():
+    # the README's tuning table is printed from docs/tuning_cache.jsonl (`--report`), whose lr="auto",
+    # variant and lr_find rows are keyed by a hash of the code behind them: a change to that code
+    # leaves the table's rows unfound (the table then silently loses them) until they are run again
+    # or, where the change cannot alter a result, rekeyed. Every seed the grid covers must be covered
+    # by every other row of the table, and each variant by the same seeds, at least the goal's 5, on every task.
+    TT = _script()
+    cache = TT.Cache(ROOT / "docs" / "tuning_cache.jsonl")
+    grid_seeds = sorted({int(k.rsplit("|", 1)[1]) for k in cache.data if "|grid|" in k})
+    assert grid_seeds == list(range(len(grid_seeds))) and len(grid_seeds) >= 5
+    lrfind_v = TT.code_hash(TT.LR_FIND)
+    missing = [key for task in TT.TASKS
+               for key, _ in TT.plan(task, grid_seeds, {"grid", "auto", "lrfind", "published"}, True, lrfind_v)
+               if TT.needs_run(cache, key)]
+    assert not missing, f"{len(missing)} rows of the README's table are not in the cache, e.g. {missing[:3]}"
+    have = {}
+    for task in TT.TASKS:
+        for key, _ in TT.plan(task, grid_seeds, {"variants"}, True, lrfind_v):
+            head, seed = key.rsplit("|", 1)
+            have.setdefault(head, set()).update([int(seed)] if key in cache else [])
+    for head, seeds in have.items():  # seeds 0 … n−1 with n ≥ 5, the same n on every task
+        task, rest = head.split("|", 1)
+        assert seeds == set(range(len(seeds))) and len(seeds) >= 5, head
+        assert all(len(have[f"{t}|{rest}"]) == len(seeds) for t in TT.TASKS), head
