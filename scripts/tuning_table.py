@@ -767,6 +767,31 @@ def main():
     if not args.report:
         run(args)
     print(lr_find_report(args) if args.lr_find else variants_report(args) if args.variants else report(args))
+    note = missing_note(args)
+    if note:
+        print(note, file=sys.stderr)
+
+
+def missing_note(args) -> str:
+    """A line for stderr when trials the printed table reads are not in the cache for the code as it
+    is: lr="auto", variant and lr_find rows are keyed by a hash of their code, and a table printed
+    from a cache run before a change leaves those cells out ("—") rather than show stale numbers."""
+    methods = ({"grid", "lrfind"} if args.lr_find else {"grid", "variants"} if args.variants
+               else set(args.methods.split(",")) | {"grid"})
+    cache = Cache(Path(args.cache))
+    lrfind_v = code_hash(LR_FIND)
+    kinds: dict[str, int] = {}
+    for task in args.tasks.split(","):
+        for key, _ in plan(task, args.seeds, methods, has_auto(), lrfind_v, args.rules):
+            if needs_run(cache, key):
+                kind = key.split("|")[1]
+                kinds[kind] = kinds.get(kind, 0) + 1
+    if not kinds:
+        return ""
+    what = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    return (f"note: {sum(kinds.values())} trials of this table are not in {args.cache} for the code as it is "
+            f"({what}): the table shows what is there (a cell of fewer seeds says so, a cell of none is left out); "
+            "the same command without --report trains them.")
 
 
 if __name__ == "__main__":

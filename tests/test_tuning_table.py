@@ -62,6 +62,16 @@ def test_tuning_table_runs_resumes_and_reports(tmp_path):
     assert second.stdout == table
     report = _run("--tasks", "iris", "--seeds", "1", "--report", "--cache", str(cache), cwd=tmp_path)
     assert report.returncode == 0 and report.stdout == table
+    # rows the table reads that the cache lacks for the code as it is are named on stderr, not dropped silently:
+    # here lr_find's and the published methods' (not run), then a second seed of everything
+    assert re.search(r"note: 11 trials .* \(5 lrfind@\w+, 6 published\)", report.stderr), report.stderr
+    asked = _run("--tasks", "iris", "--seeds", "1", "--methods", "grid,auto", "--report", "--cache", str(cache),
+                 cwd=tmp_path)
+    assert asked.returncode == 0 and asked.stdout == table and "note:" not in asked.stderr, asked.stderr
+    more = _run("--tasks", "iris", "--seeds", "2", "--methods", "grid,auto", "--report", "--cache", str(cache),
+                cwd=tmp_path)
+    n_auto = len(_script().descend.available())
+    assert f"note: {40 + n_auto} trials" in more.stderr, more.stderr
     # the lr="auto" variants: one run per variant and rule, and their gap table
     var = _run("--tasks", "iris", "--seeds", "1", "--methods", "variants", "--variants", "--cache", str(cache),
                cwd=tmp_path)
