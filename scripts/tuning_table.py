@@ -48,6 +48,7 @@ time, run it again to go on; ``--report`` prints the table from the cache withou
     python scripts/tuning_table.py --report --seeds 10:15              # seeds 10-14 alone (fresh seeds)
     python scripts/tuning_table.py --best-epoch --tasks diabetes --seeds 15 --jobs 2   # final vs best epoch
     python scripts/tuning_table.py --seeds 5 --methods variants --jobs 2 --variants   # lr="auto" option variants
+    python scripts/tuning_table.py --seeds 20 --lr-find-rules      # lr_find's suggestion rules, on the grid
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -245,6 +247,12 @@ class Cache:
 
 def lr_find_suggestion(problem: U.Problem, rule: str, seed: int) -> float | None:
     """descend.lr_find on the seed's fresh model with the rule's lab defaults (as scripts/check_lr_find.py)."""
+    return lr_find_sweep(problem, rule, seed)[0].suggestion
+
+
+def lr_find_sweep(problem: U.Problem, rule: str, seed: int):
+    """(descend.lr_find's result, the optimizer it swept) on the seed's fresh model, as
+    :func:`lr_find_suggestion` runs it."""
     torch.manual_seed(seed)
     model = problem.model()
     opt = descend.create(rule, model.parameters(), **T.hyperparameters_for(rule))
@@ -263,7 +271,7 @@ def lr_find_suggestion(problem: U.Problem, rule: str, seed: int) -> float | None
         x, y = data.batch(next(it))
         return problem.loss(model(x), y)
 
-    return descend.lr_find(model, opt, loss_fn).suggestion
+    return descend.lr_find(model, opt, loss_fn), opt
 
 
 # ------------------------------------------------------------------------------- running
@@ -567,6 +575,65 @@ def lr_find_report(args) -> str:
     return "\n".join(lines)
 
 
+def _valley_third(lrs: list[float], losses: list[float]) -> float:
+    """A third of the way (in log lr) back from the curve's minimum towards the highest point before it."""
+    skip = max(1, len(lrs) // 10)
+    k = min(range(skip, len(losses)), key=losses.__getitem__)
+    a = max(range(skip, k + 1), key=losses.__getitem__)
+    return lrs[k] * (lrs[a] / lrs[k]) ** (1 / 3)
+
+
+#: suggestion rules compared by ``--lr-find-rules``: (lrs, centred losses) -> lr, before the velocity factor
+LR_FIND_RULES = {
+    "min ÷ 10 (the default)": lambda lrs, c: LR_FIND.suggest(lrs, c, "min10")[0],
+    "min ÷ 3": lambda lrs, c: (LR_FIND.suggest(lrs, c, "min10")[0] or math.nan) * 10 / 3,
+    "steepest descent": lambda lrs, c: LR_FIND.suggest(lrs, c, "steepest")[0],
+    "a third of the way back up the valley": lambda lrs, c: _valley_third(lrs, c) if len(lrs) >= 5 else None,
+}
+
+
+def lr_find_rules_report(args) -> str:
+    """Other suggestion rules, read off the same sweeps (descend.lr_find on each seed's fresh model,
+    a minute or two): no run at each rule's rate, but a proxy score — the grid's mean final metric
+    over the seeds, interpolated in log lr between its two nearest rates (the grid's edge value
+    outside it; a diverged seed counts −1) — against the grid's best, in points."""
+    cache = Cache(Path(args.cache))
+    seeds = args.seeds
+    lines = ["| suggestion rule | mean gap | worst gap (task, rule) | " + " | ".join(RULES) + " |",
+             "|---|---|---|" + "---|" * len(RULES)]
+    scores: dict[str, dict[tuple[str, str], float]] = {name: {} for name in LR_FIND_RULES}
+    for task in args.tasks.split(","):
+        name, model, hidden, _ = TASKS[task]
+        problem = U.problem_from_data(D.load(name), model, hidden, 32)
+        for rule in RULES:
+            runs = grid_runs(cache, task, rule, seeds)
+            if len(runs) < 2 or any(len(got) != len(seeds) for got in runs.values()):
+                continue
+            curve = [(math.log(lr), statistics.fmean(-1.0 if r["diverged"] else r["final"] for r in got))
+                     for lr, got in runs.items()]
+            best = max(v for _, v in curve)
+            sweeps = [lr_find_sweep(problem, rule, s) for s in seeds]
+            for label, pick in LR_FIND_RULES.items():
+                vals = []
+                for res, opt in sweeps:
+                    lr = pick(res.lrs, res.centred)
+                    if lr is None or not math.isfinite(lr):
+                        vals.append(-1.0)
+                        continue
+                    x = math.log(lr * LR_FIND.velocity_factor(opt, res.lrs)[0])
+                    vals.append(float(np.interp(x, [c[0] for c in curve], [c[1] for c in curve])))
+                scores[label][(task, rule)] = 100 * (statistics.fmean(vals) - best)
+    for label, gaps in scores.items():
+        if not gaps:
+            continue
+        worst = min(gaps, key=gaps.get)
+        per_rule = [[g for (_, r), g in gaps.items() if r == rule] for rule in RULES]
+        lines.append(f"| {label} | {statistics.fmean(gaps.values()):+.2f} | {gaps[worst]:+.1f} ({', '.join(worst)}) | "
+                     + " | ".join(f"{statistics.fmean(g):+.1f}" if g else "—" for g in per_rule) + " |")
+    lines.append("\ncells: points to the rule's own grid (proxy: the grid's mean metric interpolated at the rate)")
+    return "\n".join(lines)
+
+
 def grid_runs(cache: Cache, task: str, rule: str, seeds: list[int]) -> dict[float, list[dict]]:
     """The rule's cached grid trials on ``task``: rate → the records of the seeds that have finished
     (rates with none left out), in the grid's order."""
@@ -747,6 +814,8 @@ def main():
     ap.add_argument("--cache", default=str(ROOT / "docs" / "tuning_cache.jsonl"))
     ap.add_argument("--report", action="store_true", help="only print the table from the cache")
     ap.add_argument("--lr-find", action="store_true", help="print lr_find's gap table instead of the main one")
+    ap.add_argument("--lr-find-rules", action="store_true",
+                    help="compare lr_find's suggestion rules on fresh sweeps, scored on the cached grid (no training)")
     ap.add_argument("--variants", action="store_true",
                     help="print the lr=\"auto\" variants' gaps (trials of --methods variants) instead of the main table")
     ap.add_argument("--best-epoch", action="store_true",
@@ -763,6 +832,9 @@ def main():
         return
     if args.best_epoch:
         print(best_epoch_report(args))
+        return
+    if args.lr_find_rules:
+        print(lr_find_rules_report(args))
         return
     if not args.report:
         run(args)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "tuning_table.py"
@@ -232,3 +234,28 @@ def test_the_committed_cache_holds_the_readme_table_for_the_code_as_it_is():
         task, rest = head.split("|", 1)
         assert seeds == set(range(len(seeds))) and len(seeds) >= 5, head
         assert all(len(have[f"{t}|{rest}"]) == len(seeds) for t in TT.TASKS), head
+
+
+def test_lr_find_rules_score_each_suggestion_on_the_cached_grid(tmp_path):
+    # a grid whose metric is a known line in log10(lr): each rule's proxy gap must be that line at its
+    # suggestion (times the velocity factor for Momentum) minus the grid's best, in points
+    import math
+
+    TT = _script()
+    cache = TT.Cache(tmp_path / "c.jsonl")
+    line = {"gd": lambda lr: 0.9 + 0.05 * math.log10(lr), "momentum": lambda lr: 0.8 - 0.02 * math.log10(lr)}
+    for rule, f in line.items():
+        for lr in TT.U.grid(float(TT.T.hyperparameters_for(rule)["lr"])):
+            cache.put(f"iris|grid|{rule}|{lr:.6g}|0", final=f(lr), diverged=False, seconds=0.0, lr=lr)
+    out = _run("--tasks", "iris", "--seeds", "1", "--lr-find-rules", "--cache", str(cache.path), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = {r.split(" | ")[0][2:]: r.split(" | ") for r in out.stdout.splitlines() if r.startswith("| ") and "---" not in r}
+    assert list(rows)[1:] == list(TT.LR_FIND_RULES)
+    problem = TT.U.problem_from_data(TT.D.load("iris"), "mlp", (64,), 32)
+    for rule, f in line.items():
+        grid = TT.U.grid(float(TT.T.hyperparameters_for(rule)["lr"]))
+        res, opt = TT.lr_find_sweep(problem, rule, 0)
+        lr = min(max(res.suggestion, grid[0]), grid[-1])  # (the suggestion includes the velocity factor)
+        want = 100 * (f(lr) - max(f(x) for x in grid))
+        got = float(rows["min ÷ 10 (the default)"][3 + TT.RULES.index(rule)])
+        assert got == pytest.approx(want, abs=0.06), (rule, got, want)
