@@ -476,6 +476,10 @@ class ChainOptimizer(torch.optim.Optimizer):
                     if _count(sg[k]) is None:
                         raise ValueError(f"{name}.load_state_dict: group {i} has {k}={sg[k]!r}; expected {_COUNT}")
                     sg[k] = _count(sg[k])
+            if "averaged_in" in sg and (sg["averaged_in"] is not True or not self._keeps_average()):
+                raise ValueError(f"{name}.load_state_dict: group {i} has averaged_in={sg['averaged_in']!r}; "
+                                 "expected True (saved in eval mode) from an optimizer that keeps an average "
+                                 "of the iterates, as this one " + ("does" if self._keeps_average() else "does not"))
             for b in self.blocks:  # a block's per-group state (lr="auto"'s estimate) came with the state
                 if b.group_state and not any(k in sg for k in b.group_state):
                     raise ValueError(
@@ -591,6 +595,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         return self._step(closure)
 
     def _step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if any(g.get("averaged_in") for g in self.param_groups):
+            raise RuntimeError(f"{self._name()}.step(): the parameters hold the averaged weights (opt.eval()); "
+                               "call opt.train() before the forward pass that this step follows, so that the "
+                               "gradient is taken at the iterate")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -814,12 +822,16 @@ class ChainOptimizer(torch.optim.Optimizer):
         ``opt._sync_params()``, called inside the block and again after it, broadcasts every rank's
         partition: every rank then holds the whole average, and after the block its iterates again
         (tests/test_distributed.py checks both, bitwise on the way back)."""
-        if not any(type(b).__name__ == "AverageIterates" for b in self.blocks):
+        if self._itself() is not self:
+            with self._itself().averaged():
+                yield self
+            return
+        if not self._keeps_average():
             raise RuntimeError(f"{self._name()}.averaged(): this optimizer keeps no average of the "
                                "iterates; lr='auto' keeps one (unless average=False), or add "
                                "descend.blocks.AverageIterates() to the chain")
-        pairs = [(p, self.state[p]["avg"]) for g in self.param_groups for p in g["params"]
-                 if "avg" in self.state.get(p, {})]
+        pairs = [(p, self.state[p]["avg"]) for g in self.param_groups if not g.get("averaged_in")
+                 for p in g["params"] if "avg" in self.state.get(p, {})]  # (after eval(): already in)
         with torch.no_grad():
             saved = [p.detach().clone(memory_format=torch.preserve_format) for p, _ in pairs]
             for p, a in pairs:
@@ -830,6 +842,58 @@ class ChainOptimizer(torch.optim.Optimizer):
             with torch.no_grad():
                 for (p, _), s in zip(pairs, saved):
                     p.copy_(s)
+
+    def _keeps_average(self) -> bool:
+        return any(type(b).__name__ == "AverageIterates" for b in self.blocks)
+
+    def _itself(self) -> ChainOptimizer:
+        """This optimizer, when a method is called through a wrapper that subclasses its class (Lightning's
+        LightningOptimizer: ``self.optimizers().eval()``). There ``self`` is the wrapper, which forwards only
+        the attributes it lacks, so a rule's class-level default blocks would shadow this optimizer's own
+        chain (lr="auto"'s) and the call would silently do nothing: resolve to the optimizer it wraps."""
+        inner = self.__dict__.get("_optimizer")
+        return inner if isinstance(inner, ChainOptimizer) and inner is not self else self
+
+    def train(self, mode: bool = True) -> ChainOptimizer:
+        """``opt.train()`` / ``opt.eval()``: the evaluation switch that training loops call on an
+        optimizer which has one (HF Trainer calls ``eval()`` before each evaluation and ``train()``
+        before each training step, as for Schedule-Free). ``eval()`` swaps the average of the
+        iterates (:class:`~descend.blocks.AverageIterates`, which ``lr="auto"`` keeps) into the
+        parameters, bitwise, and keeps the iterates in the average's place; ``train()`` swaps them
+        back. Each is a no-op when already in that mode, or when the chain keeps no average (a fixed
+        lr). The mode is per parameter group (``group["averaged_in"]``, saved by ``state_dict``), so a
+        checkpoint written in eval mode — the model's averaged weights and this state, together —
+        resumes exactly after ``train()``. :meth:`step` refuses to run in eval mode (the gradient
+        would have been taken at the average). Returns the optimizer.
+
+        Under ZeroRedundancyOptimizer each rank's ``opt.optim`` swaps only its partition (as
+        :meth:`averaged`): ZeRO's own ``_sync_params()`` then shares them."""
+        if not isinstance(mode, bool):
+            raise ValueError(f"{self._name()}.train(): invalid mode={mode!r}; expected True or False")
+        if self._itself() is not self:
+            self._itself().train(mode)
+            return self
+        if not self._keeps_average():
+            return self
+        with torch.no_grad():
+            for group in self.param_groups:
+                if bool(group.get("averaged_in")) == (not mode):
+                    continue
+                for p in group["params"]:
+                    avg = self.state.get(p, {}).get("avg")
+                    if avg is not None:  # a parameter that has not stepped yet has no average
+                        held = p.detach().clone(memory_format=torch.preserve_format)
+                        p.copy_(avg)
+                        avg.copy_(held)
+                if mode:
+                    group.pop("averaged_in", None)
+                else:
+                    group["averaged_in"] = True
+        return self
+
+    def eval(self) -> ChainOptimizer:
+        """``opt.train(False)``: the averaged weights in (see :meth:`train`)."""
+        return self.train(False)
 
     def _apply_schedules(self, group: dict[str, Any], check_overwrite: bool = False) -> None:
         """Write the scheduled hyperparameters' values for the group's step into the group.

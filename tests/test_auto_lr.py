@@ -815,6 +815,95 @@ def test_averaged_swaps_in_the_average_and_back_bitwise():
     torch.testing.assert_close(opt.state[w]["avg"], avg, rtol=1e-15, atol=1e-15)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_eval_swaps_the_average_in_and_train_swaps_the_iterate_back_bitwise(fast):
+    # the evaluation switch loops call (HF Trainer: eval() before evaluating, train() before each step)
+    ps, opt, _ = _run("adam", 12, fast=fast, dtype=torch.float32, big=True)
+    own = [p.detach().clone() for p in ps]
+    with opt.averaged():
+        avg = [p.detach().clone() for p in ps]
+    assert opt.eval() is opt and opt.param_groups[0]["averaged_in"] is True
+    assert all(torch.equal(p, a) for p, a in zip(ps, avg))
+    assert all(torch.equal(opt.state[p]["avg"], o) for p, o in zip(ps, own))  # the iterate, kept in its place
+    opt.eval()  # already in: nothing moves
+    assert all(torch.equal(p, a) for p, a in zip(ps, avg))
+    with opt.averaged():  # in eval mode the average is already in
+        assert all(torch.equal(p, a) for p, a in zip(ps, avg))
+    assert all(torch.equal(p, a) for p, a in zip(ps, avg))
+    with pytest.raises(RuntimeError, match=r"Adam\.step\(\): the parameters hold the averaged weights .*opt\.train\(\)"):
+        opt.step()
+    assert opt.param_groups[0]["step"] == 12 and all(torch.equal(p, a) for p, a in zip(ps, avg))  # nothing changed
+    assert opt.train() is opt and "averaged_in" not in opt.param_groups[0]
+    assert all(torch.equal(p, o) for p, o in zip(ps, own)) and all(torch.equal(opt.state[p]["avg"], a) for p, a in zip(ps, avg))
+    opt.train()
+    assert all(torch.equal(p, o) for p, o in zip(ps, own))
+    # the same run, evaluated in between, steps on exactly as one never evaluated
+    gen = torch.Generator().manual_seed(5)
+    ref_ps, ref, _ = _run("adam", 12, fast=fast, dtype=torch.float32, big=True)
+    for _ in range(9):
+        opt.eval()
+        opt.train()
+        _grads(ps, gen)
+        for p, q in zip(ps, ref_ps):
+            q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+    assert all(torch.equal(p, q) for p, q in zip(ps, ref_ps))
+    assert all(torch.equal(opt.state[p]["avg"], ref.state[q]["avg"]) for p, q in zip(ps, ref_ps))
+
+
+def test_a_checkpoint_written_in_eval_mode_resumes_exactly():
+    ps, opt, _ = _run("momentum", 10)
+    gen = torch.Generator().manual_seed(7)
+    grads = [[torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in ps] for _ in range(6)]
+    opt.eval()
+    weights, saved = [p.detach().clone() for p in ps], copy.deepcopy(opt.state_dict())  # the model's and the optimizer's
+    assert all(g["averaged_in"] is True for g in saved["param_groups"])
+    opt.train()
+    qs = [w.clone().requires_grad_() for w in weights]
+    again = descend.Momentum(qs, lr="auto", momentum=0.9)
+    again.load_state_dict(saved)
+    again.train()  # the loop's first training step
+    assert all(torch.equal(p, q) for p, q in zip(ps, qs))
+    for gs in grads:
+        for o, params in ((opt, ps), (again, qs)):
+            for p, g in zip(params, gs):
+                p.grad = g.clone()
+            o.step()
+    assert all(torch.equal(p, q) for p, q in zip(ps, qs))
+    with opt.averaged(), again.averaged():
+        assert all(torch.equal(p, q) for p, q in zip(ps, qs))
+
+
+def test_eval_and_train_are_no_ops_without_an_average_and_the_mode_is_checked_on_load():
+    ps = _params()
+    for opt in (descend.Adam(ps, lr=1e-3), descend.Adam(ps, lr=descend.auto(average=False))):
+        _grads(ps, torch.Generator().manual_seed(0))
+        opt.step()
+        before = [p.detach().clone() for p in ps]
+        assert opt.eval() is opt and "averaged_in" not in opt.param_groups[0]
+        opt.step()  # no average: nothing was swapped, stepping is fine
+        assert opt.train() is opt and not all(torch.equal(p, b) for p, b in zip(ps, before))
+    opt = descend.Adam(ps, lr="auto")
+    with pytest.raises(ValueError, match=r"Adam\.train\(\): invalid mode='no'; expected True or False"):
+        opt.train("no")
+    _grads(ps, torch.Generator().manual_seed(0))
+    opt.step()
+    sd = opt.eval().state_dict()
+    opt.train()
+    fixed = descend.Adam(_params(), lr="auto")
+    bad = copy.deepcopy(sd)
+    bad["param_groups"][0]["averaged_in"] = "yes"
+    with pytest.raises(ValueError, match=r"group 0 has averaged_in='yes'; expected True"):
+        fixed.load_state_dict(bad)
+    no_avg = descend.Adam(_params(), lr=descend.auto(average=False))
+    with pytest.raises(ValueError, match=r"averaged_in=True; .* as this one does not"):
+        no_avg.load_state_dict({"param_groups": sd["param_groups"],  # (without its record of the blocks)
+                                "state": {k: {n: v for n, v in st.items() if n != "avg"} for k, st in sd["state"].items()}})
+    with pytest.raises(TypeError, match="unknown hyperparameter"):
+        descend.Adam([{"params": _params(), "averaged_in": True}], lr="auto")  # the optimizer's own flag
+
+
 def test_averaging_is_on_by_default_and_average_false_removes_it():
     ps = _params()
     on = descend.Adam(ps, lr="auto")

@@ -1,6 +1,7 @@
-"""lr="auto" under the training loops practitioners use, where they are installed (they are not
-descend dependencies, and CI does not install them): a descend ScheduleLR passed as the loop's
-scheduler shapes the estimate, and what the loop logs as the learning rate is the rate in use."""
+"""lr="auto" under the training loops practitioners use, where they are installed (the test extra
+brings them; they are not descend dependencies): a descend ScheduleLR passed as the loop's scheduler
+shapes the estimate, and what the loop logs as the learning rate is the rate in use; the loop's
+evaluations see the averaged weights (opt.eval() / opt.train()) and leave training as it was."""
 
 import warnings
 
@@ -113,3 +114,136 @@ def test_lightning_monitor_logs_the_rate_in_use(tmp_path):
     assert max(logged) > 10 * min(v for v in logged if v > 0)  # the warm-up and the cosine shaped it
     g = trainer.optimizers[0].param_groups[0]
     assert g["lr_scale"] == shape(steps) and g["lr_estimate"]["eta"] > 0
+
+
+def _hf_setup():
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    x, y = _data()
+    vx, vy = _data(96)
+    vx = vx + 0.5  # other rows
+
+    class Data(torch.utils.data.Dataset):
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return {"x": self.x[i], "labels": self.y[i]}
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _net()
+
+        def forward(self, x, labels=None):
+            out = self.net(x)
+            return {"loss": torch.nn.functional.cross_entropy(out, labels), "logits": out}
+
+    return transformers, Data(x, y), Data(vx, vy), Model, (vx, vy)
+
+
+def test_hf_trainer_evaluates_the_averaged_weights_and_trains_as_without_evaluating(tmp_path):
+    transformers, train, val, Model, (vx, vy) = _hf_setup()
+    seen = []
+
+    def fit(evaluate):
+        model = Model()
+        opt = descend.Adam(model.parameters(), lr="auto")
+
+        class Check(transformers.TrainerCallback):  # HF called opt.eval() before evaluating
+            def on_evaluate(self, args, state, control, metrics=None, **kw):
+                p = opt.param_groups[0]["params"][0]
+                with torch.no_grad():
+                    here = torch.nn.functional.cross_entropy(model.net(vx), vy).item()
+                    iterate = p.detach().clone()
+                    p.copy_(opt.state[p]["avg"])  # in eval mode the iterate waits in the average's place
+                    at_iterate = torch.nn.functional.cross_entropy(model.net(vx), vy).item()
+                    p.copy_(iterate)
+                seen.append((opt.param_groups[0].get("averaged_in"), metrics["eval_loss"], here, at_iterate))
+
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=32,
+            per_device_eval_batch_size=len(vx), eval_strategy="steps" if evaluate else "no", eval_steps=5,
+            report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                                       optimizers=(opt, S.ScheduleLR(opt, S.warmup_cosine(1.0, 4, 24))),
+                                       callbacks=[Check()])
+        trainer.train()
+        opt.train()  # (the last evaluation may have left the average in)
+        return [p.detach().clone() for p in model.parameters()]
+
+    evaluated = fit(True)
+    assert len(seen) >= 4
+    for mode, logged, here, at_iterate in seen:
+        assert mode is True and logged == pytest.approx(here, rel=1e-6) and at_iterate != here
+    assert all(torch.equal(a, b) for a, b in zip(evaluated, fit(False)))
+
+
+def test_lightning_validates_the_averaged_weights_with_two_hooks(tmp_path):
+    L = pytest.importorskip("lightning")
+    x, y = _data()
+    vx, vy = _data(96)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(vx + 0.5, vy), batch_size=96)
+    seen = []
+
+    class Module(L.LightningModule):
+        def __init__(self, hooks):
+            super().__init__()
+            self.net, self.hooks = _net(), hooks
+
+        def training_step(self, batch, i):
+            return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def validation_step(self, batch, i):
+            opt = self.optimizers().optimizer
+            seen.append((opt.param_groups[0].get("averaged_in"), "avg" in opt.state.get(self.net[0].weight, {})))
+
+        def on_validation_start(self):  # the README's two hooks
+            if self.hooks:
+                self.optimizers().eval()
+
+        def on_validation_end(self):
+            if self.hooks:
+                self.optimizers().train()
+
+        def configure_optimizers(self):
+            return descend.Adam(self.parameters(), lr="auto")
+
+    def fit(hooks, val_loader):
+        module = Module(hooks)
+        trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing=False, accelerator="cpu", default_root_dir=str(tmp_path))
+        trainer.fit(module, loader, val_loader)
+        return module, trainer.optimizers[0]
+
+    module, opt = fit(True, val)
+    assert seen and all(mode is True for mode, _ in seen) and any(stepped for _, stepped in seen)
+    assert "averaged_in" not in opt.param_groups[0]
+    plain, _ = fit(False, None)
+    assert all(torch.equal(a, b) for a, b in zip(module.parameters(), plain.parameters()))
+
+
+def test_through_lightnings_optimizer_wrapper_the_switch_and_averaged_reach_the_optimizer():
+    # LightningOptimizer subclasses the optimizer's class: a method called on it has the wrapper as self,
+    # where Adam's class-level (fixed-lr) chain shadowed lr="auto"'s: eval() did nothing, averaged() refused
+    pytest.importorskip("lightning")
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
+    p = torch.nn.Parameter(torch.zeros(5))
+    opt = descend.Adam([p], lr="auto")
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        p.grad = torch.randn(5, generator=g)
+        opt.step()
+    wrapped, iterate = LightningOptimizer(opt), p.detach().clone()
+    with wrapped.averaged():
+        assert torch.equal(p, opt.state[p]["avg"]) and not torch.equal(p, iterate)
+    assert torch.equal(p, iterate)
+    assert wrapped.eval() is wrapped and opt.param_groups[0]["averaged_in"] is True
+    assert torch.equal(opt.state[p]["avg"], iterate) and not torch.equal(p, iterate)
+    wrapped.train()
+    assert "averaged_in" not in opt.param_groups[0] and torch.equal(p, iterate)

@@ -353,33 +353,22 @@ def _keeps_average(opt) -> bool:
 
 
 class evaluated_weights:
-    """Evaluate with the weights the optimizer means to be evaluated: the averaged iterate where the
-    optimizer keeps one (``with opt.averaged():``; descend's raises RuntimeError when its chain keeps
-    none, and then the weights are evaluated as they are), schedule-free's ``opt.eval()`` / ``opt.train()``."""
+    """Evaluate with the weights the optimizer means to be evaluated, through the evaluation switch
+    ``opt.eval()`` / ``opt.train()`` where the optimizer has one: descend's swaps its average of the
+    iterates in and out (a no-op when its chain keeps none), schedule-free's switches its weights."""
 
     def __init__(self, opt):
-        self.opt, self.ctx = opt, None
+        self.opt = opt
+        self.switch = callable(getattr(opt, "eval", None)) and callable(getattr(opt, "train", None))
 
     def __enter__(self):
-        if callable(getattr(self.opt, "averaged", None)):
-            ctx = self.opt.averaged()
-            try:
-                ctx.__enter__()
-                self.ctx = ctx
-            except RuntimeError:
-                pass
-        elif callable(getattr(self.opt, "eval", None)) and callable(getattr(self.opt, "train", None)):
+        if self.switch:
             self.opt.eval()
 
     def __exit__(self, *exc):
-        if self.ctx is not None:
-            return self.ctx.__exit__(*exc)
-        if callable(getattr(self.opt, "averaged", None)):
-            return False
-        if callable(getattr(self.opt, "eval", None)) and callable(getattr(self.opt, "train", None)):
+        if self.switch:
             self.opt.train()
         return False
-
 
 
 @dataclass
