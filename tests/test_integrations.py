@@ -27,17 +27,22 @@ def _no_auto_warning(caught):
     return not [w for w in caught if "lr='auto'" in str(w.message)]
 
 
-def test_hf_trainer_logs_the_rate_in_use(tmp_path):
+def _hf_setup():
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     x, y = _data()
+    vx, vy = _data(96)
+    vx = vx + 0.5  # other rows
 
     class Data(torch.utils.data.Dataset):
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
         def __len__(self):
-            return len(x)
+            return len(self.x)
 
         def __getitem__(self, i):
-            return {"x": x[i], "labels": y[i]}
+            return {"x": self.x[i], "labels": self.y[i]}
 
     class Model(torch.nn.Module):
         def __init__(self):
@@ -48,6 +53,12 @@ def test_hf_trainer_logs_the_rate_in_use(tmp_path):
             out = self.net(x)
             return {"loss": torch.nn.functional.cross_entropy(out, labels), "logits": out}
 
+    return transformers, Data(x, y), Data(vx, vy), Model, (vx, vy)
+
+
+def test_hf_trainer_logs_the_rate_in_use(tmp_path):
+    transformers, train, _, Model, _ = _hf_setup()
+    x = train.x
     model = Model()
     steps = 3 * len(x) // 32
     opt = descend.Adam(model.parameters(), lr="auto")
@@ -67,7 +78,7 @@ def test_hf_trainer_logs_the_rate_in_use(tmp_path):
                                           disable_tqdm=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(),
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=train,
                                        optimizers=(opt, S.ScheduleLR(opt, shape)), callbacks=[Watch()])
         trainer.train()
     assert _no_auto_warning(caught)
@@ -114,35 +125,6 @@ def test_lightning_monitor_logs_the_rate_in_use(tmp_path):
     assert max(logged) > 10 * min(v for v in logged if v > 0)  # the warm-up and the cosine shaped it
     g = trainer.optimizers[0].param_groups[0]
     assert g["lr_scale"] == shape(steps) and g["lr_estimate"]["eta"] > 0
-
-
-def _hf_setup():
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")
-    x, y = _data()
-    vx, vy = _data(96)
-    vx = vx + 0.5  # other rows
-
-    class Data(torch.utils.data.Dataset):
-        def __init__(self, x, y):
-            self.x, self.y = x, y
-
-        def __len__(self):
-            return len(self.x)
-
-        def __getitem__(self, i):
-            return {"x": self.x[i], "labels": self.y[i]}
-
-    class Model(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = _net()
-
-        def forward(self, x, labels=None):
-            out = self.net(x)
-            return {"loss": torch.nn.functional.cross_entropy(out, labels), "logits": out}
-
-    return transformers, Data(x, y), Data(vx, vy), Model, (vx, vy)
 
 
 def test_hf_trainer_evaluates_the_averaged_weights_and_trains_as_without_evaluating(tmp_path):
