@@ -229,3 +229,29 @@ def test_through_lightnings_optimizer_wrapper_the_switch_and_averaged_reach_the_
     assert torch.equal(opt.state[p]["avg"], iterate) and not torch.equal(p, iterate)
     wrapped.train()
     assert "averaged_in" not in opt.param_groups[0] and torch.equal(p, iterate)
+
+
+def test_hf_trainer_resumes_exactly_from_a_checkpoint_saved_with_the_average_in(tmp_path):
+    # HF saves right after evaluating: the checkpoint holds the averaged weights and the optimizer's
+    # state in eval mode; resumed (HF calls opt.train() before the first step) the run ends bitwise as
+    # the uninterrupted one
+    transformers, train, val, Model, _ = _hf_setup()
+
+    def fit(out, resume=None):
+        model = Model()
+        opt = descend.Adam(model.parameters(), lr="auto")
+        args = transformers.TrainingArguments(
+            output_dir=str(out), num_train_epochs=3, per_device_train_batch_size=32, per_device_eval_batch_size=96,
+            eval_strategy="steps", eval_steps=8, save_strategy="steps", save_steps=8, report_to=[], use_cpu=True,
+            disable_tqdm=True, seed=0)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                                       optimizers=(opt, S.ScheduleLR(opt, S.warmup_cosine(1.0, 4, 24))))
+        trainer.train(resume_from_checkpoint=resume)
+        opt.train()
+        return [p.detach().clone() for p in model.parameters()]
+
+    whole = fit(tmp_path / "a")
+    saved = torch.load(tmp_path / "a" / "checkpoint-8" / "optimizer.pt", weights_only=False)
+    assert all(g.get("averaged_in") is True for g in saved["param_groups"])  # written in eval mode
+    resumed = fit(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-8"))
+    assert all(torch.equal(a, b) for a, b in zip(whole, resumed))
