@@ -542,7 +542,9 @@ class ScaleByAutoLearningRate(Block):
     with :class:`ZeroNonfinite` first (lr="auto" puts it there) no NaN reaches any state.
 
     Failure modes. Growth needs steps: a task of a few dozen steps (iris, 80) may end while η̂
-    still rises, and the cap grows only as fast as θ moves away from θ₀ (DoG's slow start). On
+    still rises, and the cap grows only as fast as θ moves away from θ₀ (DoG's slow start): at 100
+    seeds every rule ends 0.2–1.2 points below its grid on iris, whose best rates are the grid's
+    highest, and a larger first step (α = 0.1) only widens that. On
     small data the estimate follows the training loss and may settle above the rate that
     generalises best after a fixed number of epochs (diabetes: 354 rows; judged by each run's best
     epoch instead it is level with every rule's grid, whose best rate is then 3–10× higher: what

@@ -105,6 +105,11 @@ VARIANTS = {
     "β = 0.2 everywhere (adapt=0.2)": {"adapt": 0.2},
     "half the cap (cap=0.5)": {"cap": 0.5},  # AdaGrad's and RMSProp's (the others': their default)
     "a later restart of the average (restart=3)": {"restart": 3.0},
+    "an earlier restart of the average (restart=1.5)": {"restart": 1.5},
+    "a larger first step (init=0.1)": {"init": 0.1},
+    "faster growth (adapt=0.3)": {"adapt": 0.3},
+    "twice the cap (cap=2)": {"cap": 2.0},
+    "no average (average=False)": {"average": False},
 }
 
 
