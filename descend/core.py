@@ -268,6 +268,13 @@ def _all_reduce(values: list[float], ranks: tuple, device, op: str) -> list[floa
     return out.tolist()
 
 
+def keeps_average(blocks: Iterable[Any]) -> bool:
+    """Whether a chain keeps an average of the iterates (an AverageIterates block, which ``lr="auto"``
+    adds): ``opt.averaged()`` and ``opt.eval()`` then have other weights to show. By the block's name:
+    descend.blocks imports this module."""
+    return any(type(b).__name__ == "AverageIterates" for b in blocks)
+
+
 def _partition_ranks(group: Mapping[str, Any]) -> tuple:
     """``(dist.group.WORLD,)`` for a ``partitioned=True`` group under an initialised torch.distributed
     (ZeroRedundancyOptimizer: each rank steps its own partition of the tensors); () otherwise."""
@@ -844,7 +851,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                     p.copy_(s)
 
     def _keeps_average(self) -> bool:
-        return any(type(b).__name__ == "AverageIterates" for b in self.blocks)
+        return keeps_average(self.blocks)
 
     def _itself(self) -> ChainOptimizer:
         """This optimizer, when a method is called through a wrapper that subclasses its class (Lightning's

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 import descend
+from descend.core import keeps_average
 from descend.lab.data import Data
 
 __all__ = ["parse_value", "parse_schedule", "DEFAULT_OPTIMIZERS", "DEFAULT_HYPERPARAMETERS", "hyperparameters_for",
@@ -347,9 +348,7 @@ def _keeps_average(opt) -> bool:
     """May ``opt`` evaluate other weights than its iterate (descend's chain with an AverageIterates
     block; any other optimizer: perhaps, via ``averaged()`` or ``eval()``)?"""
     blocks = getattr(opt, "blocks", None)
-    if blocks is None:
-        return True
-    return any(type(b).__name__ == "AverageIterates" for b in blocks)
+    return blocks is None or keeps_average(blocks)
 
 
 class evaluated_weights:
