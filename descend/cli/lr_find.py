@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from descend.cli.options import (FIGURE_SUFFIXES, batch_stream, check_out_file, data_options, hyperparameters_from_sets,
-                                 load_data, model_options, optimizer_names, optimizers_help, parse_hidden, save_figure,
+                                 load_data, model_options, optimizer_names, optimizers_help, parse_hidden, write_figure,
                                  tasks_help)
 
 __all__ = ["lr_find_command"]
@@ -85,15 +85,12 @@ def lr_find_command(task, data_file, target, kind, val_fraction, subsample, feat
     for note in res.notes:
         click.echo(note, err=True)
     if out_file:
-        import matplotlib
+        def draw():
+            fig = res.plot()
+            fig.axes[0].set_title(f"{data.name}, {name}: {res}", fontsize=9)
+            return fig
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig = res.plot()
-        fig.axes[0].set_title(f"{data.name}, {name}: {res}", fontsize=9)
-        save_figure(fig, out_file)
-        plt.close(fig)
+        write_figure(out_file, draw)
         click.echo(f"wrote {out_file}", err=True)
     if res.suggestion is None:
         raise click.ClickException(f"no suggestion for {name} on {data.name}: " + "; ".join(res.notes))

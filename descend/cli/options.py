@@ -18,7 +18,7 @@ import re
 import shlex
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -27,7 +27,7 @@ from descend.lab.train import parse_value
 
 __all__ = ["data_options", "model_options", "load_data", "parse_sets", "optimizer_names", "parse_hidden", "command_line", "batch_stream",
            "parse_value", "parse_assignment", "schedule_option",
-           "hyperparameters_from_sets", "check_out_file", "check_out_dir", "save_figure",
+           "hyperparameters_from_sets", "check_out_file", "check_out_dir", "save_figure", "write_figure",
            "FIGURE_SUFFIXES", "LearningRate"]
 
 
@@ -217,6 +217,21 @@ def check_out_dir(path: str, option: str = "--out") -> str:
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint=option) from None
     return path
+
+
+def write_figure(path: str, draw: Callable[[], Any], **kwargs) -> None:
+    """Draw a pyplot figure headless (matplotlib's Agg backend, set before ``draw()`` makes it), save it
+    whole or not at all (:func:`save_figure`) and close it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = draw()
+    try:
+        save_figure(fig, path, **kwargs)
+    finally:
+        plt.close(fig)
 
 
 def save_figure(fig, path: str, **kwargs) -> None:

@@ -10,7 +10,7 @@ import time
 import click
 
 from descend.cli.options import (FIGURE_SUFFIXES, check_out_file, data_options, load_data, model_options,
-                                 optimizer_names, optimizers_help, parse_hidden, parse_sets, save_figure,
+                                 optimizer_names, optimizers_help, parse_hidden, parse_sets, write_figure,
                                  schedule_option, tasks_help)
 
 __all__ = ["tune_command", "parse_lrs", "tuning_table"]
@@ -156,12 +156,5 @@ def tune_command(task, data_file, target, kind, val_fraction, subsample, feature
             w.writerows(rows)
         click.echo(f"wrote {out_file}", err=True)
     if plot_file:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig = res.plot()
-        save_figure(fig, plot_file)
-        plt.close(fig)
+        write_figure(plot_file, res.plot)
         click.echo(f"wrote {plot_file}", err=True)
