@@ -849,20 +849,25 @@ def main():
         print(note, file=sys.stderr)
 
 
+def missing_trials(cache: Cache, tasks: list[str], seeds: list[int], methods: set[str],
+                   rules: set[str] | None = None) -> list[str]:
+    """The keys of the trials a table of ``methods`` over ``tasks`` and ``seeds`` reads that ``cache``
+    lacks for the code as it is (lr="auto", variant and lr_find rows are keyed by its hash)."""
+    lrfind_v, auto_ok = code_hash(LR_FIND), has_auto()
+    return [key for task in tasks for key, _ in plan(task, seeds, methods, auto_ok, lrfind_v, rules)
+            if needs_run(cache, key)]
+
+
 def missing_note(args) -> str:
     """A line for stderr when trials the printed table reads are not in the cache for the code as it
     is: lr="auto", variant and lr_find rows are keyed by a hash of their code, and a table printed
     from a cache run before a change leaves those cells out ("—") rather than show stale numbers."""
     methods = ({"grid", "lrfind"} if args.lr_find else {"grid", "variants"} if args.variants
                else set(args.methods.split(",")) | {"grid"})
-    cache = Cache(Path(args.cache))
-    lrfind_v = code_hash(LR_FIND)
     kinds: dict[str, int] = {}
-    for task in args.tasks.split(","):
-        for key, _ in plan(task, args.seeds, methods, has_auto(), lrfind_v, args.rules):
-            if needs_run(cache, key):
-                kind = key.split("|")[1]
-                kinds[kind] = kinds.get(kind, 0) + 1
+    for key in missing_trials(Cache(Path(args.cache)), args.tasks.split(","), args.seeds, methods, args.rules):
+        kind = key.split("|")[1]
+        kinds[kind] = kinds.get(kind, 0) + 1
     if not kinds:
         return ""
     what = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))

@@ -220,14 +220,11 @@ def test_the_committed_cache_holds_the_readme_table_for_the_code_as_it_is():
     cache = TT.Cache(ROOT / "docs" / "tuning_cache.jsonl")
     grid_seeds = sorted({int(k.rsplit("|", 1)[1]) for k in cache.data if "|grid|" in k})
     assert grid_seeds == list(range(len(grid_seeds))) and len(grid_seeds) >= 5
-    lrfind_v = TT.code_hash(TT.LR_FIND)
-    missing = [key for task in TT.TASKS
-               for key, _ in TT.plan(task, grid_seeds, {"grid", "auto", "lrfind", "published"}, True, lrfind_v)
-               if TT.needs_run(cache, key)]
+    missing = TT.missing_trials(cache, list(TT.TASKS), grid_seeds, {"grid", "auto", "lrfind", "published"})
     assert not missing, f"{len(missing)} rows of the README's table are not in the cache, e.g. {missing[:3]}"
     have = {}
     for task in TT.TASKS:
-        for key, _ in TT.plan(task, grid_seeds, {"variants"}, True, lrfind_v):
+        for key, _ in TT.plan(task, grid_seeds, {"variants"}, True, TT.code_hash(TT.LR_FIND)):
             head, seed = key.rsplit("|", 1)
             have.setdefault(head, set()).update([int(seed)] if key in cache else [])
     for head, seeds in have.items():  # seeds 0 … n−1 with n ≥ 5, the same n on every task
